@@ -1,0 +1,455 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// Options are the inputs of Load besides the file itself.
+type Options struct {
+	// Hostname is the default for host-name; empty means os.Hostname.
+	Hostname string
+	// ReadFile and Glob read the main file and includes; nil means the
+	// os and filepath functions. Tests may serve files from memory.
+	ReadFile func(string) ([]byte, error)
+	Glob     func(string) ([]string, error)
+}
+
+// Load reads, validates and builds the configuration in the file at path.
+// On any error it returns nil and an *ErrorList holding every error found
+// (and the warnings); a Config is returned only when the file is valid.
+func Load(path string, opts Options) (*Config, error) {
+	readFile := opts.ReadFile
+	if readFile == nil {
+		readFile = os.ReadFile
+	}
+	src, err := readFile(path)
+	if err != nil {
+		return nil, &ErrorList{Errors: []Diagnostic{{Pos: Position{File: path}, Message: err.Error()}}}
+	}
+	return Parse(path, src, opts)
+}
+
+// Parse is Load for content already in memory; name is the file name used
+// in positions and as the base for relative paths and includes.
+func Parse(name string, src []byte, opts Options) (*Config, error) {
+	if opts.ReadFile == nil {
+		opts.ReadFile = os.ReadFile
+	}
+	if opts.Glob == nil {
+		opts.Glob = filepath.Glob
+	}
+	if opts.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "localhost"
+		}
+		opts.Hostname = h
+	}
+	parser, err := newParser()
+	if err != nil {
+		// The grammar is fixed at compile time; this is a programming error.
+		panic(fmt.Sprintf("config: grammar does not build: %v", err))
+	}
+	d := &diags{}
+	r := &reader{diags: d, parser: parser, readFile: opts.ReadFile, glob: opts.Glob}
+	if abs, err := filepath.Abs(name); err == nil {
+		r.including = []string{abs}
+	}
+	nodes := r.parseFile(name, src, "")
+
+	b := newBuilder(d, name, opts)
+	b.build(nodes)
+	sortDiagnostics(d.errors)
+	sortDiagnostics(d.warnings)
+	if len(d.errors) > 0 {
+		return nil, &ErrorList{Errors: d.errors, Warnings: d.warnings}
+	}
+	b.cfg.Warnings = d.warnings
+	return b.cfg, nil
+}
+
+// builder turns the node tree into a Config.
+type builder struct {
+	*diags
+	cfg       *Config
+	opts      Options
+	index     map[string][]scope
+	sources   map[string]*Source
+	names     map[string]Position // VMTA and pool names (one name space)
+	users     map[string]*User
+	patterns  map[string]*PatternList
+	replies   map[string]*SMTPPatternList
+	acct      map[string]*AcctFile
+	listeners map[string]*Listener
+	// directiveAt remembers which directive stands at a position, to name
+	// it when two merged blocks both set it.
+	directiveAt map[Position]string
+	// hasDomainKey is set once any domain-key is seen; dkim-sign needs one.
+	hasDomainKey bool
+	dkimSignPos  []Position
+}
+
+func newBuilder(d *diags, name string, opts Options) *builder {
+	cfg := &Config{
+		Path:            name,
+		Dir:             filepath.Dir(name),
+		HostName:        def(opts.Hostname),
+		Postmaster:      def("postmaster@" + opts.Hostname),
+		Spool:           Spool{Dir: def(filepath.Join(filepath.Dir(name), "spool")), MinFreeSpace: def(Size(1 << 30))},
+		TotalMaxSMTPOut: def(1200),
+		TotalMaxSMTPIn:  def(500),
+		HTTPMgmtAddr:    def("127.0.0.1:8080"),
+		HTTPAPIKey:      def(""),
+		LogFile:         def(""),
+		Macros:          map[string][]string{},
+	}
+	return &builder{
+		diags: d, cfg: cfg, opts: opts, index: directiveIndex(),
+		sources: map[string]*Source{}, names: map[string]Position{}, users: map[string]*User{},
+		patterns: map[string]*PatternList{}, replies: map[string]*SMTPPatternList{},
+		acct: map[string]*AcctFile{}, listeners: map[string]*Listener{},
+		directiveAt: map[Position]string{},
+	}
+}
+
+func (b *builder) build(nodes []*node) {
+	b.macros(nodes)
+	for _, n := range nodes {
+		b.topNode(n)
+	}
+	b.postmasterDefault()
+	b.finish()
+}
+
+// dispatch handles what every scope shares: unknown and not-implemented
+// names, directives in the wrong scope and blocks in the wrong place. It
+// returns true when the node is an implemented directive or block that
+// belongs in scope sc and the caller should handle it.
+func (b *builder) dispatch(n *node, sc scope) bool {
+	if n.Block {
+		bs, ok := blockScopes[n.Name]
+		if !ok {
+			if notImplementedBlocks[n.Name] {
+				b.warnf(n.Pos, "<%s> is a PowerMTA block Tern does not implement yet; ignored with its contents", n.Name)
+				return false
+			}
+			b.errorf(n.Pos, "unknown block <%s>%s", n.Name, didYouMean(n.Name, keys(blockScopes), "<%s>"))
+			return false
+		}
+		for _, p := range bs.parents {
+			if p == sc {
+				return true
+			}
+		}
+		b.errorf(n.Pos, "<%s> is not allowed %s; it belongs %s", n.Name, scopeWhere(sc), scopeList(bs.parents))
+		return false
+	}
+	scopes, ok := b.index[n.Name]
+	if !ok {
+		if notImplemented[n.Name] {
+			b.warnf(n.Pos, "%s is a PowerMTA directive Tern does not implement yet; ignored", n.Name)
+			return false
+		}
+		if _, isBlock := blockScopes[n.Name]; isBlock && len(n.Args) > 0 && strings.HasPrefix(n.Args[len(n.Args)-1].Text, ">") {
+			b.errorf(n.Pos, "unknown directive %q (a block is written <%s …>)", n.Name, n.Name)
+			return false
+		}
+		b.errorf(n.Pos, "unknown directive %q%s", n.Name, didYouMean(n.Name, keys(b.index), "%q"))
+		return false
+	}
+	for _, s := range scopes {
+		if s == sc {
+			b.directiveAt[n.Pos] = n.Name
+			return true
+		}
+	}
+	b.errorf(n.Pos, "%s is not allowed %s; it belongs %s", n.Name, scopeWhere(sc), scopeList(scopes))
+	return false
+}
+
+// blockName checks a block's single name argument.
+func (b *builder) blockName(n *node, what string) (string, bool) {
+	if len(n.Args) != 1 {
+		b.errorf(n.Pos, "<%s> takes one %s", n.Name, what)
+		return "", false
+	}
+	return n.Args[0].Text, true
+}
+
+var namePattern = regexp.MustCompile(`^(?:\{[a-z0-9_.-]+\}|[a-z0-9_][a-z0-9_.@+-]*)$`)
+
+func (b *builder) validName(n *node, name string) bool {
+	if !namePattern.MatchString(strings.ToLower(name)) {
+		b.errorf(n.Args[0].Pos, "%q is not a valid name for <%s> (letters, digits, '-', '_', '.')", name, n.Name)
+		return false
+	}
+	return true
+}
+
+func (b *builder) topNode(n *node) {
+	if !b.dispatch(n, scopeTop) {
+		return
+	}
+	if !n.Block {
+		b.topDirective(n)
+		return
+	}
+	switch n.Name {
+	case "source":
+		b.sourceBlock(n)
+	case "smtp-user":
+		b.userBlock(n)
+	case "virtual-mta":
+		b.vmtaBlock(n)
+	case "virtual-mta-pool":
+		b.poolBlock(n)
+	case "domain":
+		b.cfg.Domains = b.domainBlock(n, b.cfg.Domains)
+	case "pattern-list":
+		b.patternListBlock(n)
+	case "smtp-pattern-list":
+		b.smtpPatternListBlock(n)
+	case "acct-file":
+		b.acctFileBlock(n)
+	case "spool":
+		b.spoolBlock(n)
+	}
+}
+
+// macros reads every domain-macro first, so a macro may be used above its
+// definition, and expands macros used inside macro values.
+func (b *builder) macros(nodes []*node) {
+	raw := map[string][]string{}
+	pos := map[string]Position{}
+	var order []string
+	for _, n := range nodes {
+		if n.Block || n.Name != "domain-macro" {
+			continue
+		}
+		if len(n.Args) < 2 {
+			b.errorf(n.Pos, "domain-macro needs a name and a list of values: domain-macro tld com, net")
+			continue
+		}
+		name := strings.ToLower(n.Args[0].Text)
+		if !macroName.MatchString(name) {
+			b.errorf(n.Args[0].Pos, "domain-macro: %q is not a valid macro name (letters, digits, '_')", n.Args[0].Text)
+			continue
+		}
+		if p, dup := pos[name]; dup {
+			b.errorf(n.Pos, "domain-macro %s is already defined at %s", name, p)
+			continue
+		}
+		var vals []string
+		for _, v := range strings.Split((&node{Args: n.Args[1:]}).argText(), ",") {
+			v = strings.ToLower(strings.TrimSpace(v))
+			if v == "" {
+				b.errorf(n.Args[1].Pos, "domain-macro %s: empty value in the list", name)
+				continue
+			}
+			vals = append(vals, v)
+		}
+		raw[name], pos[name] = vals, n.Pos
+		order = append(order, name)
+	}
+	var resolve func(name string, chain []string) []string
+	resolve = func(name string, chain []string) []string {
+		if v, ok := b.cfg.Macros[name]; ok {
+			return v
+		}
+		for _, c := range chain {
+			if c == name {
+				b.errorf(pos[chain[0]], "domain-macro loop: %s", strings.Join(append(chain, name), " → "))
+				return nil
+			}
+		}
+		var out []string
+		for _, v := range raw[name] {
+			exp, err := b.expand(v, func(m string) ([]string, bool) {
+				if _, ok := raw[m]; !ok {
+					return nil, false
+				}
+				return resolve(m, append(chain, name)), true
+			})
+			if err != "" {
+				b.errorf(pos[name], "domain-macro %s: %s", name, err)
+				continue
+			}
+			out = append(out, exp...)
+		}
+		b.cfg.Macros[name] = out
+		return out
+	}
+	for _, name := range order {
+		resolve(name, nil)
+	}
+}
+
+var (
+	macroRef  = regexp.MustCompile(`\$([A-Za-z0-9_]+)`)
+	macroName = regexp.MustCompile(`^[a-z0-9_]+$`)
+)
+
+// expand substitutes every $macro in s, producing the cross product of
+// their values. lookup returns a macro's values and whether it exists.
+func (b *builder) expand(s string, lookup func(string) ([]string, bool)) ([]string, string) {
+	loc := macroRef.FindStringSubmatchIndex(s)
+	if loc == nil {
+		if strings.Contains(s, "$") {
+			return nil, fmt.Sprintf("%q: '$' must be followed by a macro name", s)
+		}
+		return []string{s}, ""
+	}
+	name := strings.ToLower(s[loc[2]:loc[3]])
+	vals, ok := lookup(name)
+	if !ok {
+		return nil, fmt.Sprintf("unknown domain-macro $%s%s", name, didYouMean(name, keys(b.cfg.Macros), "$%s"))
+	}
+	var out []string
+	for _, v := range vals {
+		rest, err := b.expand(s[loc[1]:], lookup)
+		if err != "" {
+			return nil, err
+		}
+		for _, r := range rest {
+			out = append(out, s[:loc[0]]+v+r)
+		}
+	}
+	return out, ""
+}
+
+// postmasterDefault derives the postmaster from the final host-name.
+func (b *builder) postmasterDefault() {
+	if !b.cfg.Postmaster.Set {
+		b.cfg.Postmaster = def("postmaster@" + b.cfg.HostName.Value)
+	}
+}
+
+// finish checks references between blocks once everything is read.
+func (b *builder) finish() {
+	cfg := b.cfg
+	if len(cfg.Listeners) == 0 {
+		b.errorf(Position{File: cfg.Path, Line: 1, Column: 1}, "no smtp-listener: at least one is required")
+	}
+	named := map[string]bool{AuthSource: true}
+	var namedList []string
+	for _, s := range cfg.Sources {
+		if s.Named() {
+			named[strings.ToLower(s.Name)] = true
+			namedList = append(namedList, s.Name)
+		}
+	}
+	for _, l := range cfg.Listeners {
+		if l.Source != "" && !named[strings.ToLower(l.Source)] {
+			b.errorf(l.Pos, "smtp-listener: source=%s names no <source %s> block%s", l.Source, l.Source, didYouMean(l.Source, namedList, "%q"))
+		}
+		if l.TLS && cfg.TLSCertificate == nil {
+			b.errorf(l.Pos, "smtp-listener %s: tls=yes needs smtp-server-tls-certificate", l.Addr)
+		}
+	}
+	for _, u := range cfg.Users {
+		if u.Source.Set && !named[strings.ToLower(u.Source.Value)] {
+			b.errorf(u.Source.Pos, "source: no <source %s> block%s", u.Source.Value, didYouMean(u.Source.Value, namedList, "%q"))
+		}
+	}
+	vmtas := map[string]bool{strings.ToLower(DefaultVMTA): true}
+	var vmtaNames []string
+	for _, v := range cfg.VMTAs {
+		vmtas[strings.ToLower(v.Name)] = true
+		vmtaNames = append(vmtaNames, v.Name)
+	}
+	pools := map[string]bool{}
+	for _, p := range cfg.Pools {
+		pools[strings.ToLower(p.Name)] = true
+		vmtaNames = append(vmtaNames, p.Name)
+		for _, m := range p.Members {
+			key := strings.ToLower(m.Name)
+			switch {
+			case pools[key] || b.isPool(key):
+				b.errorf(m.Pos, "virtual-mta %s: a pool's members must be virtual MTAs, and %s is a pool", m.Name, m.Name)
+			case !vmtas[key]:
+				b.errorf(m.Pos, "virtual-mta %s: no <virtual-mta %s> block%s", m.Name, m.Name, didYouMean(m.Name, vmtaNames, "%q"))
+			}
+		}
+	}
+	knownVMTA := func(name string) bool {
+		k := strings.ToLower(name)
+		return vmtas[k] || b.isPool(k)
+	}
+	for _, s := range cfg.Sources {
+		st := s.Settings
+		if st.DefaultVirtualMTA.Set && !knownVMTA(st.DefaultVirtualMTA.Value) {
+			b.errorf(st.DefaultVirtualMTA.Pos, "default-virtual-mta: no virtual MTA or pool named %q%s", st.DefaultVirtualMTA.Value, didYouMean(st.DefaultVirtualMTA.Value, vmtaNames, "%q"))
+		}
+		if st.PatternList.Set && b.patterns[strings.ToLower(st.PatternList.Value)] == nil {
+			b.errorf(st.PatternList.Pos, "pattern-list: no <pattern-list %s> block%s", st.PatternList.Value, didYouMean(st.PatternList.Value, keys(b.patterns), "%q"))
+		}
+		if st.RequireStartTLS.Value && cfg.TLSCertificate == nil {
+			b.errorf(st.RequireStartTLS.Pos, "require-starttls: STARTTLS is not offered without smtp-server-tls-certificate")
+		}
+	}
+	for _, pl := range cfg.PatternLists {
+		for _, r := range pl.Rules {
+			if r.VirtualMTA != "" && !knownVMTA(r.VirtualMTA) {
+				b.errorf(r.Pos, "virtual-mta=%s: no virtual MTA or pool by that name%s", r.VirtualMTA, didYouMean(r.VirtualMTA, vmtaNames, "%q"))
+			}
+		}
+	}
+	b.eachDomain(func(d *Domain) {
+		st := d.Settings
+		if st.SMTPPatternList.Set && b.replies[strings.ToLower(st.SMTPPatternList.Value)] == nil {
+			b.errorf(st.SMTPPatternList.Pos, "smtp-pattern-list: no <smtp-pattern-list %s> block%s", st.SMTPPatternList.Value, didYouMean(st.SMTPPatternList.Value, keys(b.replies), "%q"))
+		}
+	})
+	if !b.hasDomainKey {
+		for _, p := range b.dkimSignPos {
+			b.errorf(p, "dkim-sign yes needs a domain-key (no domain-key is configured)")
+		}
+	}
+	// Sources are kept least specific first so merging is a fold.
+	sort.SliceStable(cfg.Sources, func(i, j int) bool {
+		a, c := cfg.Sources[i], cfg.Sources[j]
+		if a.Named() != c.Named() {
+			return !a.Named()
+		}
+		return a.Prefix.Bits() < c.Prefix.Bits()
+	})
+}
+
+func (b *builder) isPool(key string) bool {
+	for _, p := range b.cfg.Pools {
+		if strings.ToLower(p.Name) == key {
+			return true
+		}
+	}
+	return false
+}
+
+// eachDomain visits every domain block: global, VMTA and pool ones.
+func (b *builder) eachDomain(f func(*Domain)) {
+	for _, d := range b.cfg.Domains {
+		f(d)
+	}
+	for _, v := range b.cfg.VMTAs {
+		for _, d := range v.Domains {
+			f(d)
+		}
+	}
+	for _, p := range b.cfg.Pools {
+		for _, d := range p.Domains {
+			f(d)
+		}
+	}
+}
+
+// relPath resolves a path written in a file against that file's directory.
+func relPath(pos Position, p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(filepath.Dir(pos.File), p)
+}

@@ -1,0 +1,437 @@
+package config
+
+import (
+	"crypto"
+	"crypto/tls"
+	"net/netip"
+	"reflect"
+	"time"
+)
+
+// Setting is one directive's value in a block. When the block does not set
+// the directive, Value holds the built-in default and Set is false, so code
+// that ignores precedence still sees the default, and precedence code can
+// tell "set to the default" from "not set".
+type Setting[T any] struct {
+	Value T
+	// Pos is where the directive was written; zero when not set.
+	Pos Position
+	Set bool
+}
+
+func (s Setting[T]) isSet() bool { return s.Set }
+
+// Or returns s when it is set and fallback otherwise: the one step of every
+// precedence chain.
+func (s Setting[T]) Or(fallback Setting[T]) Setting[T] {
+	if s.Set {
+		return s
+	}
+	return fallback
+}
+
+func def[T any](v T) Setting[T] { return Setting[T]{Value: v} }
+
+// Config is a validated configuration. It is never modified after Load
+// returns; a reload builds a new one.
+type Config struct {
+	// Path is the file Load read (as given), and Dir the directory relative
+	// paths in it are resolved against.
+	Path string
+	Dir  string
+
+	Listeners  []*Listener
+	HostName   Setting[string]
+	Postmaster Setting[string]
+	Spool      Spool
+	// TLSCertificate is loaded from smtp-server-tls-certificate; nil when
+	// STARTTLS is not offered.
+	TLSCertificate     *tls.Certificate
+	TLSCertificateFile Setting[string]
+	NameServers        []Setting[string]
+	TotalMaxSMTPOut    Setting[int]
+	TotalMaxSMTPIn     Setting[int]
+	HTTPMgmtAddr       Setting[string]
+	HTTPAccess         []*HTTPAccess
+	HTTPAPIKey         Setting[string]
+	LogFile            Setting[string]
+	// Macros maps a domain-macro name to its values, after expansion.
+	Macros map[string][]string
+
+	// Sources holds the CIDR sources (sorted from least to most specific)
+	// and the named ones; Users, VMTAs, Pools and the lists in file order.
+	Sources          []*Source
+	Users            []*User
+	VMTAs            []*VirtualMTA
+	Pools            []*Pool
+	Domains          []*Domain
+	PatternLists     []*PatternList
+	SMTPPatternLists []*SMTPPatternList
+	AcctFiles        []*AcctFile
+
+	// Warnings are the non-fatal diagnostics: PowerMTA directives not
+	// implemented yet, plaintext passwords, includes matching nothing.
+	Warnings []Diagnostic
+}
+
+// Listener is one smtp-listener.
+type Listener struct {
+	Pos Position
+	// Network is "tcp4" for 0/0:PORT, "tcp6" for [::]:PORT, else "tcp".
+	Network string
+	// Addr is host:port as net.Listen takes it.
+	Addr string
+	// Source names the <source> this listener's sessions use, if any.
+	Source string
+	// TLS is implicit TLS from the first byte (port 465 style).
+	TLS bool
+}
+
+// Spool is where the queue lives.
+type Spool struct {
+	Dir          Setting[string]
+	MinFreeSpace Setting[Size]
+}
+
+// AccessLevel is what an admin API client may do.
+type AccessLevel int
+
+// Access levels, each including the ones before it.
+const (
+	AccessNone AccessLevel = iota
+	AccessMonitor
+	AccessOperator
+	AccessAdmin
+)
+
+var accessLevelNames = []string{"none", "monitor", "operator", "admin"}
+
+// String returns the level's name as written in http-access.
+func (l AccessLevel) String() string { return accessLevelNames[l] }
+
+// HTTPAccess is one http-access rule; the first rule matching a client wins.
+type HTTPAccess struct {
+	Pos    Position
+	Prefix netip.Prefix
+	Level  AccessLevel
+}
+
+// Source is a <source> block: by CIDR, or by name ({auth}, bulk-feed).
+type Source struct {
+	Pos Position
+	// Name is set for a named source; Prefix for a CIDR source.
+	Name     string
+	Prefix   netip.Prefix
+	Settings SourceSettings
+}
+
+// Named reports whether the source is selected by name rather than by IP.
+func (s *Source) Named() bool { return s.Name != "" }
+
+// SourceSettings are the directives of a <source> block.
+type SourceSettings struct {
+	SMTPService               Setting[bool]
+	AlwaysAllowRelaying       Setting[bool]
+	RequireAuth               Setting[bool]
+	RequireStartTLS           Setting[bool]
+	AllowUnencryptedPlainAuth Setting[bool]
+	SMTPMaxAuthFailureRate    Setting[Rate]
+	ProcessXVirtualMTA        Setting[bool]
+	DefaultVirtualMTA         Setting[string]
+	ProcessXJob               Setting[bool]
+	MaxMessageSize            Setting[Size]
+	MaxRcptPerMessage         Setting[int]
+	AddReceivedHeader         Setting[bool]
+	HideMessageSource         Setting[bool]
+	RemoveHeaders             Setting[[]string]
+	PatternList               Setting[string]
+	LogConnections            Setting[bool]
+	LogCommands               Setting[bool]
+}
+
+// DefaultVMTA is the reserved name of the VMTA used when nothing selects one.
+const DefaultVMTA = "{default}"
+
+// AuthSource is the reserved name of the source for authenticated sessions.
+const AuthSource = "{auth}"
+
+// DefaultSourceSettings returns the built-in source defaults, none of them
+// marked as set.
+func DefaultSourceSettings() SourceSettings {
+	return SourceSettings{
+		SMTPService:               def(true),
+		AlwaysAllowRelaying:       def(false),
+		RequireAuth:               def(false),
+		RequireStartTLS:           def(false),
+		AllowUnencryptedPlainAuth: def(false),
+		SMTPMaxAuthFailureRate:    def(Rate{Count: 3, Interval: 5 * time.Minute}),
+		ProcessXVirtualMTA:        def(false),
+		DefaultVirtualMTA:         def(DefaultVMTA),
+		ProcessXJob:               def(false),
+		MaxMessageSize:            def(Size(50 << 20)),
+		MaxRcptPerMessage:         def(1000),
+		AddReceivedHeader:         def(true),
+		HideMessageSource:         def(false),
+		RemoveHeaders:             def([]string(nil)),
+		PatternList:               def(""),
+		LogConnections:            def(false),
+		LogCommands:               def(false),
+	}
+}
+
+// Inherit returns s with every directive s leaves unset taken from parent.
+func (s SourceSettings) Inherit(parent SourceSettings) SourceSettings {
+	inherit(&s, &parent)
+	return s
+}
+
+// User is an <smtp-user> block.
+type User struct {
+	Pos  Position
+	Name string
+	// Exactly one of Password and PasswordHash is set.
+	Password     Setting[string]
+	PasswordHash Setting[string]
+	// Source is the named source the session switches to after AUTH.
+	Source Setting[string]
+}
+
+// SourceHost is one smtp-source-host of a VMTA.
+type SourceHost struct {
+	Pos      Position
+	IP       netip.Addr
+	HostName string
+}
+
+// VirtualMTA is a <virtual-mta> block.
+type VirtualMTA struct {
+	Pos            Position
+	Name           string
+	SourceHosts    []SourceHost
+	HostName       Setting[string]
+	MaxSMTPOut     Setting[int]
+	MaxSMTPMsgRate Setting[Rate]
+	Domains        []*Domain
+}
+
+// PoolMember is one virtual-mta line of a pool.
+type PoolMember struct {
+	Pos  Position
+	Name string
+}
+
+// Pool is a <virtual-mta-pool> block.
+type Pool struct {
+	Pos            Position
+	Name           string
+	Members        []PoolMember
+	MaxSMTPOut     Setting[int]
+	MaxSMTPMsgRate Setting[Rate]
+	Domains        []*Domain
+}
+
+// Domain is a <domain> block, global or inside a VMTA or pool. A block
+// written with a macro appears once per expansion.
+type Domain struct {
+	Pos      Position
+	Pattern  DomainPattern
+	Settings DomainSettings
+}
+
+// DomainKey is one domain-key: the selector and signing domain, and the
+// private key read from its file.
+type DomainKey struct {
+	Pos      Position
+	Selector string
+	Domain   string
+	KeyFile  string
+	Signer   crypto.Signer
+}
+
+// DomainSettings are the directives of a <domain> block: the delivery policy
+// of a queue.
+type DomainSettings struct {
+	MaxSMTPOut                   Setting[int]
+	MaxMsgPerConnection          Setting[int]
+	MaxRcptPerTransaction        Setting[int]
+	MaxMsgRate                   Setting[Rate]
+	MaxConnectRate               Setting[Rate]
+	ConnectionIdleTimeout        Setting[time.Duration]
+	RetryAfter                   Setting[[]time.Duration]
+	BounceAfter                  Setting[time.Duration]
+	BounceUponNoMX               Setting[bool]
+	UseStartTLS                  Setting[bool]
+	RequireStartTLS              Setting[bool]
+	TLSVerifyCertificate         Setting[bool]
+	SMTPHosts                    Setting[HostList]
+	DefaultSMTPPort              Setting[int]
+	AuthUsername                 Setting[string]
+	AuthPassword                 Setting[string]
+	UseUnencryptedPlainAuth      Setting[bool]
+	ConnectTimeout               Setting[time.Duration]
+	SMTPGreetingTimeout          Setting[time.Duration]
+	DataSendTimeout              Setting[time.Duration]
+	MaxErrorsPerConnection       Setting[int]
+	QueuePriority                Setting[int]
+	SMTPPatternList              Setting[string]
+	BackoffMaxSMTPOut            Setting[int]
+	BackoffMaxMsgRate            Setting[Rate]
+	BackoffRetryAfter            Setting[[]time.Duration]
+	BackoffToNormalAfter         Setting[time.Duration]
+	BackoffToNormalAfterDelivery Setting[bool]
+	DKIMSign                     Setting[bool]
+	DomainKeys                   Setting[[]DomainKey]
+}
+
+// DefaultDomainSettings returns the built-in delivery defaults, none of them
+// marked as set.
+func DefaultDomainSettings() DomainSettings {
+	return DomainSettings{
+		MaxSMTPOut:                   def(20),
+		MaxMsgPerConnection:          def(100),
+		MaxRcptPerTransaction:        def(100),
+		MaxMsgRate:                   def(Rate{}),
+		MaxConnectRate:               def(Rate{}),
+		ConnectionIdleTimeout:        def(30 * time.Second),
+		RetryAfter:                   def([]time.Duration{10 * time.Minute}),
+		BounceAfter:                  def(4*24*time.Hour + 12*time.Hour),
+		BounceUponNoMX:               def(false),
+		UseStartTLS:                  def(true),
+		RequireStartTLS:              def(false),
+		TLSVerifyCertificate:         def(false),
+		SMTPHosts:                    def(HostList(nil)),
+		DefaultSMTPPort:              def(25),
+		AuthUsername:                 def(""),
+		AuthPassword:                 def(""),
+		UseUnencryptedPlainAuth:      def(false),
+		ConnectTimeout:               def(2 * time.Minute),
+		SMTPGreetingTimeout:          def(5 * time.Minute),
+		DataSendTimeout:              def(3 * time.Minute),
+		MaxErrorsPerConnection:       def(0),
+		QueuePriority:                def(50),
+		SMTPPatternList:              def(""),
+		BackoffMaxSMTPOut:            def(2),
+		BackoffMaxMsgRate:            def(Rate{Count: 1, Interval: time.Minute}),
+		BackoffRetryAfter:            def([]time.Duration{time.Hour}),
+		BackoffToNormalAfter:         def(time.Hour),
+		BackoffToNormalAfterDelivery: def(true),
+		DKIMSign:                     def(false),
+		DomainKeys:                   def([]DomainKey(nil)),
+	}
+}
+
+// Inherit returns s with every directive s leaves unset taken from parent:
+// each directive is resolved on its own, so an override of one inherits all
+// the others.
+func (s DomainSettings) Inherit(parent DomainSettings) DomainSettings {
+	inherit(&s, &parent)
+	return s
+}
+
+// inherit copies each unset Setting field of *dst from *src. Both must point
+// to the same struct type made only of Setting fields. Reflection keeps this
+// in step with the structs as directives are added; it runs at policy
+// resolution, which callers cache, not per message.
+func inherit(dst, src any) {
+	d := reflect.ValueOf(dst).Elem()
+	s := reflect.ValueOf(src).Elem()
+	for i := 0; i < d.NumField(); i++ {
+		f := d.Field(i)
+		if !f.Interface().(interface{ isSet() bool }).isSet() {
+			f.Set(s.Field(i))
+		}
+	}
+}
+
+// PatternField is what a pattern-list rule matches.
+type PatternField int
+
+// The fields a pattern-list rule can match.
+const (
+	MatchMailFrom PatternField = iota
+	MatchRcptTo
+	MatchHeader
+)
+
+// PatternRule is one rule of a <pattern-list>.
+type PatternRule struct {
+	Pos   Position
+	Field PatternField
+	// Header is the header name for MatchHeader.
+	Header     string
+	Regexp     Regexp
+	VirtualMTA string
+}
+
+// PatternList is a <pattern-list> block: rules choosing a VMTA at injection.
+type PatternList struct {
+	Pos   Position
+	Name  string
+	Rules []PatternRule
+}
+
+// ReplyMode is the mode a reply rule switches its queue to.
+type ReplyMode int
+
+// Reply rule modes.
+const (
+	ModeUnchanged ReplyMode = iota
+	ModeBackoff
+	ModeNormal
+)
+
+// ReplyActions are the actions of one reply rule.
+type ReplyActions struct {
+	Mode ReplyMode
+	// BackoffToNormalAfter overrides the queue's setting when set.
+	BackoffToNormalAfter Setting[time.Duration]
+	DeferQueue           bool
+	BounceRcpt           bool
+	SkipMX               bool
+}
+
+// ReplyRule is one `reply /RE/ actions` line of an <smtp-pattern-list>.
+type ReplyRule struct {
+	Pos     Position
+	Regexp  Regexp
+	Actions ReplyActions
+}
+
+// SMTPPatternList is an <smtp-pattern-list> block.
+type SMTPPatternList struct {
+	Pos   Position
+	Name  string
+	Rules []ReplyRule
+}
+
+// RecordTypes is a set of accounting record types.
+type RecordTypes struct {
+	Delivered, Bounced, Transient, Received bool
+}
+
+// String writes the set as in the file (d,b,t,r order).
+func (r RecordTypes) String() string {
+	s := ""
+	add := func(ok bool, c string) {
+		if ok {
+			if s != "" {
+				s += ","
+			}
+			s += c
+		}
+	}
+	add(r.Delivered, "d")
+	add(r.Bounced, "b")
+	add(r.Transient, "t")
+	add(r.Received, "r")
+	return s
+}
+
+// AcctFile is an <acct-file> block.
+type AcctFile struct {
+	Pos          Position
+	Path         string
+	Records      Setting[RecordTypes]
+	MaxSize      Setting[Size]
+	MoveInterval Setting[time.Duration]
+}
