@@ -1,16 +1,67 @@
 // Command tern is the Tern mail delivery engine and its operator CLI.
 //
-// This is a placeholder so that the package builds and its tests run; the real
-// subcommands (serve, check, hash-password, ...) replace it.
+// Subcommands:
+//
+//	tern check FILE          validate a configuration and summarise it
+//	tern hash-password       read a password, print a bcrypt hash for password-hash
+//	tern version             print the version
 package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 )
 
+// version is the release this binary was built from; set with -ldflags.
+var version = "dev"
+
 func main() {
-	fmt.Fprintln(os.Stderr, "usage: tern <command> [arguments]")
-	fmt.Fprintln(os.Stderr, "commands: serve, check, hash-password (not built yet)")
-	os.Exit(2)
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// command is one subcommand: it gets its own arguments and the process's
+// standard streams and returns the exit code.
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, stdin io.Reader, stdout, stderr io.Writer) int
+}
+
+func commands() []command {
+	return []command{
+		{"check", "validate a configuration file and print a summary", runCheck},
+		{"hash-password", "read a password and print a bcrypt hash for password-hash", runHashPassword},
+		{"version", "print the version", func(_ []string, _ io.Reader, stdout, _ io.Writer) int {
+			fmt.Fprintln(stdout, "tern", version)
+			return 0
+		}},
+	}
+}
+
+// run dispatches to a subcommand; it is main without the process, for tests.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(args[1:], stdin, stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "tern: unknown command %q\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: tern <command> [arguments]")
+	fmt.Fprintln(w, "commands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-14s %s\n", c.name, c.summary)
+	}
 }

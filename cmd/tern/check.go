@@ -1,0 +1,198 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/ternmta/tern/config"
+)
+
+// maxListed is how many items of one kind the summary names before it
+// counts the rest, so a 500-VMTA file still fits on one screen.
+const maxListed = 6
+
+// runCheck validates a configuration file. Exit 0 with a summary when it is
+// valid, 1 with every error when it is not, 2 on usage errors.
+func runCheck(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	quiet := fs.Bool("q", false, "print only errors and warnings")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: tern check [-q] FILE")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return 2
+	}
+	path := fs.Arg(0)
+	cfg, err := config.Load(path, config.Options{})
+	if err != nil {
+		var list *config.ErrorList
+		if errors.As(err, &list) {
+			printDiagnostics(stderr, "warning: ", list.Warnings)
+			printDiagnostics(stderr, "", list.Errors)
+			fmt.Fprintf(stderr, "%s: %s, %s; the configuration is refused\n", path,
+				plural(len(list.Errors), "error"), plural(len(list.Warnings), "warning"))
+		} else {
+			fmt.Fprintf(stderr, "%s: %v\n", path, err)
+		}
+		return 1
+	}
+	if !*quiet {
+		printSummary(stdout, cfg)
+	}
+	printDiagnostics(stderr, "warning: ", cfg.Warnings)
+	return 0
+}
+
+func printDiagnostics(w io.Writer, prefix string, ds []config.Diagnostic) {
+	for _, d := range ds {
+		fmt.Fprintf(w, "%s: %s%s\n", d.Pos, prefix, d.Message)
+	}
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}
+
+// list joins items, naming at most maxListed and counting the rest.
+func list(items []string) string {
+	if len(items) == 0 {
+		return "-"
+	}
+	if len(items) > maxListed {
+		return strings.Join(items[:maxListed], ", ") + fmt.Sprintf(", … and %d more", len(items)-maxListed)
+	}
+	return strings.Join(items, ", ")
+}
+
+// printSummary writes the one-screen overview of a valid configuration.
+func printSummary(w io.Writer, cfg *config.Config) {
+	fmt.Fprintf(w, "%s: configuration OK (%s)\n", cfg.Path, plural(len(cfg.Warnings), "warning"))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(what string, n int, detail string) {
+		count := ""
+		if n >= 0 {
+			count = fmt.Sprint(n)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", what, count, detail)
+	}
+
+	var items []string
+	for _, l := range cfg.Listeners {
+		s := l.Addr
+		var opts []string
+		if l.Source != "" {
+			opts = append(opts, "source "+l.Source)
+		}
+		if l.TLS {
+			opts = append(opts, "implicit TLS")
+		}
+		if len(opts) > 0 {
+			s += " (" + strings.Join(opts, ", ") + ")"
+		}
+		items = append(items, s)
+	}
+	row("listeners", len(cfg.Listeners), list(items))
+	row("host-name", -1, cfg.HostName.Value)
+	row("spool", -1, fmt.Sprintf("%s (min-free-space %s)", cfg.Spool.Dir.Value, cfg.Spool.MinFreeSpace.Value))
+	tls := "not offered (no smtp-server-tls-certificate)"
+	if cfg.TLSCertificate != nil {
+		tls = cfg.TLSCertificateFile.Value
+	}
+	row("STARTTLS", -1, tls)
+
+	items = items[:0]
+	for _, s := range cfg.Sources {
+		if s.Named() {
+			items = append(items, s.Name)
+		} else {
+			items = append(items, s.Prefix.String())
+		}
+	}
+	row("sources", len(cfg.Sources), list(items))
+
+	items = items[:0]
+	for _, u := range cfg.Users {
+		kind := "password-hash"
+		if u.Password.Set {
+			kind = "plaintext password"
+		}
+		items = append(items, fmt.Sprintf("%s (%s, source %s)", u.Name, kind, u.Source.Value))
+	}
+	row("smtp-users", len(cfg.Users), list(items))
+
+	items = items[:0]
+	for _, v := range cfg.VMTAs {
+		var hosts []string
+		for _, h := range v.SourceHosts {
+			name := h.HostName
+			if v.HostName.Set {
+				name = v.HostName.Value
+			}
+			hosts = append(hosts, h.IP.String()+" "+name)
+		}
+		if len(hosts) == 0 {
+			hosts = append(hosts, "default route")
+		}
+		items = append(items, fmt.Sprintf("%s [%s]", v.Name, strings.Join(hosts, "; ")))
+	}
+	row("virtual MTAs", len(cfg.VMTAs), list(items))
+
+	items = items[:0]
+	for _, p := range cfg.Pools {
+		var members []string
+		for _, m := range p.Members {
+			members = append(members, m.Name)
+		}
+		items = append(items, fmt.Sprintf("%s (%s)", p.Name, strings.Join(members, " ")))
+	}
+	row("pools", len(cfg.Pools), list(items))
+
+	items = items[:0]
+	n := len(cfg.Domains)
+	for _, d := range cfg.Domains {
+		items = append(items, d.Pattern.String())
+	}
+	for _, v := range cfg.VMTAs {
+		for _, d := range v.Domains {
+			items = append(items, d.Pattern.String()+"/"+v.Name)
+		}
+		n += len(v.Domains)
+	}
+	for _, p := range cfg.Pools {
+		for _, d := range p.Domains {
+			items = append(items, d.Pattern.String()+"/"+p.Name)
+		}
+		n += len(p.Domains)
+	}
+	row("domain blocks", n, list(items))
+
+	items = items[:0]
+	for _, p := range cfg.PatternLists {
+		items = append(items, fmt.Sprintf("%s (%s)", p.Name, plural(len(p.Rules), "rule")))
+	}
+	for _, p := range cfg.SMTPPatternLists {
+		items = append(items, fmt.Sprintf("%s (%s, replies)", p.Name, plural(len(p.Rules), "rule")))
+	}
+	row("pattern lists", len(cfg.PatternLists)+len(cfg.SMTPPatternLists), list(items))
+
+	items = items[:0]
+	for _, a := range cfg.AcctFiles {
+		items = append(items, fmt.Sprintf("%s (records %s)", a.Path, a.Records.Value))
+	}
+	row("acct files", len(cfg.AcctFiles), list(items))
+	row("admin API", -1, fmt.Sprintf("%s (%s)", cfg.HTTPMgmtAddr.Value, plural(len(cfg.HTTPAccess), "access rule")))
+	tw.Flush()
+}
