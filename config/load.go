@@ -155,8 +155,8 @@ func (b *builder) dispatch(n *node, sc scope) bool {
 			b.warnf(n.Pos, "%s is a PowerMTA directive Tern does not implement yet; ignored", n.Name)
 			return false
 		}
-		if _, isBlock := blockScopes[n.Name]; isBlock && len(n.Args) > 0 && strings.HasPrefix(n.Args[len(n.Args)-1].Text, ">") {
-			b.errorf(n.Pos, "unknown directive %q (a block is written <%s …>)", n.Name, n.Name)
+		if _, isBlock := blockScopes[n.Name]; isBlock {
+			b.errorf(n.Pos, "%s is a block, not a directive: write <%s …> and close it with </%s>", n.Name, n.Name, n.Name)
 			return false
 		}
 		b.errorf(n.Pos, "unknown directive %q%s", n.Name, didYouMean(n.Name, keys(b.index), "%q"))
