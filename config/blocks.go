@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"reflect"
 	"strconv"
 	"strings"
@@ -209,7 +208,17 @@ func (b *builder) certificate(n *node) {
 	if len(n.Args) == 2 {
 		keyFile = relPath(n.Pos, n.Args[1].Text)
 	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	// Read through Options.ReadFile, like includes, so that tests and the
+	// fuzzer decide what a path yields.
+	certPEM, err := b.opts.ReadFile(certFile)
+	keyPEM := certPEM
+	if err == nil && keyFile != certFile {
+		keyPEM, err = b.opts.ReadFile(keyFile)
+	}
+	var cert tls.Certificate
+	if err == nil {
+		cert, err = tls.X509KeyPair(certPEM, keyPEM)
+	}
 	if err != nil {
 		b.errorf(n.Args[0].Pos, "smtp-server-tls-certificate: %v", err)
 		return
@@ -630,7 +639,7 @@ func (b *builder) domainKey(s *DomainSettings, n *node) {
 		b.errorf(n.Args[0].Pos, "domain-key: %q is not a domain", dom)
 		return
 	}
-	signer, err := loadPrivateKey(file)
+	signer, err := loadPrivateKey(b.opts.ReadFile, file)
 	if err != nil {
 		b.errorf(n.Args[0].Pos, "domain-key: %v", err)
 		return
@@ -652,8 +661,8 @@ func (b *builder) domainKey(s *DomainSettings, n *node) {
 
 // loadPrivateKey reads an RSA or Ed25519 private key in PEM (PKCS#1 or
 // PKCS#8).
-func loadPrivateKey(file string) (crypto.Signer, error) {
-	data, err := os.ReadFile(file)
+func loadPrivateKey(readFile func(string) ([]byte, error), file string) (crypto.Signer, error) {
+	data, err := readFile(file)
 	if err != nil {
 		return nil, err
 	}

@@ -85,7 +85,9 @@ func suggest(word string, candidates []string) string {
 	if limit < 2 {
 		limit = 2
 	}
-	if bestDist < 0 || bestDist > limit {
+	// A candidate that shares nothing with the word is no hint: "1" or "on"
+	// must not suggest "no".
+	if bestDist < 0 || bestDist > limit || bestDist >= len(word) {
 		return ""
 	}
 	return best

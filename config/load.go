@@ -13,8 +13,9 @@ import (
 type Options struct {
 	// Hostname is the default for host-name; empty means os.Hostname.
 	Hostname string
-	// ReadFile and Glob read the main file and includes; nil means the
-	// os and filepath functions. Tests may serve files from memory.
+	// ReadFile and Glob read the main file, includes, the TLS certificate
+	// and the DKIM keys; nil means the os and filepath functions. Tests may
+	// serve files from memory.
 	ReadFile func(string) ([]byte, error)
 	Glob     func(string) ([]string, error)
 }

@@ -236,6 +236,9 @@ func parseRate(s string) (Rate, error) {
 	if !ok || per[i:] == "w" {
 		return Rate{}, fmt.Errorf("%q is not a rate: unknown unit %q (use s, m, h or d)", s, per[i:])
 	}
+	if int64(mult) > int64(math.MaxInt64/unit) {
+		return Rate{}, fmt.Errorf("%q is not a rate: interval %q is too long", s, per)
+	}
 	return Rate{Count: n, Interval: time.Duration(mult) * unit}, nil
 }
 
