@@ -21,8 +21,9 @@ type User struct {
 	// Config is the <smtp-user> block.
 	Config *config.User
 
-	hash      []byte // bcrypt, from password-hash
-	plaintext string // from password, when there is no hash
+	hash      []byte            // bcrypt, from password-hash
+	plaintext string            // from password, when there is no hash
+	digest    [sha256.Size]byte // SHA-256 of plaintext
 }
 
 // Plaintext returns the user's password when the file gives it in plaintext
@@ -44,19 +45,23 @@ func (r *Registry) User(name string) (*User, bool) {
 // LOGIN, and returns the user on success. User names match exactly (see
 // User).
 //
-// Every attempt costs about one bcrypt comparison, whether the user exists,
-// has a password-hash or a plaintext password, so the time a failure takes
-// does not tell a client which user names exist: an unknown user, or one
-// with a plaintext password, is also compared against a dummy hash made at
-// Build with the highest cost among the configured hashes. Plaintext
-// passwords are compared through their SHA-256 digests in constant time, so
-// not even their length leaks. With no smtp-user at all every attempt
-// fails at once: there is nothing to hide.
+// The time a failure takes must not tell a client which user names exist.
+// When any user has a password-hash, every attempt costs one bcrypt
+// comparison: an unknown user, or one with a plaintext password, is
+// compared against a dummy hash made at Build with the highest cost among
+// the configured hashes. Plaintext passwords are compared through their
+// SHA-256 digests in constant time, so not even their length leaks; when
+// all users have plaintext passwords, an unknown user costs the same digest
+// comparison and no bcrypt is needed to hide anything.
 func (r *Registry) Authenticate(username, password string) (*User, bool) {
+	got := sha256.Sum256([]byte(password))
 	u, ok := r.users[username]
 	if !ok {
 		if r.dummyHash != nil {
 			_ = bcrypt.CompareHashAndPassword(r.dummyHash, []byte(password))
+		} else {
+			var none [sha256.Size]byte
+			subtle.ConstantTimeCompare(none[:], got[:])
 		}
 		return nil, false
 	}
@@ -66,10 +71,10 @@ func (r *Registry) Authenticate(username, password string) (*User, bool) {
 		}
 		return u, true
 	}
-	_ = bcrypt.CompareHashAndPassword(r.dummyHash, []byte(password))
-	want := sha256.Sum256([]byte(u.plaintext))
-	got := sha256.Sum256([]byte(password))
-	if subtle.ConstantTimeCompare(want[:], got[:]) != 1 {
+	if r.dummyHash != nil {
+		_ = bcrypt.CompareHashAndPassword(r.dummyHash, []byte(password))
+	}
+	if subtle.ConstantTimeCompare(u.digest[:], got[:]) != 1 {
 		return nil, false
 	}
 	return u, true
@@ -98,19 +103,16 @@ func (r *Registry) buildUsers(fail func(config.Position, string, ...any)) error 
 			u.hash = []byte(cu.PasswordHash.Value)
 		case cu.Password.Set:
 			u.plaintext = cu.Password.Value
+			u.digest = sha256.Sum256([]byte(u.plaintext))
 		default:
 			fail(cu.Pos, "smtp-user %s has no password", cu.Name)
 			continue
 		}
 		r.users[u.Name] = u
 	}
-	if len(r.cfg.Users) == 0 {
-		return nil
-	}
 	if cost == 0 {
-		// Only plaintext passwords: still make every attempt cost the same,
-		// at the cost tern hash-password uses by default.
-		cost = bcrypt.DefaultCost
+		// No hashes (or no users): there is no bcrypt time to match.
+		return nil
 	}
 	// The dummy's password is random so that no password can match it.
 	h, err := bcrypt.GenerateFromPassword([]byte(rand.Text()), cost)
