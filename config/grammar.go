@@ -27,7 +27,8 @@ var lexerRules = lexer.Rules{
 		{Name: "Newline", Pattern: `\n`, Action: lexer.Pop()},
 		{Name: "TagEnd", Pattern: `>`, Action: lexer.Pop()},
 		{Name: "String", Pattern: `"(?:\\.|[^"\\\n])*"`},
-		{Name: "BadString", Pattern: `"(?:\\.|[^"\\\n])*`},
+		// An unclosed quote in a tag stops at '>', which still ends the tag.
+		{Name: "BadTagString", Pattern: `"(?:\\.|[^"\\\n>])*`},
 		{Name: "TagWord", Pattern: `[^\s>"]+`},
 	},
 	"Args": {
@@ -76,7 +77,7 @@ type directiveAST struct {
 type argAST struct {
 	Pos    lexer.Position
 	String *string `parser:"(  @String"`
-	Bad    *string `parser:"| @BadString"`
+	Bad    *string `parser:"| @(BadString | BadTagString)"`
 	Regex  *string `parser:"| @Regex"`
 	Word   *string `parser:"| @(Word | TagWord) )"`
 }

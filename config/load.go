@@ -242,7 +242,7 @@ func (b *builder) macros(nodes []*node) {
 			continue
 		}
 		if p, dup := pos[name]; dup {
-			b.errorf(n.Pos, "domain-macro %s is already defined at %s", name, p)
+			b.errorf(n.Pos, "domain-macro %s is already defined at %s", name, shortPos(p, n.Pos))
 			continue
 		}
 		var vals []string

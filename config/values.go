@@ -170,6 +170,9 @@ func parseDuration(s string) (time.Duration, error) {
 		for j < len(in) && in[j] >= 'a' && in[j] <= 'z' {
 			j++
 		}
+		if j == i && i < len(in) {
+			return 0, fmt.Errorf("%q is not a duration (use whole numbers with units s, m, h, d, w, as in 90s or 4d12h)", s)
+		}
 		if j == i {
 			return 0, fmt.Errorf("%q has no unit (use s, m, h, d or w, as in %ss)", s, in[:i])
 		}
