@@ -1,0 +1,408 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Lease is a set of due recipients of one queue key handed to one delivery
+// worker. No other worker gets them until the lease reports their outcome
+// or releases them. A Lease is meant for one goroutine; its methods are safe
+// to call concurrently with anything else in the queue.
+type Lease struct {
+	q *Queue
+	k *keyQueue
+
+	// Key is the queue key all recipients belong to.
+	Key Key
+	// Messages holds the leased recipients grouped by message, messages in
+	// the order their first recipient was due, so that one SMTP
+	// transaction can carry all recipients of an Entry.
+	Messages []Entry
+
+	slots []leaseSlot     // the recipients in the order of Messages
+	index map[slotKey]int // slot by recipient, for large leases
+	open  int             // slots still held; guarded by q.mu
+	done  bool            // all slots reported, gone or released; guarded by q.mu
+}
+
+// Slot states, guarded by q.mu.
+const (
+	slotHeld     = iota // leased, outcome pending
+	slotReported        // outcome recorded
+	slotGone            // removed by Delete while leased
+	slotReleased        // handed back by Release
+)
+
+type slotKey struct {
+	id ID
+	n  uint32
+}
+
+type leaseSlot struct {
+	ref
+	state uint8
+	rec   *RecipientState // in Messages
+}
+
+// Lease hands out up to max due recipients of key, grouped by message, and
+// reads their envelopes and recipient records from the spool. It returns a
+// nil Lease and no error when the key has nothing due or is paused; use
+// Wait to block until it has.
+func (q *Queue) Lease(ctx context.Context, key Key, max int) (*Lease, error) {
+	if max <= 0 {
+		return nil, fmt.Errorf("%w: lease of %d recipients", ErrInvalid, max)
+	}
+	if err := q.enter(); err != nil {
+		return nil, err
+	}
+	defer q.leave()
+	key.Domain = strings.ToLower(key.Domain)
+
+	q.mu.Lock()
+	k := q.keys[key]
+	if k == nil || !k.leasable() {
+		q.mu.Unlock()
+		return nil, nil
+	}
+	n := min(max, k.ready.len())
+	l := &Lease{q: q, k: k, Key: key, slots: make([]leaseSlot, 0, n), open: n}
+	var need uint64
+	for range n {
+		r := k.ready.popFront()
+		l.slots = append(l.slots, leaseSlot{ref: r})
+		need = maxU64(need, r.m.pend)
+	}
+	k.leased += n
+	q.nReady -= n
+	q.nLeased += n
+	if k.leases == nil {
+		k.leases = make(map[*Lease]struct{})
+	}
+	k.leases[l] = struct{}{}
+	durable := q.durableGen
+	q.mu.Unlock()
+
+	// A recipient deferred a moment ago may have its new record still in the
+	// committer's batch; read only after that batch is durable.
+	if need > durable {
+		if err := q.waitDurable(context.WithoutCancel(ctx), need); err != nil {
+			l.Release()
+			return nil, err
+		}
+	}
+	if err := l.load(); err != nil {
+		l.Release()
+		return nil, err
+	}
+	if len(l.slots) == 0 {
+		return nil, nil
+	}
+	return l, nil
+}
+
+func maxU64(a, b uint64) uint64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// load groups the slots by message and reads their records. Recipients
+// whose records are missing cannot be delivered; they are logged and
+// dropped from the queue.
+func (l *Lease) load() error {
+	q := l.q
+	groups := make(map[*msgInfo]int, len(l.slots))
+	order := make([]*msgInfo, 0, len(l.slots))
+	for _, s := range l.slots {
+		if _, ok := groups[s.m]; !ok {
+			groups[s.m] = len(order)
+			order = append(order, s.m)
+		}
+	}
+	l.Messages = make([]Entry, len(order))
+	counts := make([]int, len(order))
+	for _, s := range l.slots {
+		counts[groups[s.m]]++
+	}
+	recs := make([]RecipientState, len(l.slots))
+	off := 0
+	for i, m := range order {
+		l.Messages[i] = Entry{ID: m.id, Recipients: recs[off : off : off+counts[i]]}
+		off += counts[i]
+	}
+
+	var lost []int
+	kb := make([]byte, 0, 15)
+	envOK := make([]bool, len(order))
+	for i, m := range order {
+		v, c, err := q.db.Get(envelopeKey(m.id))
+		if errors.Is(err, pebble.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("queue: read envelope %s: %w", m.id, err)
+		}
+		l.Messages[i].Envelope, _, err = decodeEnvelope(v)
+		c.Close()
+		if err != nil {
+			return fmt.Errorf("queue: envelope %s: %w", m.id, err)
+		}
+		envOK[i] = true
+	}
+	slots := l.slots
+	l.slots = make([]leaseSlot, 0, len(slots))
+	for si, s := range slots {
+		g := groups[s.m]
+		kb = appendRecipientKey(kb[:0], s.m.id, int(s.n))
+		v, c, err := q.db.Get(kb)
+		if errors.Is(err, pebble.ErrNotFound) || (err == nil && !envOK[g]) {
+			if c != nil {
+				c.Close()
+			}
+			lost = append(lost, si)
+			continue
+		}
+		if err != nil {
+			l.slots = slots
+			return fmt.Errorf("queue: read recipient %s/%d: %w", s.m.id, s.n, err)
+		}
+		r, err := decodeRecipient(v, int(s.n))
+		c.Close()
+		if err != nil {
+			l.slots = slots
+			return fmt.Errorf("queue: recipient %s/%d: %w", s.m.id, s.n, err)
+		}
+		e := &l.Messages[g]
+		e.Recipients = append(e.Recipients, r)
+		s.rec = &e.Recipients[len(e.Recipients)-1]
+		l.slots = append(l.slots, s)
+	}
+	if len(lost) > 0 {
+		q.mu.Lock()
+		for _, si := range lost {
+			s := slots[si]
+			q.log.Error("queue: recipient record missing; dropped", "id", s.m.id, "n", s.n)
+			l.k.leased--
+			q.nLeased--
+			l.open--
+			q.finalLocked(s.ref)
+		}
+		l.finishIfDoneLocked()
+		q.mu.Unlock()
+		q.kickCommitter()
+		kept := l.Messages[:0]
+		for _, e := range l.Messages {
+			if len(e.Recipients) > 0 {
+				kept = append(kept, e)
+			}
+		}
+		l.Messages = kept
+	}
+	if len(l.slots) > 32 {
+		l.index = make(map[slotKey]int, len(l.slots))
+		for i, s := range l.slots {
+			l.index[slotKey{s.m.id, s.n}] = i
+		}
+	}
+	return nil
+}
+
+// find returns the slot of recipient n of message id, or -1.
+func (l *Lease) find(id ID, n int) int {
+	if n < 0 {
+		return -1
+	}
+	if l.index != nil {
+		if i, ok := l.index[slotKey{id, uint32(n)}]; ok {
+			return i
+		}
+		return -1
+	}
+	for i := range l.slots {
+		if l.slots[i].m.id == id && int(l.slots[i].n) == n {
+			return i
+		}
+	}
+	return -1
+}
+
+// Body returns the body of message id; see Queue.Body.
+func (l *Lease) Body(id ID) ([]byte, error) { return l.q.Body(id) }
+
+// Live reports whether the lease still holds recipient n of message id,
+// that is, its outcome is pending and no operator deleted it meanwhile. A
+// worker can skip a transaction whose recipients are no longer live.
+func (l *Lease) Live(id ID, n int) bool {
+	i := l.find(id, n)
+	if i < 0 {
+		return false
+	}
+	l.q.mu.Lock()
+	defer l.q.mu.Unlock()
+	return l.slots[i].state == slotHeld
+}
+
+// Report records outcomes of leased recipients: Delivered and Bounced
+// remove the recipient (and the message with its last recipient);
+// Deferred keeps it with one more attempt, the reply and the next attempt
+// at Until. The index changes at once; the spool changes are committed by
+// the background committer shortly after, together with other outcomes
+// (use Queue.Flush to wait for durability). An outcome for a recipient
+// deleted by an operator while leased is ignored. Report fails, recording
+// nothing, if any outcome names a recipient the lease does not hold or has
+// an invalid kind.
+func (l *Lease) Report(outs ...Outcome) error {
+	q := l.q
+	if err := q.enter(); err != nil {
+		return err
+	}
+	defer q.leave()
+
+	type prepared struct {
+		slot int
+		kind Kind
+		at   int64
+		val  []byte
+	}
+	now := q.clock.Now()
+	preps := make([]prepared, len(outs))
+	for i, o := range outs {
+		si := l.find(o.ID, o.N)
+		if si < 0 {
+			return fmt.Errorf("%w: %s/%d", ErrNotLeased, o.ID, o.N)
+		}
+		p := prepared{slot: si, kind: o.Kind}
+		switch o.Kind {
+		case Delivered, Bounced:
+		case Deferred:
+			rs := *l.slots[si].rec
+			rs.Attempts++
+			rs.NextAttempt = o.Until
+			rs.LastAttempt = now
+			rs.LastReply = o.Reply
+			p.val = appendRecipient(nil, &rs)
+			p.at = o.Until.UnixNano()
+			if o.Until.IsZero() {
+				p.at = 0
+			}
+		default:
+			return fmt.Errorf("%w: outcome kind %v cannot be reported", ErrInvalid, o.Kind)
+		}
+		preps[i] = p
+	}
+
+	var ready []Key
+	q.mu.Lock()
+	for q.pend.Len() > maxPendingBytes && q.failed.Load() == nil {
+		ch := q.durableCh
+		q.mu.Unlock()
+		q.kickCommitter()
+		<-ch
+		q.mu.Lock()
+	}
+	if f := q.failed.Load(); f != nil {
+		q.mu.Unlock()
+		return f.wrapped()
+	}
+	// Validate states before changing anything.
+	for i, p := range preps {
+		switch l.slots[p.slot].state {
+		case slotReported, slotReleased:
+			q.mu.Unlock()
+			return fmt.Errorf("%w: %s/%d", ErrNotLeased, outs[i].ID, outs[i].N)
+		}
+		for _, p2 := range preps[:i] {
+			if p2.slot == p.slot {
+				q.mu.Unlock()
+				return fmt.Errorf("%w: %s/%d reported twice", ErrInvalid, outs[i].ID, outs[i].N)
+			}
+		}
+	}
+	k := l.k
+	nowNs := now.UnixNano()
+	was := k.leasable()
+	deferred := false
+	for _, p := range preps {
+		s := &l.slots[p.slot]
+		if s.state == slotGone {
+			s.state = slotReported
+			continue
+		}
+		s.state = slotReported
+		l.open--
+		k.leased--
+		q.nLeased--
+		if p.kind != Deferred {
+			q.finalLocked(s.ref)
+			continue
+		}
+		q.kbuf = appendRecipientKey(q.kbuf[:0], s.m.id, int(s.n))
+		_ = q.pend.Set(q.kbuf, p.val, nil)
+		s.m.pend = q.pendGen
+		q.pendOps++
+		if p.at <= nowNs {
+			k.ready.pushBack(s.ref)
+			q.nReady++
+		} else {
+			k.deferred.push(deferral{at: p.at, ref: s.ref})
+			q.nDeferred++
+			deferred = true
+		}
+	}
+	if deferred {
+		q.due.fix(k)
+		q.rearmLocked()
+	}
+	ready = q.signalLocked(k, was, ready)
+	l.finishIfDoneLocked()
+	q.mu.Unlock()
+	q.kickCommitter()
+	q.notify(ready)
+	return nil
+}
+
+// finishIfDoneLocked detaches a lease that holds nothing any more.
+func (l *Lease) finishIfDoneLocked() {
+	if l.open == 0 && !l.done {
+		l.done = true
+		delete(l.k.leases, l)
+		l.q.dropIfIdleLocked(l.k)
+	}
+}
+
+// Release hands the recipients whose outcome was not reported back to the
+// front of their key's FIFO, due at once and with no attempt counted. It
+// is safe to call more than once and after every outcome was reported, so
+// workers can defer it.
+func (l *Lease) Release() {
+	q := l.q
+	q.mu.Lock()
+	if l.done || q.shut {
+		q.mu.Unlock()
+		return
+	}
+	k := l.k
+	was := k.leasable()
+	for i := len(l.slots) - 1; i >= 0; i-- {
+		s := &l.slots[i]
+		if s.state != slotHeld {
+			continue
+		}
+		s.state = slotReleased
+		k.ready.pushFront(s.ref)
+		k.leased--
+		q.nLeased--
+		q.nReady++
+	}
+	l.open = 0
+	ready := q.signalLocked(k, was, nil)
+	l.finishIfDoneLocked()
+	q.mu.Unlock()
+	q.notify(ready)
+}
