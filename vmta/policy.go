@@ -1,6 +1,7 @@
 package vmta
 
 import (
+	"cmp"
 	"strings"
 
 	"github.com/ternmta/tern/config"
@@ -90,17 +91,18 @@ func (m MatchedBlock) String() string {
 // however many domains the registry sees before the next reload.
 func (r *Registry) Policy(vmta, pool, domain string) *Policy {
 	d := strings.TrimSuffix(strings.ToLower(domain), ".")
-	var buf [sigCap]int32
-	ids := buf[:0]
+	var levels [3]*domainOwner
 	if t := r.names[strings.ToLower(vmta)]; t.vmta != nil {
-		ids = t.vmta.domains.match(d, ids)
+		levels[LevelVMTA] = &t.vmta.domains
 	}
 	if pool != "" {
 		if t := r.names[strings.ToLower(pool)]; t.pool != nil {
-			ids = t.pool.domains.match(d, ids)
+			levels[LevelPool] = &t.pool.domains
 		}
 	}
-	ids = r.global.match(d, ids)
+	levels[LevelGlobal] = &r.global
+	var buf [sigCap]int32
+	ids := r.match(d, &levels, buf[:0])
 	if len(ids) > sigCap {
 		// Only a domain with very many labels, each with its own block,
 		// gets here; resolving without the cache is correct, just slower.
@@ -151,74 +153,120 @@ type domainBlock struct {
 	block *config.Domain
 }
 
-// domainIndex finds the <domain> blocks of one level that match a domain.
-// Values are block ids (indexes into Registry.blocks).
-type domainIndex struct {
-	exact   map[string]int32 // example.com
-	selfSub map[string]int32 // [*.]example.com, by example.com
-	sub     map[string]int32 // *.example.com, by example.com
-	any     int32            // *: id+1, 0 when there is none
+// domainOwner is a VMTA, a pool or the top level as an owner of <domain>
+// blocks.
+type domainOwner struct {
+	id int32
+	// any is the owner's <domain *> block id + 1; 0 when there is none.
+	any int32
 }
 
-// indexDomains registers the blocks of one level and indexes them.
-func (r *Registry) indexDomains(level Level, owner string, list []*config.Domain) domainIndex {
-	var x domainIndex
-	put := func(m *map[string]int32, key string, id int32) {
-		if *m == nil {
-			*m = map[string]int32{}
-		}
-		// config merges blocks with the same pattern into one, so a second
-		// entry cannot happen; keeping the first makes it harmless if a
-		// hand-made Config has one.
-		if _, dup := (*m)[key]; !dup {
-			(*m)[key] = id
-		}
-	}
+// ownerBlocks are one owner's blocks for one domain name x: the blocks
+// written x, [*.]x and *.x, each as block id + 1 (0: none).
+type ownerBlocks struct {
+	owner               int32
+	exact, selfSub, sub int32
+}
+
+// indexDomains registers an owner and its blocks. Owners are registered in
+// increasing id order, so every r.byName entry stays sorted by owner.
+func (r *Registry) indexDomains(level Level, name string, list []*config.Domain) domainOwner {
+	o := domainOwner{id: r.owners}
+	r.owners++
 	for _, d := range list {
-		id := int32(len(r.blocks))
-		r.blocks = append(r.blocks, domainBlock{level: level, owner: owner, block: d})
+		id := int32(len(r.blocks)) + 1
+		r.blocks = append(r.blocks, domainBlock{level: level, owner: name, block: d})
+		if d.Pattern.Kind == config.PatternAny {
+			o.any = cmp.Or(o.any, id)
+			continue
+		}
+		entries := r.byName[d.Pattern.Domain]
+		if n := len(entries); n == 0 || entries[n-1].owner != o.id {
+			entries = append(entries, ownerBlocks{owner: o.id})
+		}
+		e := &entries[len(entries)-1]
+		// config merges blocks with the same pattern into one, so a slot is
+		// never filled twice; keeping the first makes a hand-made Config
+		// with duplicates harmless.
 		switch d.Pattern.Kind {
 		case config.PatternExact:
-			put(&x.exact, d.Pattern.Domain, id)
+			e.exact = cmp.Or(e.exact, id)
 		case config.PatternSelfAndSubdomains:
-			put(&x.selfSub, d.Pattern.Domain, id)
+			e.selfSub = cmp.Or(e.selfSub, id)
 		case config.PatternSubdomains:
-			put(&x.sub, d.Pattern.Domain, id)
-		case config.PatternAny:
-			if x.any == 0 {
-				x.any = id + 1
-			}
+			e.sub = cmp.Or(e.sub, id)
 		}
+		r.byName[d.Pattern.Domain] = entries
 	}
-	return x
+	return o
 }
 
-// match appends to ids the blocks matching the lower-case domain d, most
-// specific first: exact; then for each suffix of d from the longest,
-// [*.]suffix before *.suffix (*.d itself does not match d); then *.
-func (x *domainIndex) match(d string, ids []int32) []int32 {
-	if id, ok := x.exact[d]; ok {
-		ids = append(ids, id)
-	}
-	if len(x.selfSub) > 0 || len(x.sub) > 0 {
-		for s := d; ; {
-			if id, ok := x.selfSub[s]; ok {
-				ids = append(ids, id)
-			}
-			if len(s) < len(d) {
-				if id, ok := x.sub[s]; ok {
-					ids = append(ids, id)
+// match appends to ids the ids of the blocks matching the lower-case
+// domain d, most specific first. Levels come in order (the VMTA's blocks,
+// the pool's, the global ones; a nil level is skipped) and within a level:
+// exact; then for each suffix of d from the longest, [*.]suffix before
+// *.suffix (*.d itself does not match d); then *.
+//
+// The walk looks each suffix up once in byName, whatever the number of
+// levels, and collects per level so the levels still come out in order.
+func (r *Registry) match(d string, levels *[3]*domainOwner, ids []int32) []int32 {
+	var store [3][sigCap]int32
+	per := [3][]int32{store[0][:0], store[1][:0], store[2][:0]}
+	for s := d; ; {
+		if entries, ok := r.byName[s]; ok {
+			for lv, o := range levels {
+				if o == nil {
+					continue
+				}
+				e := findOwner(entries, o.id)
+				if e == nil {
+					continue
+				}
+				first, second := e.selfSub, e.sub // a proper suffix: [*.]s, *.s
+				if len(s) == len(d) {
+					first, second = e.exact, e.selfSub // d itself: d, [*.]d
+				}
+				if first != 0 {
+					per[lv] = append(per[lv], first-1)
+				}
+				if second != 0 {
+					per[lv] = append(per[lv], second-1)
 				}
 			}
-			i := strings.IndexByte(s, '.')
-			if i < 0 {
-				break
-			}
-			s = s[i+1:]
+		}
+		i := strings.IndexByte(s, '.')
+		if i < 0 {
+			break
+		}
+		s = s[i+1:]
+	}
+	for lv, o := range levels {
+		if o == nil {
+			continue
+		}
+		ids = append(ids, per[lv]...)
+		if o.any != 0 {
+			ids = append(ids, o.any-1)
 		}
 	}
-	if x.any != 0 {
-		ids = append(ids, x.any-1)
-	}
 	return ids
+}
+
+// findOwner finds owner's entry in entries, which are sorted by owner. A
+// hand-written binary search: this is the inner loop of Policy, and
+// slices.BinarySearchFunc with a comparison closure is not inlined.
+func findOwner(entries []ownerBlocks, owner int32) *ownerBlocks {
+	lo, hi := 0, len(entries)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		switch {
+		case entries[m].owner < owner:
+			lo = m + 1
+		case entries[m].owner > owner:
+			hi = m
+		default:
+			return &entries[m]
+		}
+	}
+	return nil
 }

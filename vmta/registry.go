@@ -26,11 +26,16 @@ type Registry struct {
 	vmtas []*VMTA // sorted by name
 	pools []*Pool // sorted by name
 
-	// cidrSources are the <source CIDR> blocks, least specific first, so
-	// merging them is a fold; named holds the <source NAME> blocks by
-	// lower-case name.
-	cidrSources []*config.Source
-	named       map[string]*config.Source
+	// cidrSources are the <source CIDR> blocks, least specific first, each
+	// with its policy merged at Build; noSource is the policy when none
+	// matches. namedSources are the <source NAME> blocks, and named finds
+	// their index by lower-case name. sourceCache keeps the policies with
+	// named sources applied, by the blocks that made them (see Source).
+	cidrSources  []sourceNode
+	noSource     *SourcePolicy
+	namedSources []*config.Source
+	named        map[string]int
+	sourceCache  sync.Map // string → *SourcePolicy
 
 	users map[string]*User
 	// dummyHash is what Authenticate compares against when there is no real
@@ -40,10 +45,14 @@ type Registry struct {
 
 	patternLists map[string]*PatternList
 
-	// blocks are all <domain> blocks (VMTA, pool and global), indexed by id;
-	// global indexes the global ones. See policy.go.
+	// blocks are all <domain> blocks (VMTA, pool and global), indexed by
+	// id. byName finds, for a domain name x, the blocks written x, [*.]x or
+	// *.x, per owner; owners counts the owners registered, global is the
+	// top level's. See policy.go.
 	blocks   []domainBlock
-	global   domainIndex
+	byName   map[string][]ownerBlocks
+	owners   int32
+	global   domainOwner
 	policies sync.Map // sigKey → *Policy
 }
 
@@ -75,7 +84,7 @@ type VMTA struct {
 	// not define.
 	Config *config.VirtualMTA
 
-	domains domainIndex
+	domains domainOwner
 }
 
 // SourceHost is one address a VMTA sends from.
@@ -104,7 +113,7 @@ type Pool struct {
 	Config *config.Pool
 
 	next    atomic.Uint64
-	domains domainIndex
+	domains domainOwner
 }
 
 // Next returns the member whose turn it is. It is safe for concurrent use;
@@ -130,9 +139,10 @@ func Build(cfg *config.Config) (*Registry, error) {
 	r := &Registry{
 		cfg:          cfg,
 		names:        map[string]target{},
-		named:        map[string]*config.Source{},
+		named:        map[string]int{},
 		users:        map[string]*User{},
 		patternLists: map[string]*PatternList{},
+		byName:       map[string][]ownerBlocks{},
 	}
 	var errs []error
 	fail := func(pos config.Position, format string, args ...any) {
@@ -202,6 +212,8 @@ func Build(cfg *config.Config) (*Registry, error) {
 		r.patternLists[key] = c
 	}
 
+	var cidr []sourceNode
+	prefixes := map[netip.Prefix]bool{}
 	for _, s := range cfg.Sources {
 		if s.Named() {
 			key := strings.ToLower(s.Name)
@@ -209,9 +221,17 @@ func Build(cfg *config.Config) (*Registry, error) {
 				fail(s.Pos, "<source %s> is defined twice", s.Name)
 				continue
 			}
-			r.named[key] = s
+			r.named[key] = len(r.namedSources)
+			r.namedSources = append(r.namedSources, s)
 		} else {
-			r.cidrSources = append(r.cidrSources, s)
+			// config merges blocks for one CIDR; two would make Source
+			// see only one of them.
+			if prefixes[s.Prefix] {
+				fail(s.Pos, "<source %s> is defined twice", s.Prefix)
+				continue
+			}
+			prefixes[s.Prefix] = true
+			cidr = append(cidr, sourceNode{src: s})
 		}
 		st := s.Settings
 		if name := st.DefaultVirtualMTA.Value; st.DefaultVirtualMTA.Set {
@@ -226,9 +246,10 @@ func Build(cfg *config.Config) (*Registry, error) {
 	// config already sorts them this way; sorting again (stably, so blocks
 	// of equal length keep their order) keeps Source correct for a Config
 	// made by hand.
-	slices.SortStableFunc(r.cidrSources, func(a, b *config.Source) int {
-		return cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits())
+	slices.SortStableFunc(cidr, func(a, b sourceNode) int {
+		return cmp.Compare(a.src.Prefix.Bits(), b.src.Prefix.Bits())
 	})
+	r.buildSources(cidr)
 
 	if err := r.buildUsers(fail); err != nil {
 		errs = append(errs, err)

@@ -1,7 +1,9 @@
 package vmta
 
 import (
+	"encoding/binary"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/ternmta/tern/config"
@@ -65,27 +67,81 @@ type SourcePolicy struct {
 // IPv4-mapped IPv6 address (::ffff:192.0.2.1, as a dual-stack listener
 // reports IPv4 clients) is matched as the IPv4 address it carries, and an
 // IPv6 zone (fe80::1%eth0) is ignored. An invalid ip matches no CIDR block.
+//
+// The result is shared with every session that matches the same blocks
+// (the merges are made at Build, or once per combination of names, and
+// kept), so it must be treated as read-only.
 func (r *Registry) Source(ip netip.Addr, names ...string) *SourcePolicy {
 	ip = ip.Unmap().WithZone("")
-	acc := config.DefaultSourceSettings()
-	var blocks []*config.Source
+	base, baseID := r.noSource, 0
 	if ip.IsValid() {
-		for _, s := range r.cidrSources {
-			if s.Prefix.Contains(ip) {
-				acc = s.Settings.Inherit(acc)
-				blocks = append(blocks, s)
+		// Most specific first: the first block that contains ip decides,
+		// because its merged policy already folds in every block above it.
+		for i := len(r.cidrSources) - 1; i >= 0; i-- {
+			if n := r.cidrSources[i]; n.src.Prefix.Contains(ip) {
+				base, baseID = n.policy, i+1
+				break
 			}
 		}
 	}
+	var buf [32]byte
+	key := binary.AppendUvarint(buf[:0], uint64(baseID))
+	applied := false
 	for _, name := range names {
-		if name == "" {
-			continue
+		if i, ok := r.named[strings.ToLower(name)]; ok && name != "" {
+			key = binary.AppendUvarint(key, uint64(i))
+			applied = true
 		}
-		if s := r.named[strings.ToLower(name)]; s != nil {
+	}
+	if !applied {
+		return base
+	}
+	if p, ok := r.sourceCache.Load(string(key)); ok {
+		return p.(*SourcePolicy)
+	}
+	acc := base.Settings
+	blocks := slices.Clone(base.Blocks)
+	for _, name := range names {
+		if i, ok := r.named[strings.ToLower(name)]; ok && name != "" {
+			s := r.namedSources[i]
 			acc = s.Settings.Inherit(acc)
 			blocks = append(blocks, s)
 		}
 	}
+	p, _ := r.sourceCache.LoadOrStore(string(key), r.newSourcePolicy(acc, blocks))
+	return p.(*SourcePolicy)
+}
+
+// sourceNode is a <source CIDR> block with its policy: the block merged
+// over every less specific block that contains it.
+type sourceNode struct {
+	src    *config.Source
+	policy *SourcePolicy
+}
+
+// buildSources merges every CIDR block over its parent, the most specific
+// block that contains it, so Source only has to find the most specific
+// block that contains the client. nodes must be sorted least specific
+// first.
+func (r *Registry) buildSources(nodes []sourceNode) {
+	r.noSource = r.newSourcePolicy(config.DefaultSourceSettings(), nil)
+	for i := range nodes {
+		n := &nodes[i]
+		parent := r.noSource
+		for j := i - 1; j >= 0; j-- {
+			if p := nodes[j].src.Prefix; p.Bits() < n.src.Prefix.Bits() && p.Contains(n.src.Prefix.Addr()) {
+				parent = nodes[j].policy
+				break
+			}
+		}
+		blocks := append(slices.Clone(parent.Blocks), n.src)
+		n.policy = r.newSourcePolicy(n.src.Settings.Inherit(parent.Settings), blocks)
+	}
+	r.cidrSources = nodes
+}
+
+// newSourcePolicy resolves merged settings into a SourcePolicy.
+func (r *Registry) newSourcePolicy(acc config.SourceSettings, blocks []*config.Source) *SourcePolicy {
 	p := &SourcePolicy{
 		SMTPService:               acc.SMTPService.Value,
 		AlwaysAllowRelaying:       acc.AlwaysAllowRelaying.Value,

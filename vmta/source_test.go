@@ -202,3 +202,67 @@ func TestSourcePolicyMirrorsSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestSourceSiblings checks that only the blocks on the client's own chain
+// merge: 10.1/16 applies to 10.1.2.3, its sibling 10.2/16 does not.
+func TestSourceSiblings(t *testing.T) {
+	r := build(t, `smtp-listener 127.0.0.1:2525
+<source 10/8>
+    max-rcpt-per-message 8
+</source>
+<source 10.2/16>
+    max-rcpt-per-message 77
+    hide-message-source yes
+</source>
+<source 10.1/16>
+    log-connections yes
+</source>
+<source 10.1.2.3>
+    log-commands yes
+</source>
+<source 10.2.0.0/24>
+    log-commands yes
+</source>
+`)
+	tests := []struct {
+		ip                   string
+		maxRcpt              int
+		hide, logConn, logCm bool
+	}{
+		{"10.1.2.3", 8, false, true, true},
+		{"10.1.9.9", 8, false, true, false},
+		{"10.2.0.1", 77, true, false, true},
+		{"10.2.1.1", 77, true, false, false},
+		{"10.3.0.1", 8, false, false, false},
+		{"11.0.0.1", 1000, false, false, false},
+	}
+	for _, tc := range tests {
+		p := r.Source(netip.MustParseAddr(tc.ip))
+		if p.MaxRcptPerMessage != tc.maxRcpt || p.HideMessageSource != tc.hide || p.LogConnections != tc.logConn || p.LogCommands != tc.logCm {
+			t.Errorf("%s: max-rcpt %d hide %v log-connections %v log-commands %v; want %d %v %v %v", tc.ip,
+				p.MaxRcptPerMessage, p.HideMessageSource, p.LogConnections, p.LogCommands, tc.maxRcpt, tc.hide, tc.logConn, tc.logCm)
+		}
+	}
+}
+
+// TestSourceShared checks that sessions matching the same blocks share one
+// *SourcePolicy, with and without named sources.
+func TestSourceShared(t *testing.T) {
+	r := build(t, sourcesConf)
+	a, b := netip.MustParseAddr("10.9.9.9"), netip.MustParseAddr("10.8.8.8")
+	if r.Source(a) != r.Source(b) {
+		t.Error("two clients of 10/8 do not share a policy")
+	}
+	if r.Source(a, "bulk") != r.Source(b, "BULK", "") {
+		t.Error("two clients of 10/8 with source bulk do not share a policy")
+	}
+	if r.Source(a, "bulk") == r.Source(a) {
+		t.Error("a named source did not change the policy")
+	}
+	if r.Source(a, "bulk", "night") == r.Source(a, "night", "bulk") {
+		t.Error("the order of named sources is ignored")
+	}
+	if r.Source(a, config.AuthSource) != r.Source(a) {
+		t.Error("{auth} without a block gives another policy")
+	}
+}
