@@ -189,11 +189,11 @@ func Build(cfg *config.Config) (*Registry, error) {
 		r.pools = append(r.pools, pool)
 	}
 	r.global = r.indexDomains(LevelGlobal, "", cfg.Domains)
-	byName := func(a, b string) int {
+	nameOrder := func(a, b string) int {
 		return cmp.Or(cmp.Compare(strings.ToLower(a), strings.ToLower(b)), cmp.Compare(a, b))
 	}
-	slices.SortFunc(r.vmtas, func(a, b *VMTA) int { return byName(a.Name, b.Name) })
-	slices.SortFunc(r.pools, func(a, b *Pool) int { return byName(a.Name, b.Name) })
+	slices.SortFunc(r.vmtas, func(a, b *VMTA) int { return nameOrder(a.Name, b.Name) })
+	slices.SortFunc(r.pools, func(a, b *Pool) int { return nameOrder(a.Name, b.Name) })
 
 	for _, pl := range cfg.PatternLists {
 		key := strings.ToLower(pl.Name)

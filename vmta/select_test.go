@@ -407,16 +407,20 @@ func TestBuildErrors(t *testing.T) {
 	cfg := &config.Config{
 		HostName: config.Setting[string]{Value: "x.example"},
 		Pools:    []*config.Pool{{Name: "p", Members: []config.PoolMember{{Name: "ghost"}}}},
-		Sources: []*config.Source{{Name: "s", Settings: config.SourceSettings{
-			DefaultVirtualMTA: config.Setting[string]{Value: "ghost", Set: true},
-			PatternList:       config.Setting[string]{Value: "nolist", Set: true},
-		}}},
+		Sources: []*config.Source{
+			{Name: "s", Settings: config.SourceSettings{
+				DefaultVirtualMTA: config.Setting[string]{Value: "ghost", Set: true},
+				PatternList:       config.Setting[string]{Value: "nolist", Set: true},
+			}},
+			{Prefix: netip.MustParsePrefix("10.0.0.0/8")},
+			{Prefix: netip.MustParsePrefix("10.0.0.0/8")},
+		},
 	}
 	_, err := vmta.Build(cfg)
 	if err == nil {
 		t.Fatal("Build succeeded")
 	}
-	for _, want := range []string{"member ghost", `default-virtual-mta: no virtual MTA or pool named "ghost"`, "pattern-list: no <pattern-list nolist>"} {
+	for _, want := range []string{"member ghost", `default-virtual-mta: no virtual MTA or pool named "ghost"`, "pattern-list: no <pattern-list nolist>", "<source 10.0.0.0/8> is defined twice"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
