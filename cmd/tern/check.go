@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/ternmta/tern/config"
+	"github.com/ternmta/tern/vmta"
 )
 
 // maxListed is how many items of one kind the summary names before it
@@ -46,8 +47,15 @@ func runCheck(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
+	// Build the runtime model too, so check refuses exactly what serve
+	// would refuse.
+	reg, err := vmta.Build(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", path, err)
+		return 1
+	}
 	if !*quiet {
-		printSummary(stdout, cfg)
+		printSummary(stdout, cfg, reg)
 	}
 	printDiagnostics(stderr, "warning: ", cfg.Warnings)
 	return 0
@@ -78,7 +86,7 @@ func list(items []string) string {
 }
 
 // printSummary writes the one-screen overview of a valid configuration.
-func printSummary(w io.Writer, cfg *config.Config) {
+func printSummary(w io.Writer, cfg *config.Config, reg *vmta.Registry) {
 	fmt.Fprintf(w, "%s: configuration OK (%s)\n", cfg.Path, plural(len(cfg.Warnings), "warning"))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	row := func(what string, n int, detail string) {
@@ -134,21 +142,18 @@ func printSummary(w io.Writer, cfg *config.Config) {
 	row("smtp-users", len(cfg.Users), list(items))
 
 	items = items[:0]
-	for _, v := range cfg.VMTAs {
+	for _, v := range reg.VMTAs() {
 		var hosts []string
 		for _, h := range v.SourceHosts {
-			name := h.HostName
-			if v.HostName.Set {
-				name = v.HostName.Value
+			ip := "default route"
+			if h.IP.IsValid() {
+				ip = h.IP.String()
 			}
-			hosts = append(hosts, h.IP.String()+" "+name)
-		}
-		if len(hosts) == 0 {
-			hosts = append(hosts, "default route")
+			hosts = append(hosts, ip+" "+h.HostName)
 		}
 		items = append(items, fmt.Sprintf("%s [%s]", v.Name, strings.Join(hosts, "; ")))
 	}
-	row("virtual MTAs", len(cfg.VMTAs), list(items))
+	row("virtual MTAs", len(reg.VMTAs()), list(items))
 
 	items = items[:0]
 	for _, p := range cfg.Pools {
