@@ -319,9 +319,7 @@ func (q *Queue) rebuild() error {
 		for _, k := range garbage {
 			_ = b.Delete(k, nil)
 		}
-		err := b.Commit(pebble.Sync)
-		_ = b.Close()
-		if err != nil {
+		if err := commitSync(b); err != nil {
 			return fmt.Errorf("queue: remove stale records: %w", err)
 		}
 		q.log.Warn("queue: removed stale records at open", "records", len(garbage))
@@ -421,9 +419,7 @@ func (q *Queue) Put(ctx context.Context, m Message) (ID, error) {
 		_ = b.Set(kb, buf, nil)
 	}
 	_ = b.Merge(hwKey, binary.BigEndian.AppendUint64(buf[:0], uint64(id)), nil)
-	err := b.Commit(pebble.Sync)
-	_ = b.Close()
-	if err != nil {
+	if err := commitSync(b); err != nil {
 		q.fail(err)
 		return 0, fmt.Errorf("queue: put: %w", err)
 	}
@@ -577,8 +573,7 @@ func (q *Queue) commitLoop() {
 		q.pendGen++
 		q.mu.Unlock()
 
-		err := b.Commit(pebble.Sync)
-		_ = b.Close()
+		err := commitSync(b)
 
 		q.mu.Lock()
 		if err != nil {
@@ -802,9 +797,16 @@ func (q *Queue) Wait(ctx context.Context, key Key) error {
 	return nil
 }
 
-// pebbleLogger routes pebble's logs to slog. Pebble's Fatalf must not
-// return; it panics after logging, which stops the process as pebble
-// intends but lets tests see the message.
+// pebbleLogger routes pebble's logs to slog.
+//
+// Pebble calls Fatalf when it cannot go on, and expects it not to return;
+// its default logger exits the process. This one panics with a
+// *fatalError instead. In pebble's background goroutines that still ends
+// the process, as pebble intends, but commitSync recovers it: a failed WAL
+// write or sync during a commit (pebble's "fatal commit error") then
+// becomes an error from Put, and the queue refuses further writes until it
+// is reopened, instead of the whole daemon dying while other sessions are
+// mid-transaction.
 type pebbleLogger struct{ l *slog.Logger }
 
 func (p pebbleLogger) Infof(format string, args ...any) {
@@ -818,9 +820,40 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 }
 
 func (p pebbleLogger) Fatalf(format string, args ...any) {
-	msg := "pebble: " + fmt.Sprintf(format, args...)
-	p.l.Error(msg)
-	panic(msg)
+	fe := &fatalError{msg: "pebble: " + fmt.Sprintf(format, args...)}
+	for _, a := range args {
+		if err, ok := a.(error); ok {
+			fe.err = err
+			break
+		}
+	}
+	p.l.Error(fe.msg)
+	panic(fe)
+}
+
+// fatalError is the panic value of pebbleLogger.Fatalf.
+type fatalError struct {
+	msg string
+	err error
+}
+
+func (e *fatalError) Error() string { return e.msg }
+func (e *fatalError) Unwrap() error { return e.err }
+
+// commitSync commits b with a synced WAL write and closes it, turning
+// pebble's fatal commit error into an error (see pebbleLogger).
+func commitSync(b *pebble.Batch) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			fe, ok := r.(*fatalError)
+			if !ok {
+				panic(r)
+			}
+			err = fe
+		}
+		_ = b.Close()
+	}()
+	return b.Commit(pebble.Sync)
 }
 
 // hwMerger keeps the maximum of 8-byte big-endian operands. Every Put
