@@ -280,6 +280,10 @@ func (b *builder) macros(nodes []*node) {
 				b.errorf(pos[name], "domain-macro %s: %s", name, err)
 				continue
 			}
+			if len(out)+len(exp) > maxExpansion {
+				b.errorf(pos[name], "domain-macro %s expands to more than %d names", name, maxExpansion)
+				break
+			}
 			out = append(out, exp...)
 		}
 		b.cfg.Macros[name] = out
@@ -310,18 +314,25 @@ func (b *builder) expand(s string, lookup func(string) ([]string, bool)) ([]stri
 	if !ok {
 		return nil, fmt.Sprintf("unknown domain-macro $%s%s", name, didYouMean(name, keys(b.cfg.Macros), "$%s"))
 	}
-	var out []string
+	rest, err := b.expand(s[loc[1]:], lookup)
+	if err != "" {
+		return nil, err
+	}
+	if len(vals)*len(rest) > maxExpansion {
+		return nil, fmt.Sprintf("macros expand to more than %d names", maxExpansion)
+	}
+	out := make([]string, 0, len(vals)*len(rest))
 	for _, v := range vals {
-		rest, err := b.expand(s[loc[1]:], lookup)
-		if err != "" {
-			return nil, err
-		}
 		for _, r := range rest {
 			out = append(out, s[:loc[0]]+v+r)
 		}
 	}
 	return out, ""
 }
+
+// maxExpansion bounds what one pattern or macro may expand to: the cross
+// product of a few macros grows fast, and a typo must not exhaust memory.
+const maxExpansion = 10000
 
 // postmasterDefault derives the postmaster from the final host-name.
 func (b *builder) postmasterDefault() {
