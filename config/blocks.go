@@ -91,7 +91,7 @@ func (b *builder) listener(n *node) {
 	default:
 		ip, err := netip.ParseAddr(host)
 		if err != nil && !validHostname(host) {
-			b.errorf(a.Pos, "smtp-listener: %q is not an IP address", host)
+			b.errorf(a.Pos, "smtp-listener: %q is not an IP address or host name", host)
 			return
 		}
 		if err == nil {
@@ -317,6 +317,10 @@ func (b *builder) sourceDirective(s *SourceSettings, n *node) {
 	}
 }
 
+// repeatableFields are the settings whose directive may be repeated; when two
+// blocks for the same key both set one, their lists are joined.
+var repeatableFields = map[string]bool{"RemoveHeaders": true, "DomainKeys": true}
+
 // mergeInto folds the settings of a second block for the same key into the
 // first, reporting directives both set.
 func (b *builder) mergeInto(dst, src any, n *node) {
@@ -328,6 +332,14 @@ func (b *builder) mergeInto(dst, src any, n *node) {
 			continue
 		}
 		df := d.Field(i)
+		if repeatableFields[d.Type().Field(i).Name] {
+			dv, sv := df.FieldByName("Value"), sf.FieldByName("Value")
+			if df.Interface().(interface{ isSet() bool }).isSet() {
+				joined := reflect.AppendSlice(reflect.AppendSlice(reflect.MakeSlice(dv.Type(), 0, dv.Len()+sv.Len()), dv), sv)
+				dv.Set(joined)
+				continue
+			}
+		}
 		if df.Interface().(interface{ isSet() bool }).isSet() {
 			spos := sf.FieldByName("Pos").Interface().(Position)
 			dpos := df.FieldByName("Pos").Interface().(Position)
@@ -373,7 +385,8 @@ func (b *builder) userBlock(n *node) {
 	switch {
 	case u.Password.Set && u.PasswordHash.Set:
 		b.errorf(u.PasswordHash.Pos, "smtp-user %s: set password or password-hash, not both", name)
-	case !u.Password.Set && !u.PasswordHash.Set:
+	case !u.Password.Set && !u.PasswordHash.Set && !hasChild(n, "password", "password-hash"):
+		// (a password line with a bad value was reported already)
 		b.errorf(n.Pos, "<smtp-user %s> has no password-hash (or password)", name)
 	}
 	b.users[key] = u
@@ -520,13 +533,17 @@ func (b *builder) domainBlock(n *node, list []*Domain) []*Domain {
 		return list
 	}
 	var patterns []DomainPattern
+	seen := map[DomainPattern]bool{}
 	for _, e := range expanded {
 		p, err := parseDomainPattern(e)
 		if err != nil {
 			b.errorf(n.Args[0].Pos, "<domain>: %v", err)
 			continue
 		}
-		patterns = append(patterns, p)
+		if !seen[p] { // a macro listing a value twice names one domain
+			seen[p] = true
+			patterns = append(patterns, p)
+		}
 	}
 	settings := DefaultDomainSettings()
 	for _, c := range n.Children {
@@ -790,16 +807,12 @@ func (b *builder) replyActions(act *ReplyActions, c *node) bool {
 				continue
 			}
 			k, v, hasVal := strings.Cut(strings.ToLower(word), "=")
-			key := k
-			if k == "mode" {
-				key = "mode"
-			}
-			if seen[key] {
+			if seen[k] {
 				b.errorf(a.Pos, "reply: %s is given twice", k)
 				ok = false
 				continue
 			}
-			seen[key] = true
+			seen[k] = true
 			switch {
 			case k == "mode" && v == "backoff":
 				act.Mode = ModeBackoff
@@ -905,4 +918,16 @@ func (b *builder) spoolBlock(n *node) {
 			setOne(b, &b.cfg.Spool.MinFreeSpace, c, parseSize)
 		}
 	}
+}
+
+// hasChild reports whether block n has a directive with one of the names.
+func hasChild(n *node, names ...string) bool {
+	for _, c := range n.Children {
+		for _, name := range names {
+			if !c.Block && c.Name == name {
+				return true
+			}
+		}
+	}
+	return false
 }

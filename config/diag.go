@@ -17,8 +17,11 @@ type Position struct {
 // String formats the position as file:line:col, the form editors and
 // terminals recognise.
 func (p Position) String() string {
-	if p.File == "" && p.Line == 0 {
+	switch {
+	case p.File == "" && p.Line == 0:
 		return "-"
+	case p.Line == 0:
+		return p.File
 	}
 	return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.Column)
 }

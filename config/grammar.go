@@ -40,8 +40,10 @@ var lexerRules = lexer.Rules{
 		// A regex is /…/ and may hold spaces; the tail after the closing
 		// slash keeps paths such as /var/spool/tern in one token, and the
 		// builder decides from the directive whether it wanted a regex.
-		{Name: "Regex", Pattern: `/(?:\\.|[^/\\\n])*/[^\s#"]*`},
-		{Name: "Word", Pattern: `[^\s#"]+`},
+		{Name: "Regex", Pattern: `/(?:\\.|[^/\\\n])*/[^\s"]*`},
+		// '#' inside a word is part of it (a password such as pa#ss): a
+		// comment starts only where a value could start.
+		{Name: "Word", Pattern: `[^\s"]+`},
 	},
 }
 

@@ -149,7 +149,7 @@ func TestIncludeErrors(t *testing.T) {
 func TestLoadMissingFile(t *testing.T) {
 	_, err := Load(incDir+"no-such.conf", Options{Hostname: testHostname})
 	var el *ErrorList
-	if !errors.As(err, &el) || len(el.Errors) != 1 || !strings.Contains(el.Error(), "no-such.conf: no such file or directory") {
+	if !errors.As(err, &el) || len(el.Errors) != 1 || !strings.Contains(el.Error(), "no-such.conf: cannot read the configuration: no such file or directory") {
 		t.Fatalf("Load(missing) = %v", err)
 	}
 	if el.Errors[0].Pos.File != incDir+"no-such.conf" {

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"errors"
+	"io/fs"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -30,7 +32,11 @@ func Load(path string, opts Options) (*Config, error) {
 	}
 	src, err := readFile(path)
 	if err != nil {
-		return nil, &ErrorList{Errors: []Diagnostic{{Pos: Position{File: path}, Message: err.Error()}}}
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the path is already in the position
+		}
+		return nil, &ErrorList{Errors: []Diagnostic{{Pos: Position{File: path}, Message: "cannot read the configuration: " + err.Error()}}}
 	}
 	return Parse(path, src, opts)
 }

@@ -60,7 +60,11 @@ func (r Rate) String() string {
 	if r.Unlimited() {
 		return "unlimited"
 	}
-	return strconv.Itoa(r.Count) + "/" + FormatDuration(r.Interval)
+	per := FormatDuration(r.Interval)
+	if len(per) == 2 && per[0] == '1' {
+		per = per[1:] // 100/h, as it is written, rather than 100/1h
+	}
+	return strconv.Itoa(r.Count) + "/" + per
 }
 
 // HostAddr is one destination of a host list: a name to resolve or a
@@ -298,13 +302,19 @@ func parseCIDR(s string) (netip.Prefix, bool, error) {
 	if err != nil || ip.Zone() != "" {
 		return netip.Prefix{}, false, fmt.Errorf("%q is not an IP address or CIDR", s)
 	}
-	ip = ip.Unmap()
 	n := ip.BitLen()
 	if hasBits {
 		n, err = strconv.Atoi(bits)
 		if err != nil || n < 0 || n > ip.BitLen() {
 			return netip.Prefix{}, false, fmt.Errorf("%q: prefix length must be 0 to %d", s, ip.BitLen())
 		}
+	}
+	if ip.Is4In6() {
+		// ::ffff:10.0.0.0/104 is 10.0.0.0/8: clients are matched unmapped
+		if n < 96 {
+			return netip.Prefix{}, false, fmt.Errorf("%q: an IPv4-mapped prefix needs a length of 96 or more", s)
+		}
+		ip, n = ip.Unmap(), n-96
 	}
 	p := netip.PrefixFrom(ip, n)
 	m := p.Masked()
@@ -350,13 +360,18 @@ func parseHostAddr(h string) (HostAddr, error) {
 		if rest != "" && rest[0] != ':' {
 			return ha, fmt.Errorf("%q: unexpected %q after ]", h, rest)
 		}
+	} else if ip, err := netip.ParseAddr(h); err == nil {
+		// a bare IP (IPv6 has no room for a port without brackets)
+		return HostAddr{Host: ip.Unmap().String(), Literal: true}, nil
 	} else {
 		host, port, hasPort := strings.Cut(h, ":")
 		ha.Host, rest = strings.ToLower(host), ""
 		if hasPort {
 			rest = ":" + port
 		}
-		if !validHostname(ha.Host) {
+		if ip, err := netip.ParseAddr(host); err == nil {
+			ha.Host, ha.Literal = ip.Unmap().String(), true
+		} else if !validHostname(ha.Host) {
 			return ha, fmt.Errorf("%q is not a host name (write an IP address as [192.0.2.1])", host)
 		}
 	}
@@ -397,16 +412,16 @@ func parseRegex(s string) (Regexp, error) {
 		return Regexp{}, fmt.Errorf("%q is not a regex: write it between slashes, as /text/", s)
 	}
 	body := s[1 : len(s)-1]
+	// Check the body as written first, so an error quotes the operator's
+	// text rather than the (?i) added below.
+	if _, err := regexp.Compile(body); err != nil {
+		return Regexp{}, fmt.Errorf("bad regex %s: %s", s, strings.TrimPrefix(err.Error(), "error parsing regexp: "))
+	}
 	expr := body
 	if !strings.HasPrefix(body, "(?-i)") {
 		expr = "(?i)" + body
 	}
-	re, err := regexp.Compile(expr)
-	if err != nil {
-		msg := err.Error()
-		msg = strings.TrimPrefix(msg, "error parsing regexp: ")
-		return Regexp{}, fmt.Errorf("bad regex %s: %s", s, msg)
-	}
+	re := regexp.MustCompile(expr) // valid: the body compiled above
 	return Regexp{Regexp: re, Source: s}, nil
 }
 
