@@ -1,0 +1,11 @@
+// Package listener runs Tern's inbound SMTP listeners: it accepts mail from
+// applications, applies the <source> policy of each session (service,
+// relaying, AUTH, STARTTLS, sizes, headers), picks the VMTA of each message
+// and spools it. A message is answered 250 only after queue.Put returned,
+// which is after a synced commit: an acknowledged message survives a crash.
+//
+// The package builds on go-smtp's server. One go-smtp Server runs per
+// smtp-listener; a wrapper around its net.Listener refuses connections
+// before the greeting when the source has smtp-service no or the inbound
+// connection cap is reached, as PowerMTA does.
+package listener

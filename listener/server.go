@@ -1,0 +1,325 @@
+package listener
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/ternmta/tern/config"
+	"github.com/ternmta/tern/queue"
+	"github.com/ternmta/tern/vmta"
+)
+
+// Spooler is what the listener needs of the queue: Put returns only once
+// the message is durable. *queue.Queue implements it.
+type Spooler interface {
+	Put(ctx context.Context, m queue.Message) (queue.ID, error)
+}
+
+// Options configure a Server. Spool is required.
+type Options struct {
+	Spool Spooler
+	// Logger receives one line per accepted message and per refusal;
+	// nil means slog.Default().
+	Logger *slog.Logger
+	// FreeSpace reports the bytes free where the spool lives; below the
+	// config's min-free-space new mail gets 452 4.3.1. Nil skips the check.
+	FreeSpace func() (uint64, error)
+	// Now is the clock for Received headers; nil means time.Now.
+	Now func() time.Time
+	// CommandTimeout bounds the wait for each command line and for each
+	// chunk of DATA; WriteTimeout bounds each reply. Zero means 5 minutes
+	// and 1 minute (RFC 5321 §4.5.3.2 suggests 5 minutes for commands).
+	CommandTimeout time.Duration
+	WriteTimeout   time.Duration
+}
+
+// Server runs every smtp-listener of a configuration.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+	snap atomic.Pointer[snapshot]
+
+	mu        sync.Mutex
+	listeners map[string]*running
+
+	// inbound counts open client connections over all listeners, for
+	// total-max-smtp-in.
+	inbound  atomic.Int64
+	closing  atomic.Bool
+	failures *failureLimiter
+}
+
+// snapshot is the configuration a session works with, taken when the
+// session starts so one transaction never sees two configurations.
+type snapshot struct {
+	cfg *config.Config
+	reg *vmta.Registry
+	tls *tls.Config
+	// maxSize is the largest max-message-size of any source, advertised in
+	// SIZE and enforced by go-smtp; smaller per-source limits are enforced
+	// by the session.
+	maxSize int64
+	// cramMD5 is offered only when some user has a plaintext password: the
+	// mechanism needs the secret itself, which a bcrypt hash cannot give.
+	cramMD5 bool
+}
+
+// running is one open listener.
+type running struct {
+	lst  *config.Listener
+	srv  *smtp.Server
+	ln   net.Listener
+	done chan struct{}
+}
+
+// New returns a Server with no listener open; Apply opens them.
+func New(opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.CommandTimeout == 0 {
+		opts.CommandTimeout = 5 * time.Minute
+	}
+	if opts.WriteTimeout == 0 {
+		opts.WriteTimeout = time.Minute
+	}
+	return &Server{
+		opts:      opts,
+		log:       opts.Logger,
+		listeners: map[string]*running{},
+		failures:  newFailureLimiter(opts.Now),
+	}
+}
+
+// listenerKey identifies a listener socket and how it behaves; a reload
+// keeps a listener whose key is unchanged, so its clients are not cut off.
+func listenerKey(l *config.Listener) string {
+	return fmt.Sprintf("%s|%s|%s|%v", l.Network, l.Addr, l.Source, l.TLS)
+}
+
+// Apply makes cfg and reg the configuration of new sessions, opens the
+// listeners cfg has and closes those it no longer has. If a listener cannot
+// be opened, Apply closes the ones it opened in this call and returns the
+// error; listeners that were already open stay as they were.
+func (s *Server) Apply(cfg *config.Config, reg *vmta.Registry) error {
+	if s.closing.Load() {
+		return errors.New("listener: server is shut down")
+	}
+	snap := &snapshot{cfg: cfg, reg: reg}
+	if cfg.TLSCertificate != nil {
+		snap.tls = &tls.Config{Certificates: []tls.Certificate{*cfg.TLSCertificate}, MinVersion: tls.VersionTLS12}
+	}
+	for _, src := range cfg.Sources {
+		if size := int64(src.Settings.MaxMessageSize.Value); size > snap.maxSize {
+			snap.maxSize = size
+		}
+	}
+	if snap.maxSize == 0 || snap.maxSize == int64(config.Unlimited) {
+		// No block sets it, or one sets unlimited: the built-in default
+		// applies to the first, no cap to the second.
+		if snap.maxSize == 0 {
+			snap.maxSize = int64(config.DefaultSourceSettings().MaxMessageSize.Value)
+		} else {
+			snap.maxSize = 0
+		}
+	}
+	for _, u := range cfg.Users {
+		if u.Password.Set {
+			snap.cramMD5 = true
+		}
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	want := map[string]*config.Listener{}
+	for _, l := range cfg.Listeners {
+		want[listenerKey(l)] = l
+	}
+	var opened []*running
+	for key, l := range want {
+		if _, ok := s.listeners[key]; ok {
+			continue
+		}
+		r, err := s.open(l, snap)
+		if err != nil {
+			for _, o := range opened {
+				o.ln.Close()
+				delete(s.listeners, listenerKey(o.lst))
+			}
+			return err
+		}
+		s.listeners[key] = r
+		opened = append(opened, r)
+	}
+	s.snap.Store(snap)
+	for key, r := range s.listeners {
+		if _, ok := want[key]; !ok {
+			r.ln.Close()
+			delete(s.listeners, key)
+			s.log.Info("smtp listener closed", "addr", r.lst.Addr)
+		}
+	}
+	for _, r := range opened {
+		go r.serve(s)
+		s.log.Info("smtp listener open", "addr", r.ln.Addr().String(), "source", r.lst.Source, "implicit_tls", r.lst.TLS)
+	}
+	return nil
+}
+
+func (s *Server) open(l *config.Listener, snap *snapshot) (*running, error) {
+	raw, err := net.Listen(l.Network, l.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("smtp-listener %s (%s): %w", l.Addr, l.Pos, err)
+	}
+	var ln net.Listener = &gate{Listener: raw, s: s, lst: l}
+	if l.TLS {
+		ln = tls.NewListener(ln, snap.tls)
+	}
+	srv := smtp.NewServer(&backend{s: s, lst: l})
+	srv.Network = l.Network
+	srv.Addr = l.Addr
+	srv.Domain = snap.cfg.HostName.Value
+	srv.TLSConfig = snap.tls
+	srv.MaxMessageBytes = snap.maxSize
+	srv.AllowInsecureAuth = true // the session decides, per source (AuthMechanisms)
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.ReadTimeout = s.opts.CommandTimeout
+	srv.WriteTimeout = s.opts.WriteTimeout
+	srv.ErrorLog = slogLogger{s.log}
+	return &running{lst: l, srv: srv, ln: ln, done: make(chan struct{})}, nil
+}
+
+func (r *running) serve(s *Server) {
+	defer close(r.done)
+	if err := r.srv.Serve(r.ln); err != nil && !errors.Is(err, net.ErrClosed) {
+		s.log.Error("smtp listener failed", "addr", r.lst.Addr, "err", err)
+	}
+}
+
+// Addrs returns the addresses of the open listeners.
+func (s *Server) Addrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []net.Addr
+	for _, r := range s.listeners {
+		out = append(out, r.ln.Addr())
+	}
+	return out
+}
+
+// Shutdown stops accepting connections, lets open sessions finish until ctx
+// is done, then closes what is left. Messages already answered 250 are in
+// the spool; a transaction cut off here was not acknowledged, so the client
+// will retry it.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closing.Store(true)
+	s.mu.Lock()
+	var all []*running
+	for key, r := range s.listeners {
+		all = append(all, r)
+		delete(s.listeners, key)
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, r := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// go-smtp's Shutdown closes the listener and waits for every
+			// connection to end; on timeout, Close cuts them.
+			if err := r.srv.Shutdown(ctx); err != nil {
+				r.srv.Close()
+			}
+			<-r.done
+		}()
+	}
+	wg.Wait()
+	return ctx.Err()
+}
+
+// gate refuses connections before go-smtp greets them: when shutting down,
+// over total-max-smtp-in, or from a source with smtp-service no.
+type gate struct {
+	net.Listener
+	s   *Server
+	lst *config.Listener
+}
+
+func (g *gate) Accept() (net.Conn, error) {
+	for {
+		c, err := g.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		n := g.s.inbound.Add(1)
+		counted := &countedConn{Conn: c, n: &g.s.inbound}
+		snap := g.s.snap.Load()
+		host := snap.cfg.HostName.Value
+		ip := remoteIP(c)
+		var refusal string
+		switch {
+		case g.s.closing.Load():
+			refusal = fmt.Sprintf(replyShuttingDown, host)
+		case n > int64(snap.cfg.TotalMaxSMTPIn.Value):
+			refusal = fmt.Sprintf(replyTooManyConns, host)
+		case !snap.reg.Source(ip, g.lst.Source).SMTPService:
+			refusal = fmt.Sprintf(replyServiceDenied, host, ip)
+		}
+		if refusal == "" {
+			return counted, nil
+		}
+		g.s.log.Info("smtp connection refused", "client", ip.String(), "listener", g.lst.Addr, "reply", refusal[:len(refusal)-2])
+		go func() {
+			// An implicit-TLS listener cannot speak before the handshake;
+			// its client just sees the connection close.
+			if !g.lst.TLS {
+				counted.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				io.WriteString(counted, refusal)
+			}
+			counted.Close()
+		}()
+	}
+}
+
+// countedConn gives back its slot in the inbound count when closed.
+type countedConn struct {
+	net.Conn
+	n    *atomic.Int64
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.n.Add(-1) })
+	return c.Conn.Close()
+}
+
+func remoteIP(c net.Conn) netip.Addr {
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// slogLogger adapts go-smtp's error log to slog.
+type slogLogger struct{ l *slog.Logger }
+
+func (l slogLogger) Printf(format string, v ...any) {
+	l.l.Warn("smtp server: " + fmt.Sprintf(format, v...))
+}
+
+func (l slogLogger) Println(v ...any) { l.l.Warn("smtp server: " + fmt.Sprint(v...)) }

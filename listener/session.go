@@ -1,0 +1,405 @@
+package listener
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-message/textproto"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/ternmta/tern/config"
+	"github.com/ternmta/tern/queue"
+	"github.com/ternmta/tern/vmta"
+)
+
+// backend makes a session per client for one listener.
+type backend struct {
+	s   *Server
+	lst *config.Listener
+}
+
+// NewSession runs at the client's first EHLO/HELO (and again after
+// STARTTLS), so the TLS state is known.
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	snap := b.s.snap.Load()
+	ip := remoteIP(c.Conn())
+	_, tlsOn := c.TLSConnectionState()
+	ss := &session{
+		s:      b.s,
+		snap:   snap,
+		conn:   c,
+		lst:    b.lst,
+		ip:     ip,
+		tls:    tlsOn,
+		policy: snap.reg.Source(ip, b.lst.Source),
+	}
+	ss.log = b.s.log.With("client", ip.String(), "listener", b.lst.Addr)
+	if ss.policy.LogConnections {
+		ss.log.Info("smtp session", "helo", c.Hostname(), "tls", tlsOn)
+	}
+	return ss, nil
+}
+
+// session is one client connection's state (between STARTTLS resets).
+type session struct {
+	s      *Server
+	snap   *snapshot
+	conn   *smtp.Conn
+	lst    *config.Listener
+	log    *slog.Logger
+	ip     netip.Addr
+	tls    bool
+	policy *vmta.SourcePolicy
+	user   *vmta.User
+
+	// the transaction in progress
+	from     string
+	hasFrom  bool
+	mailOpts smtp.MailOptions
+	rcpts    []queue.Recipient
+}
+
+var _ smtp.AuthSession = (*session)(nil)
+
+func (ss *session) Reset() {
+	ss.from, ss.hasFrom, ss.mailOpts, ss.rcpts = "", false, smtp.MailOptions{}, nil
+}
+
+func (ss *session) Logout() error { return nil }
+
+// refuse logs a refused command and returns its reply.
+func (ss *session) refuse(err *smtp.SMTPError, what string, args ...any) error {
+	ss.log.Info("smtp refused", append([]any{"what", what, "code", err.Code,
+		"reply", fmt.Sprintf("%d.%d.%d %s", err.EnhancedCode[0], err.EnhancedCode[1], err.EnhancedCode[2], err.Message),
+		"user", ss.userName()}, args...)...)
+	return err
+}
+
+func (ss *session) userName() string {
+	if ss.user == nil {
+		return ""
+	}
+	return ss.user.Name
+}
+
+func (ss *session) AuthMechanisms() []string {
+	if !ss.tls && !ss.policy.AllowUnencryptedPlainAuth {
+		return nil // not advertised in the clear; STARTTLS first
+	}
+	mechs := []string{sasl.Plain, sasl.Login}
+	if ss.snap.cramMD5 {
+		mechs = append(mechs, cramMD5)
+	}
+	return mechs
+}
+
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	if ss.policy.RequireStartTLS && !ss.tls {
+		return nil, ss.refuse(errTLSRequired, "auth")
+	}
+	if !ss.tls && !ss.policy.AllowUnencryptedPlainAuth {
+		return nil, ss.refuse(errAuthNeedsTLS, "auth")
+	}
+	if ss.s.failures.blocked(ss.ip) {
+		ss.hangUp()
+		return nil, ss.refuse(errAuthTooMany, "auth")
+	}
+	check := func(username, password string) error {
+		u, ok := ss.snap.reg.Authenticate(username, password)
+		return ss.authResult(username, u, ok)
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(identity, username, password string) error {
+			if identity != "" && identity != username {
+				return ss.authResult(username, nil, false)
+			}
+			return check(username, password)
+		}), nil
+	case sasl.Login:
+		return newLoginServer(check), nil
+	case cramMD5:
+		if ss.snap.cramMD5 {
+			return newCRAMMD5Server(ss.snap.cfg.HostName.Value, ss.s.opts.Now, func(username string, verify func(secret string) bool) error {
+				u, _ := ss.snap.reg.User(username)
+				var ok bool
+				if u != nil {
+					if pw, plain := u.Plaintext(); plain {
+						ok = verify(pw)
+					}
+				}
+				if !ok {
+					u = nil
+				}
+				return ss.authResult(username, u, ok)
+			}), nil
+		}
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// authResult switches the session to the user's source on success and
+// counts a failure otherwise; past smtp-max-auth-failure-rate the client
+// is told 421 and disconnected.
+func (ss *session) authResult(username string, u *vmta.User, ok bool) error {
+	if !ok {
+		if ss.s.failures.fail(ss.ip, ss.policy.SMTPMaxAuthFailureRate) {
+			ss.hangUp()
+			return ss.refuse(errAuthTooMany, "auth", "username", username)
+		}
+		return ss.refuse(errAuthFailed, "auth", "username", username)
+	}
+	ss.user = u
+	ss.policy = ss.snap.reg.Source(ss.ip, ss.lst.Source, u.Source)
+	ss.log.Info("smtp auth", "user", u.Name, "source", u.Source)
+	return nil
+}
+
+// hangUp ends the session after the current reply: closing the read side
+// lets go-smtp write the reply, then its next read fails and it closes.
+func (ss *session) hangUp() {
+	c := ss.conn.Conn()
+	type netConner interface{ NetConn() net.Conn }
+	if t, ok := c.(netConner); ok {
+		c = t.NetConn()
+	}
+	if cr, ok := c.(interface{ CloseRead() error }); ok {
+		cr.CloseRead()
+		return
+	}
+	if cc, ok := c.(*countedConn); ok {
+		if cr, ok := cc.Conn.(interface{ CloseRead() error }); ok {
+			cr.CloseRead()
+			return
+		}
+	}
+	c.SetReadDeadline(time.Now())
+}
+
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if ss.policy.RequireStartTLS && !ss.tls {
+		return ss.refuse(errTLSRequired, "mail", "from", from)
+	}
+	if ss.policy.RequireAuth && ss.user == nil {
+		return ss.refuse(errAuthRequired, "mail", "from", from)
+	}
+	if from != "" && !validAddress(from) {
+		return ss.refuse(errBadSender, "mail", "from", from)
+	}
+	if opts != nil && opts.Size > 0 && exceeds(opts.Size, ss.policy.MaxMessageSize) {
+		return ss.refuse(errTooBig, "mail", "from", from, "size", opts.Size)
+	}
+	ss.Reset()
+	ss.from, ss.hasFrom = from, true
+	if opts != nil {
+		ss.mailOpts = *opts
+	}
+	return nil
+}
+
+func exceeds(n int64, limit config.Size) bool {
+	return limit != config.Unlimited && n > int64(limit)
+}
+
+func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if !validAddress(to) {
+		return ss.refuse(errBadAddress, "rcpt", "to", to)
+	}
+	if !ss.policy.AlwaysAllowRelaying && ss.user == nil {
+		return ss.refuse(errRelayDenied, "rcpt", "to", to)
+	}
+	if len(ss.rcpts) >= ss.policy.MaxRcptPerMessage {
+		return ss.refuse(errTooManyRcpts, "rcpt", "to", to)
+	}
+	r := queue.Recipient{Address: to, Domain: strings.ToLower(to[strings.LastIndexByte(to, '@')+1:])}
+	if opts != nil {
+		r.ORcpt = opts.OriginalRecipient
+		r.Notify = notifyFlags(opts.Notify)
+	}
+	ss.rcpts = append(ss.rcpts, r)
+	return nil
+}
+
+// validAddress accepts local@domain with a plausible domain. go-smtp has
+// already parsed the path syntax; this refuses what cannot be delivered.
+func validAddress(a string) bool {
+	at := strings.LastIndexByte(a, '@')
+	if at <= 0 || at == len(a)-1 || len(a) > 320 {
+		return false
+	}
+	domain := a[at+1:]
+	if strings.HasPrefix(domain, "[") && strings.HasSuffix(domain, "]") {
+		return true // address literal
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(domain, "."), ".") {
+		if label == "" || len(label) > 63 || strings.ContainsAny(label, " \t<>()[]\\,;:\"@") {
+			return false
+		}
+	}
+	return true
+}
+
+func notifyFlags(n []smtp.DSNNotify) queue.Notify {
+	var f queue.Notify
+	for _, v := range n {
+		switch v {
+		case smtp.DSNNotifyNever:
+			f |= queue.NotifyNever
+		case smtp.DSNNotifySuccess:
+			f |= queue.NotifySuccess
+		case smtp.DSNNotifyFailure:
+			f |= queue.NotifyFailure
+		case smtp.DSNNotifyDelayed:
+			f |= queue.NotifyDelay
+		}
+	}
+	return f
+}
+
+// Data reads the message, applies the source's header rules, picks the VMTA
+// and spools the message; the 250 goes out only after Put returned.
+func (ss *session) Data(r io.Reader) error {
+	limit := ss.policy.MaxMessageSize
+	var buf bytes.Buffer
+	lr := io.Reader(r)
+	if limit != config.Unlimited {
+		lr = io.LimitReader(r, int64(limit)+1)
+	}
+	if _, err := buf.ReadFrom(lr); err != nil {
+		io.Copy(io.Discard, r)
+		if errors.Is(err, smtp.ErrDataTooLarge) {
+			return ss.refuse(errTooBig, "data")
+		}
+		return err // the connection broke; go-smtp ends the session
+	}
+	if exceeds(int64(buf.Len()), limit) {
+		io.Copy(io.Discard, r) // go-smtp needs r consumed
+		return ss.refuse(errTooBig, "data", "limit", int64(limit))
+	}
+
+	br := bufio.NewReader(bytes.NewReader(buf.Bytes()))
+	hdr, err := textproto.ReadHeader(br)
+	if err != nil {
+		return ss.refuse(errBadHeader, "data", "err", err.Error())
+	}
+	bodyStart := buf.Len() - br.Buffered()
+
+	sel := vmta.SelectInput{Source: ss.policy}
+	if hdr.Has("X-Virtual-MTA") {
+		sel.Header, sel.HasHeader = strings.TrimSpace(hdr.Get("X-Virtual-MTA")), true
+	}
+	// The header names internal routing: it never leaves Tern, whether or
+	// not this source may use it.
+	hdr.Del("X-Virtual-MTA")
+	var job string
+	if ss.policy.ProcessXJob {
+		job = strings.TrimSpace(hdr.Get("X-Job"))
+		hdr.Del("X-Job")
+	}
+	for _, h := range ss.policy.RemoveHeaders {
+		hdr.Del(h)
+	}
+	rcptAddrs := make([]string, len(ss.rcpts))
+	for i, rc := range ss.rcpts {
+		rcptAddrs[i] = rc.Address
+	}
+	sel.Message = vmta.MessageInfo{MailFrom: ss.from, RcptTo: rcptAddrs, Header: func(name string) []string {
+		var vals []string
+		for f := hdr.FieldsByKey(name); f.Next(); {
+			vals = append(vals, f.Value())
+		}
+		return vals
+	}}
+	choice, err := ss.snap.reg.Select(sel)
+	if err != nil {
+		var unknown *vmta.UnknownVMTAError
+		if errors.As(err, &unknown) {
+			return ss.refuse(unknownVMTA(err), "data", "from", ss.from)
+		}
+		ss.log.Error("vmta selection failed", "err", err)
+		return errInternal
+	}
+	if ss.policy.AddReceivedHeader {
+		hdr.Add("Received", ss.received()) // Add puts a field on top, where a trace header belongs
+	}
+
+	var out bytes.Buffer
+	out.Grow(buf.Len() + 256)
+	if err := textproto.WriteHeader(&out, hdr); err != nil {
+		return errInternal
+	}
+	out.Write(buf.Bytes()[bodyStart:])
+
+	if ss.s.opts.FreeSpace != nil {
+		free, err := ss.s.opts.FreeSpace()
+		if err == nil && free < uint64(ss.snap.cfg.Spool.MinFreeSpace.Value) {
+			return ss.refuse(errDiskFull, "data", "free_bytes", free)
+		}
+	}
+	pool := ""
+	if choice.Pool != nil {
+		pool = choice.Pool.Name
+	}
+	rcpts := make([]queue.Recipient, len(ss.rcpts))
+	for i, rc := range ss.rcpts {
+		rc.VMTA, rc.Pool = choice.VMTA.Name, pool
+		rcpts[i] = rc
+	}
+	msg := queue.Message{
+		Envelope: queue.Envelope{
+			Sender:   ss.from,
+			SourceIP: ss.ip,
+			AuthUser: ss.userName(),
+			JobID:    job,
+			EnvID:    ss.mailOpts.EnvelopeID,
+			DSNRet:   dsnRet(ss.mailOpts.Return),
+		},
+		Recipients: rcpts,
+		Body:       out.Bytes(),
+	}
+	id, err := ss.s.opts.Spool.Put(context.Background(), msg)
+	if err != nil {
+		ss.log.Error("spool write failed", "err", err, "from", ss.from, "recipients", len(rcpts))
+		return ss.refuse(errSpool, "data")
+	}
+	ss.log.Info("message accepted", "id", id.String(), "user", ss.userName(), "vmta", choice.VMTA.Name,
+		"pool", pool, "via", choice.Via, "from", ss.from, "recipients", len(rcpts), "size", out.Len(), "job", job)
+	return accepted(id)
+}
+
+func dsnRet(r smtp.DSNReturn) queue.DSNRet {
+	switch r {
+	case smtp.DSNReturnFull:
+		return queue.RetFull
+	case smtp.DSNReturnHeaders:
+		return queue.RetHeaders
+	}
+	return queue.RetUnset
+}
+
+// received builds this hop's Received header (RFC 5321 §4.4).
+func (ss *session) received() string {
+	with := "ESMTP"
+	if ss.tls {
+		with += "S"
+	}
+	if ss.user != nil {
+		with += "A"
+	}
+	from := ""
+	if !ss.policy.HideMessageSource {
+		from = fmt.Sprintf("from %s ([%s]) ", ss.conn.Hostname(), ss.ip)
+	}
+	return fmt.Sprintf("%sby %s (Tern) with %s; %s", from, ss.snap.cfg.HostName.Value, with,
+		ss.s.opts.Now().Format(time.RFC1123Z))
+}
