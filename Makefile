@@ -19,8 +19,8 @@ TESTTIMEOUT ?= 4m
 # `tern serve` lands, swap the two lines below (a one-line change): the daemon
 # then keeps its spool in ./var/spool of the work tree, because
 # examples/tern.conf says `spool ../var/spool`, relative to the config file.
-RUN_ARGS = check $(CONFIG)
-# RUN_ARGS = serve -c $(CONFIG)
+# RUN_ARGS = check $(CONFIG)
+RUN_ARGS = serve -c $(CONFIG)
 
 .PHONY: build test fmt-check vet unit fuzz run bench lint clean help
 

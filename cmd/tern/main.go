@@ -2,6 +2,7 @@
 //
 // Subcommands:
 //
+//	tern serve -c FILE       run the daemon (SIGHUP reloads, SIGTERM drains and stops)
 //	tern check FILE          validate a configuration and summarise it
 //	tern hash-password       read a password, print a bcrypt hash for password-hash
 //	tern version             print the version
@@ -30,6 +31,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"serve", "run the daemon: tern serve -c FILE", runServe},
 		{"check", "validate a configuration file and print a summary", runCheck},
 		{"hash-password", "read a password and print a bcrypt hash for password-hash", runHashPassword},
 		{"version", "print the version", func(_ []string, _ io.Reader, stdout, _ io.Writer) int {

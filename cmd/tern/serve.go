@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/ternmta/tern/config"
+	"github.com/ternmta/tern/listener"
+	"github.com/ternmta/tern/queue"
+	"github.com/ternmta/tern/vmta"
+)
+
+// drainTimeout bounds how long SIGTERM waits for open SMTP transactions.
+const drainTimeout = 30 * time.Second
+
+// runServe is the daemon: load the config, open the spool, open the
+// listeners, and run until SIGTERM or SIGINT. SIGHUP reloads the config.
+func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", "/etc/tern/tern.conf", "configuration file")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: tern serve [-c FILE]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fs.Usage()
+		return 2
+	}
+
+	cfg, reg, ok := loadConfig(*path, stderr)
+	if !ok {
+		return 1
+	}
+	log, closeLog, err := openLog(cfg, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "tern serve: %v\n", err)
+		return 1
+	}
+	defer closeLog()
+	for _, w := range cfg.Warnings {
+		log.Warn("config", "at", w.Pos.String(), "warning", w.Message)
+	}
+
+	q, err := queue.Open(queue.Options{Dir: cfg.Spool.Dir.Value, Logger: log.With("component", "queue")})
+	if err != nil {
+		log.Error("cannot open the spool", "dir", cfg.Spool.Dir.Value, "err", err)
+		fmt.Fprintf(stderr, "tern serve: cannot open the spool %s: %v\n", cfg.Spool.Dir.Value, err)
+		return 1
+	}
+	defer q.Close()
+	log.Info("spool open", "dir", cfg.Spool.Dir.Value)
+
+	spoolDir := cfg.Spool.Dir.Value
+	srv := listener.New(listener.Options{
+		Spool:     q,
+		Logger:    log.With("component", "smtp"),
+		FreeSpace: func() (uint64, error) { return freeSpace(spoolDir) },
+	})
+	if err := srv.Apply(cfg, reg); err != nil {
+		log.Error("cannot open the listeners", "err", err)
+		fmt.Fprintf(stderr, "tern serve: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "tern serve: running with %s (pid %d)\n", *path, os.Getpid())
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			reload(*path, srv, log, stderr)
+			continue
+		}
+		log.Info("shutting down", "signal", sig.String(), "drain_timeout", drainTimeout.String())
+		ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		err := srv.Shutdown(ctx)
+		cancel()
+		if err != nil {
+			log.Warn("drain timed out; open transactions were cut (not acknowledged, so clients retry)")
+		}
+		break
+	}
+	if err := q.Close(); err != nil {
+		log.Error("closing the spool", "err", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
+
+// loadConfig loads and builds a configuration, printing every diagnostic.
+func loadConfig(path string, stderr io.Writer) (*config.Config, *vmta.Registry, bool) {
+	cfg, err := config.Load(path, config.Options{})
+	if err != nil {
+		var list *config.ErrorList
+		if errors.As(err, &list) {
+			printDiagnostics(stderr, "warning: ", list.Warnings)
+			printDiagnostics(stderr, "", list.Errors)
+		} else {
+			fmt.Fprintln(stderr, err)
+		}
+		return nil, nil, false
+	}
+	reg, err := vmta.Build(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", path, err)
+		return nil, nil, false
+	}
+	return cfg, reg, true
+}
+
+// reload applies the file again; a broken file is refused and the running
+// configuration stays.
+func reload(path string, srv *listener.Server, log *slog.Logger, stderr io.Writer) {
+	cfg, err := config.Load(path, config.Options{})
+	if err != nil {
+		var list *config.ErrorList
+		if errors.As(err, &list) {
+			for _, d := range list.Errors {
+				log.Error("reload refused", "at", d.Pos.String(), "error", d.Message)
+			}
+		} else {
+			log.Error("reload refused", "err", err)
+		}
+		return
+	}
+	reg, err := vmta.Build(cfg)
+	if err == nil {
+		err = srv.Apply(cfg, reg)
+	}
+	if err != nil {
+		log.Error("reload refused", "err", err)
+		return
+	}
+	log.Info("configuration reloaded", "file", path, "warnings", len(cfg.Warnings))
+}
+
+// openLog returns the daemon's logger: log-file if set, else stderr.
+func openLog(cfg *config.Config, stderr io.Writer) (*slog.Logger, func(), error) {
+	if !cfg.LogFile.Set {
+		return slog.New(slog.NewTextHandler(stderr, nil)), func() {}, nil
+	}
+	f, err := os.OpenFile(cfg.LogFile.Value, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, nil, fmt.Errorf("log-file: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(f, nil)), func() { f.Close() }, nil
+}
+
+// freeSpace is the space left to unprivileged writers where dir lives.
+func freeSpace(dir string) (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}
