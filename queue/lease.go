@@ -24,7 +24,7 @@ type Lease struct {
 	// transaction can carry all recipients of an Entry.
 	Messages []Entry
 
-	slots []leaseSlot     // the recipients in the order of Messages
+	slots []leaseSlot     // the recipients in the order they were due
 	index map[slotKey]int // slot by recipient, for large leases
 	open  int             // slots still held; guarded by q.mu
 	done  bool            // all slots reported, gone or released; guarded by q.mu
@@ -90,7 +90,7 @@ func (q *Queue) Lease(ctx context.Context, key Key, max int) (*Lease, error) {
 	// A recipient deferred a moment ago may have its new record still in the
 	// committer's batch; read only after that batch is durable.
 	if need > durable {
-		if err := q.waitDurable(context.WithoutCancel(ctx), need); err != nil {
+		if err := q.waitDurable(ctx, need); err != nil {
 			l.Release()
 			return nil, err
 		}

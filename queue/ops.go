@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -299,7 +300,7 @@ func (q *Queue) readRemovals(refs []ref, kind Kind) ([]Removal, error) {
 // Stats returns the state of one key. A key with nothing queued reports
 // zero counts (and whether a pause rule covers it).
 func (q *Queue) Stats(key Key) KeyStats {
-	key = Key{VMTA: key.VMTA, Domain: Selector{Domain: key.Domain}.normalize().Domain}
+	key.Domain = strings.ToLower(key.Domain)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if k := q.keys[key]; k != nil {

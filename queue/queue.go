@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -38,7 +39,10 @@ type Options struct {
 	// back into the queue. It is a hint for a scheduler to start a worker;
 	// Wait is the race-free way for a worker to wait.
 	OnReady func(Key)
-	// CacheSize is pebble's block cache in bytes; 0 means 64 MiB.
+	// CacheSize is the memory for cached sstable blocks in bytes; 0 means
+	// 64 MiB. Pebble charges memtables against its block cache, so the
+	// queue gives pebble a cache of CacheSize plus room for all memtables;
+	// pebble's memory for caching and memtables stays under that sum.
 	CacheSize int64
 	// MemTableSize is pebble's memtable size in bytes; 0 means 64 MiB. A
 	// large memtable lets most messages be delivered and deleted before
@@ -124,17 +128,28 @@ func Open(opts Options) (*Queue, error) {
 	if opts.MemTableSize == 0 {
 		opts.MemTableSize = 64 << 20
 	}
+	const memTables = 4
 	po := &pebble.Options{
-		FS:                          opts.FS,
-		Logger:                      pebbleLogger{opts.Logger},
-		Merger:                      hwMerger,
-		CacheSize:                   opts.CacheSize,
+		FS:     opts.FS,
+		Logger: pebbleLogger{opts.Logger},
+		Merger: hwMerger,
+		// Without the memtable share, a full memtable reserves the whole
+		// cache and no block is ever cached: every lease then reads its
+		// records from disk.
+		CacheSize:                   opts.CacheSize + memTables*int64(opts.MemTableSize),
 		MemTableSize:                opts.MemTableSize,
-		MemTableStopWritesThreshold: 4,
+		MemTableStopWritesThreshold: memTables,
 		FormatMajorVersion:          pebble.FormatNewest,
 	}
 	if po.FS == nil {
 		po.FS = vfs.Default
+	}
+	// Bloom filters let a Get (a lease reads each envelope and recipient
+	// record by key) skip sstables that do not hold the key; without them
+	// every overlapping L0 file costs an index and a data block read.
+	for i := range po.Levels {
+		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+		po.Levels[i].FilterType = pebble.TableFilter
 	}
 	if opts.Pebble != nil {
 		opts.Pebble(po)
@@ -144,6 +159,7 @@ func Open(opts Options) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: open spool %s: %w", opts.Dir, err)
 	}
+	pebbleOpened := time.Since(start)
 	q := &Queue{
 		opts:       opts,
 		db:         db,
@@ -166,7 +182,7 @@ func Open(opts Options) (*Queue, error) {
 	q.mu.Unlock()
 	q.log.Info("queue: spool open", "dir", opts.Dir, "messages", q.nMsgs,
 		"ready", q.nReady, "deferred", q.nDeferred, "keys", len(q.keys),
-		"elapsed", time.Since(start))
+		"elapsed", time.Since(start), "pebble", pebbleOpened)
 	return q, nil
 }
 
@@ -372,23 +388,9 @@ func (q *Queue) failLocked(err error) {
 // Recipient.Domain from the address and lower-cases domains. It keeps no
 // reference to m.Body after returning.
 func (q *Queue) Put(ctx context.Context, m Message) (ID, error) {
-	if len(m.Recipients) == 0 {
-		return 0, fmt.Errorf("%w: message without recipients", ErrInvalid)
-	}
-	rcpts := make([]RecipientState, len(m.Recipients))
-	for i, r := range m.Recipients {
-		if r.Address == "" {
-			return 0, fmt.Errorf("%w: recipient %d has no address", ErrInvalid, i)
-		}
-		if r.Domain == "" {
-			at := strings.LastIndexByte(r.Address, '@')
-			if at < 0 || at == len(r.Address)-1 {
-				return 0, fmt.Errorf("%w: recipient %q has no domain", ErrInvalid, r.Address)
-			}
-			r.Domain = r.Address[at+1:]
-		}
-		r.Domain = strings.ToLower(r.Domain)
-		rcpts[i] = RecipientState{N: i, Recipient: r}
+	p, err := prepare(&m)
+	if err != nil {
+		return 0, err
 	}
 	if err := ctx.Err(); err != nil {
 		return 0, err
@@ -399,44 +401,87 @@ func (q *Queue) Put(ctx context.Context, m Message) (ID, error) {
 	defer q.leave()
 
 	now := q.clock.Now()
-	env := m.Envelope
-	if env.Received.IsZero() {
-		env.Received = now
-	}
-	if env.Size == 0 {
-		env.Size = int64(len(m.Body))
-	}
-	id := q.ids.next(now)
-
-	b := q.db.NewBatchWithSize(len(m.Body) + 256 + 128*len(rcpts))
-	buf := appendEnvelope(make([]byte, 0, 256), &env, len(rcpts))
-	_ = b.Set(envelopeKey(id), buf, nil)
-	_ = b.Set(bodyKey(id), m.Body, nil)
-	var kb []byte
-	for i := range rcpts {
-		kb = appendRecipientKey(kb[:0], id, i)
-		buf = appendRecipient(buf[:0], &rcpts[i])
-		_ = b.Set(kb, buf, nil)
-	}
-	_ = b.Merge(hwKey, binary.BigEndian.AppendUint64(buf[:0], uint64(id)), nil)
+	p.fill(now, len(m.Body))
+	p.id = q.ids.next(now)
+	b := q.db.NewBatchWithSize(len(m.Body) + 256 + 128*len(p.rcpts))
+	p.write(b, m.Body)
 	if err := commitSync(b); err != nil {
 		q.fail(err)
 		return 0, fmt.Errorf("queue: put: %w", err)
 	}
+	q.index(p)
+	return p.id, nil
+}
 
+// prepared is a validated message on its way into the spool.
+type prepared struct {
+	id    ID
+	env   Envelope
+	rcpts []RecipientState
+}
+
+// prepare validates m and normalises its recipients.
+func prepare(m *Message) (*prepared, error) {
+	if len(m.Recipients) == 0 {
+		return nil, fmt.Errorf("%w: message without recipients", ErrInvalid)
+	}
+	p := &prepared{env: m.Envelope, rcpts: make([]RecipientState, len(m.Recipients))}
+	for i, r := range m.Recipients {
+		if r.Address == "" {
+			return nil, fmt.Errorf("%w: recipient %d has no address", ErrInvalid, i)
+		}
+		if r.Domain == "" {
+			at := strings.LastIndexByte(r.Address, '@')
+			if at < 0 || at == len(r.Address)-1 {
+				return nil, fmt.Errorf("%w: recipient %q has no domain", ErrInvalid, r.Address)
+			}
+			r.Domain = r.Address[at+1:]
+		}
+		r.Domain = strings.ToLower(r.Domain)
+		p.rcpts[i] = RecipientState{N: i, Recipient: r}
+	}
+	return p, nil
+}
+
+// fill sets the envelope defaults.
+func (p *prepared) fill(now time.Time, bodyLen int) {
+	if p.env.Received.IsZero() {
+		p.env.Received = now
+	}
+	if p.env.Size == 0 {
+		p.env.Size = int64(bodyLen)
+	}
+}
+
+// write adds the message's records to b.
+func (p *prepared) write(b *pebble.Batch, body []byte) {
+	buf := appendEnvelope(make([]byte, 0, 256), &p.env, len(p.rcpts))
+	_ = b.Set(envelopeKey(p.id), buf, nil)
+	_ = b.Set(bodyKey(p.id), body, nil)
+	var kb []byte
+	for i := range p.rcpts {
+		kb = appendRecipientKey(kb[:0], p.id, i)
+		buf = appendRecipient(buf[:0], &p.rcpts[i])
+		_ = b.Set(kb, buf, nil)
+	}
+	_ = b.Merge(hwKey, binary.BigEndian.AppendUint64(buf[:0], uint64(p.id)), nil)
+}
+
+// index adds a committed message to the ready index.
+func (q *Queue) index(p *prepared) {
 	mi := &msgInfo{
-		id:       id,
-		received: env.Received.UnixNano(),
-		job:      env.JobID,
-		live:     int32(len(rcpts)),
-		size:     uint32(min(max(env.Size, 0), 1<<32-1)),
+		id:       p.id,
+		received: p.env.Received.UnixNano(),
+		job:      p.env.JobID,
+		live:     int32(len(p.rcpts)),
+		size:     uint32(min(max(p.env.Size, 0), 1<<32-1)),
 	}
 	var ready []Key
 	q.mu.Lock()
 	q.nMsgs++
 	q.bytes += int64(mi.size)
-	for i := range rcpts {
-		k := q.getKeyLocked(rcpts[i].Key())
+	for i := range p.rcpts {
+		k := q.getKeyLocked(p.rcpts[i].Key())
 		was := k.leasable()
 		k.ready.pushBack(ref{m: mi, n: uint32(i)})
 		q.nReady++
@@ -444,7 +489,6 @@ func (q *Queue) Put(ctx context.Context, m Message) (ID, error) {
 	}
 	q.mu.Unlock()
 	q.notify(ready)
-	return id, nil
 }
 
 // Body returns a copy of the body of message id.
