@@ -465,3 +465,51 @@ func kill9Child(dir string) {
 	}
 	wg.Wait()
 }
+
+// TestOutcomeSyncFailure: when the committer's sync fails, Flush reports
+// it, the queue refuses writes, and after a crash the recipients whose
+// outcomes were lost are still queued (delivered again: at least once).
+func TestOutcomeSyncFailure(t *testing.T) {
+	mem := vfs.NewCrashableMem()
+	inj := &errorfs.Toggle{Injector: errorfs.InjectorFunc(func(op errorfs.Op) error {
+		switch op.Kind {
+		case errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo:
+			if strings.HasSuffix(op.Path, ".log") {
+				return errorfs.ErrInjected
+			}
+		}
+		return nil
+	})}
+	q, err := queue.Open(queue.Options{Dir: "spool", FS: errorfs.Wrap(mem, inj), Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	id, err := q.Put(ctx, threeRcpt("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := q.Lease(ctx, kA, 10)
+	if err != nil || l == nil {
+		t.Fatalf("Lease: %v", err)
+	}
+	inj.On()
+	if err := l.Report(outcomes(l, queue.Delivered, time.Time{}, "250")...); err != nil {
+		t.Fatalf("Report: %v", err) // recorded in memory; the commit fails later
+	}
+	if err := q.Flush(ctx); !errors.Is(err, errorfs.ErrInjected) {
+		t.Fatalf("Flush = %v, want the injected error", err)
+	}
+	if _, err := q.Put(ctx, threeRcpt("after")); err == nil {
+		t.Fatal("Put after a failed outcome commit succeeded")
+	}
+	crashed := mem.CrashClone(vfs.CrashCloneCfg{})
+	inj.Off()
+	_ = q.Close()
+
+	q2 := openFS(t, crashed)
+	e, err := q2.Lookup(id)
+	if err != nil || len(e.Recipients) != 3 {
+		t.Fatalf("after crash: %+v, %v; want all 3 recipients queued", e, err)
+	}
+}

@@ -604,7 +604,14 @@ func (q *Queue) commitLoop() {
 			<-q.kick
 			q.mu.Lock()
 		}
-		if q.pendOps == 0 || q.failed.Load() != nil {
+		if q.failed.Load() != nil && q.pendOps > 0 {
+			// Nothing more can be committed; drop what is pending (it
+			// stays in effect in memory only) and wait for Close.
+			_ = q.pend.Close()
+			q.pend = q.db.NewBatch()
+			q.pendOps = 0
+		}
+		if q.pendOps == 0 {
 			q.mu.Unlock()
 			if q.stopping {
 				return
