@@ -119,16 +119,19 @@ func (l *Lease) load() error {
 	q := l.q
 	groups := make(map[*msgInfo]int, len(l.slots))
 	order := make([]*msgInfo, 0, len(l.slots))
-	for _, s := range l.slots {
-		if _, ok := groups[s.m]; !ok {
-			groups[s.m] = len(order)
-			order = append(order, s.m)
+	// Only the refs of the slots are read here: their state may change
+	// under q.mu (Delete) while this runs.
+	for i := range l.slots {
+		m := l.slots[i].m
+		if _, ok := groups[m]; !ok {
+			groups[m] = len(order)
+			order = append(order, m)
 		}
 	}
 	l.Messages = make([]Entry, len(order))
 	counts := make([]int, len(order))
-	for _, s := range l.slots {
-		counts[groups[s.m]]++
+	for i := range l.slots {
+		counts[groups[l.slots[i].m]]++
 	}
 	recs := make([]RecipientState, len(l.slots))
 	off := 0
@@ -155,9 +158,13 @@ func (l *Lease) load() error {
 		}
 		envOK[i] = true
 	}
+	// Read into a copy of the slots: until the swap below, Delete may look
+	// at (and mark) l.slots under q.mu.
 	slots := l.slots
-	l.slots = make([]leaseSlot, 0, len(slots))
-	for si, s := range slots {
+	kept := make([]leaseSlot, 0, len(slots))
+	from := make([]int, 0, len(slots))
+	for si := range slots {
+		s := leaseSlot{ref: slots[si].ref}
 		g := groups[s.m]
 		kb = appendRecipientKey(kb[:0], s.m.id, int(s.n))
 		v, c, err := q.db.Get(kb)
@@ -169,40 +176,48 @@ func (l *Lease) load() error {
 			continue
 		}
 		if err != nil {
-			l.slots = slots
 			return fmt.Errorf("queue: read recipient %s/%d: %w", s.m.id, s.n, err)
 		}
 		r, err := decodeRecipient(v, int(s.n))
 		c.Close()
 		if err != nil {
-			l.slots = slots
 			return fmt.Errorf("queue: recipient %s/%d: %w", s.m.id, s.n, err)
 		}
 		e := &l.Messages[g]
 		e.Recipients = append(e.Recipients, r)
 		s.rec = &e.Recipients[len(e.Recipients)-1]
-		l.slots = append(l.slots, s)
+		kept = append(kept, s)
+		from = append(from, si)
 	}
-	if len(lost) > 0 {
-		q.mu.Lock()
-		for _, si := range lost {
-			s := slots[si]
-			q.log.Error("queue: recipient record missing; dropped", "id", s.m.id, "n", s.n)
-			l.k.leased--
-			q.nLeased--
-			l.open--
-			q.finalLocked(s.ref)
+
+	q.mu.Lock()
+	for _, si := range lost {
+		s := &slots[si]
+		if s.state != slotHeld {
+			continue // deleted meanwhile; Delete has finalized it
 		}
-		l.finishIfDoneLocked()
-		q.mu.Unlock()
+		q.log.Error("queue: recipient record missing; dropped", "id", s.m.id, "n", s.n)
+		s.state = slotGone
+		l.k.leased--
+		q.nLeased--
+		l.open--
+		q.finalLocked(s.ref)
+	}
+	for j := range kept {
+		kept[j].state = slots[from[j]].state
+	}
+	l.slots = kept
+	l.finishIfDoneLocked()
+	q.mu.Unlock()
+	if len(lost) > 0 {
 		q.kickCommitter()
-		kept := l.Messages[:0]
+		msgs := l.Messages[:0]
 		for _, e := range l.Messages {
 			if len(e.Recipients) > 0 {
-				kept = append(kept, e)
+				msgs = append(msgs, e)
 			}
 		}
-		l.Messages = kept
+		l.Messages = msgs
 	}
 	if len(l.slots) > 32 {
 		l.index = make(map[slotKey]int, len(l.slots))

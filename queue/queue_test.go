@@ -1022,3 +1022,132 @@ func TestConcurrent(t *testing.T) {
 		t.Fatalf("Totals after reopen = %+v", tot)
 	}
 }
+
+// TestConcurrentOperations mixes producers and workers with operators
+// deleting a job, pausing and resuming, retrying and reading views (meant
+// for -race). Every recipient ends delivered or deleted, and the queue
+// ends empty.
+func TestConcurrentOperations(t *testing.T) {
+	q, err := queue.Open(queue.Options{Dir: t.TempDir(), Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	keys := []queue.Key{kA, kB, kC}
+	const producers, perProducer = 4, 150
+
+	var mu sync.Mutex
+	seen := map[string]int{} // address -> delivered or deleted
+	var putWG, workWG, opWG sync.WaitGroup
+	var putDone = make(chan struct{})
+	for p := range producers {
+		putWG.Go(func() {
+			for i := range perProducer {
+				k := keys[(p+i)%len(keys)]
+				m := queuetest.Message(k.VMTA, fmt.Sprintf("p%d-%d@%s", p, i, k.Domain))
+				if i%3 == 0 {
+					m.JobID = "del"
+				}
+				if _, err := q.Put(ctx, m); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	go func() { putWG.Wait(); close(putDone) }()
+	record := func(addr string) {
+		mu.Lock()
+		seen[addr]++
+		mu.Unlock()
+	}
+	for w := range 6 {
+		workWG.Go(func() {
+			k := keys[w%len(keys)]
+			for ctx.Err() == nil {
+				l, err := q.Lease(ctx, k, 4)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if l == nil {
+					select {
+					case <-putDone:
+						if q.Stats(k).Total() == 0 {
+							return
+						}
+					default:
+					}
+					wctx, wcancel := context.WithTimeout(ctx, 20*time.Millisecond)
+					_ = q.Wait(wctx, k)
+					wcancel()
+					continue
+				}
+				var outs []queue.Outcome
+				var addrs []string
+				for _, m := range l.Messages {
+					for _, r := range m.Recipients {
+						if !l.Live(m.ID, r.N) {
+							continue // deleted meanwhile
+						}
+						outs = append(outs, queue.Outcome{ID: m.ID, N: r.N, Kind: queue.Delivered})
+						addrs = append(addrs, r.Address)
+					}
+				}
+				if err := l.Report(outs...); err != nil {
+					t.Error(err)
+				}
+				l.Release()
+				for _, a := range addrs {
+					record(a)
+				}
+			}
+		})
+	}
+	opWG.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-putDone:
+				if _, err := q.Delete(ctx, queue.Selector{JobID: "del"}, func(r queue.Removal) { record(r.Recipient.Address) }); err != nil {
+					t.Error(err)
+				}
+				return
+			default:
+			}
+			if _, err := q.Delete(ctx, queue.Selector{JobID: "del"}, func(r queue.Removal) { record(r.Recipient.Address) }); err != nil {
+				t.Error(err)
+				return
+			}
+			_, _ = q.Pause(queue.Selector{VMTA: "mta1"})
+			_ = q.Keys(queue.Selector{})
+			_, _ = q.Ages(queue.Selector{}, []time.Duration{time.Second})
+			_ = q.Totals()
+			_, _ = q.RetryNow(queue.Selector{})
+			_, _ = q.Resume(queue.Selector{})
+		}
+	})
+	opWG.Wait()
+	_, _ = q.Resume(queue.Selector{})
+	workWG.Wait()
+	if t.Failed() {
+		return
+	}
+	if err := q.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if tot := q.Totals(); tot != (queue.Totals{}) {
+		t.Fatalf("Totals = %+v", tot)
+	}
+	if len(seen) != producers*perProducer {
+		t.Fatalf("%d recipients accounted for, want %d", len(seen), producers*perProducer)
+	}
+	// A recipient deleted between a worker's Live check and its Report is
+	// counted by both; nothing is counted more often than that.
+	for a, n := range seen {
+		if n < 1 || n > 2 {
+			t.Errorf("%s seen %d times", a, n)
+		}
+	}
+}
