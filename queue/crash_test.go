@@ -102,6 +102,7 @@ func TestCrashPutsThatReturnedSurvive(t *testing.T) {
 			var mu sync.Mutex
 			var returned []queue.ID
 			stop := make(chan struct{})
+			enough := make(chan struct{}) // closed when 200 Puts have returned
 			var wg sync.WaitGroup
 			for g := range 8 {
 				wg.Add(1)
@@ -120,21 +121,21 @@ func TestCrashPutsThatReturnedSurvive(t *testing.T) {
 						}
 						mu.Lock()
 						returned = append(returned, id)
+						if len(returned) == 200 {
+							close(enough)
+						}
 						mu.Unlock()
 					}
 				}()
 			}
 			// Crash once a fair number of Puts have returned, while more are
 			// in flight.
-			deadline := time.Now().Add(20 * time.Second)
-			for {
-				mu.Lock()
-				n := len(returned)
-				mu.Unlock()
-				if n >= 200 || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(time.Millisecond) // pacing, not a result
+			select {
+			case <-enough:
+			case <-time.After(30 * time.Second):
+				close(stop)
+				wg.Wait()
+				t.Fatal("Puts too slow")
 			}
 			mu.Lock()
 			before := append([]queue.ID(nil), returned...)
@@ -440,6 +441,8 @@ func TestKill9(t *testing.T) {
 // kill9Child is the child of TestKill9: it Puts from several goroutines
 // until killed, printing "put <id>" after each Put returns.
 func kill9Child(dir string) {
+	// Never outlive a parent that died without killing us.
+	time.AfterFunc(time.Minute, func() { os.Exit(3) })
 	q, err := queue.Open(queue.Options{Dir: dir, Logger: discard()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
