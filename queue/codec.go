@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -32,12 +33,16 @@ const (
 
 var errCorrupt = errors.New("queue: corrupt record")
 
-// Key prefixes. They sort b < m < r < s, so the Open scan of m/ and r/ never
-// touches bodies.
+// Keys. A message's envelope is m/<id> and its recipient n is
+// m/<id>/<n>: the envelope sorts right before its recipients, so one
+// iterator seek reads a message's envelope and the recipients after it
+// (a lease, Lookup and the scan at Open all do). Bodies are under b/,
+// which sorts before m/, so the scan at Open never touches them.
 const (
-	prefixBody      = 'b'
-	prefixEnvelope  = 'm'
-	prefixRecipient = 'r'
+	prefixBody    = 'b'
+	prefixMessage = 'm'
+	envKeyLen     = 10 // m/ + 8-byte ID
+	rcptKeyLen    = 15 // m/ + ID + / + 4-byte index
 )
 
 var hwKey = []byte("s/hw")
@@ -49,33 +54,41 @@ func idKey(prefix byte, id ID) []byte {
 	return k
 }
 
-func envelopeKey(id ID) []byte { return idKey(prefixEnvelope, id) }
+func envelopeKey(id ID) []byte { return idKey(prefixMessage, id) }
 func bodyKey(id ID) []byte     { return idKey(prefixBody, id) }
 
-// appendRecipientKey appends r/<id>/<n> to dst.
+// appendRecipientKey appends m/<id>/<n> to dst.
 func appendRecipientKey(dst []byte, id ID, n int) []byte {
-	dst = append(dst, prefixRecipient, '/')
+	dst = append(dst, prefixMessage, '/')
 	dst = binary.BigEndian.AppendUint64(dst, uint64(id))
 	dst = append(dst, '/')
 	return binary.BigEndian.AppendUint32(dst, uint32(n))
 }
 
-func recipientKey(id ID, n int) []byte { return appendRecipientKey(make([]byte, 0, 15), id, n) }
+func recipientKey(id ID, n int) []byte { return appendRecipientKey(make([]byte, 0, rcptKeyLen), id, n) }
 
-// parseIDKey returns the ID of an m/ or b/ key.
-func parseIDKey(k []byte) (ID, bool) {
-	if len(k) != 10 || k[1] != '/' {
-		return 0, false
-	}
-	return ID(binary.BigEndian.Uint64(k[2:])), true
+// messageBounds returns the key range holding message id's envelope and
+// recipients.
+func messageBounds(id ID) (lo, hi []byte) {
+	lo = envelopeKey(id)
+	hi = append(bytes.Clone(lo), '/'+1)
+	return lo, hi
 }
 
-// parseRecipientKey returns the ID and index of an r/ key.
-func parseRecipientKey(k []byte) (ID, int, bool) {
-	if len(k) != 15 || k[0] != prefixRecipient || k[1] != '/' || k[10] != '/' {
+// parseMessageKey parses an m/ key: the envelope (n < 0) or recipient n
+// of message id.
+func parseMessageKey(k []byte) (id ID, n int, ok bool) {
+	if len(k) < envKeyLen || k[0] != prefixMessage || k[1] != '/' {
 		return 0, 0, false
 	}
-	return ID(binary.BigEndian.Uint64(k[2:])), int(binary.BigEndian.Uint32(k[11:])), true
+	id = ID(binary.BigEndian.Uint64(k[2:]))
+	switch {
+	case len(k) == envKeyLen:
+		return id, -1, true
+	case len(k) == rcptKeyLen && k[10] == '/':
+		return id, int(binary.BigEndian.Uint32(k[11:])), true
+	}
+	return 0, 0, false
 }
 
 func appendString(b []byte, s string) []byte {
@@ -232,7 +245,7 @@ func decodeEnvelopeHead(v []byte) (h envelopeHead, err error) {
 	return h, d.err
 }
 
-// decodeRecipient decodes an r/ value; n comes from the key.
+// decodeRecipient decodes a recipient record; n comes from the key.
 func decodeRecipient(v []byte, n int) (r RecipientState, err error) {
 	d := decoder{b: v}
 	d.version(recipientV1)

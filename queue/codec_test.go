@@ -74,17 +74,25 @@ func TestRecipientRoundTrip(t *testing.T) {
 func TestKeys(t *testing.T) {
 	id := ID(0x0102030405060708)
 	k := recipientKey(id, 258)
-	gid, n, ok := parseRecipientKey(k)
-	if !ok || gid != id || n != 258 || string(k[:2]) != "r/" || k[10] != '/' {
+	gid, n, ok := parseMessageKey(k)
+	if !ok || gid != id || n != 258 || string(k[:2]) != "m/" || k[10] != '/' {
 		t.Fatalf("recipient key %q -> %v %d %v", k, gid, n, ok)
 	}
-	if g, ok := parseIDKey(envelopeKey(id)); !ok || g != id {
+	if g, n, ok := parseMessageKey(envelopeKey(id)); !ok || g != id || n != -1 {
 		t.Fatal("envelope key")
 	}
-	// Keys sort by ID, then by recipient index.
-	a, b := recipientKey(1, 300), recipientKey(2, 0)
-	if string(a) >= string(b) || string(recipientKey(1, 2)) >= string(a) {
-		t.Fatal("recipient keys do not sort by id then index")
+	if _, _, ok := parseMessageKey(bodyKey(id)); ok {
+		t.Fatal("body key parsed as a message key")
+	}
+	// An envelope sorts right before its recipients, recipients by index,
+	// and all of it inside messageBounds.
+	lo, hi := messageBounds(1)
+	keys := []string{string(envelopeKey(1)), string(recipientKey(1, 2)), string(recipientKey(1, 300)), string(envelopeKey(2))}
+	if !slices.IsSorted(keys) {
+		t.Fatal("keys out of order")
+	}
+	if string(lo) > keys[0] || keys[2] >= string(hi) || keys[3] < string(hi) {
+		t.Fatal("messageBounds wrong")
 	}
 }
 

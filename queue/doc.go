@@ -28,16 +28,20 @@
 //
 //	m/<id>       envelope: sender, time received, source IP, auth user, job,
 //	             envelope ID, DSN RET, size, recipient count
+//	m/<id>/<n>   recipient n (32-bit big-endian): address, domain, VMTA,
+//	             pool, ORCPT, NOTIFY, attempts, next attempt, last attempt,
+//	             last reply
 //	b/<id>       body, exactly as given to Put
-//	r/<id>/<n>   recipient n (32-bit big-endian): address, domain, VMTA, pool,
-//	             ORCPT, NOTIFY, attempts, next attempt, last attempt, last reply
 //	s/hw         high-water mark of issued IDs (a max-merge operand per Put)
 //
-// A recipient record exists while the recipient is not final; it is deleted
-// by the outcome that makes it final, and the envelope and body are deleted
-// in the same batch as the last recipient record. Leases are never written:
-// a recipient that was leased when the process died has an unchanged record
-// and is therefore due again after Open.
+// The recipients sit right after their envelope, so reading a message for
+// a lease is one short forward seek, and bodies sort apart so the scan at
+// Open never reads them. A recipient record exists while the recipient is
+// not final; it is deleted by the outcome that makes it final, and the
+// envelope and body are deleted in the same batch as the last recipient
+// record. Leases are never written: a recipient that was leased when the
+// process died has an unchanged record and is therefore due again after
+// Open.
 //
 // # Ready index
 //

@@ -1,9 +1,12 @@
 package queue
 
 import (
+	"bytes"
+	"cmp"
 	"context"
-	"errors"
+	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -112,79 +115,114 @@ func maxU64(a, b uint64) uint64 {
 	return b
 }
 
-// load groups the slots by message and reads their records. Recipients
-// whose records are missing cannot be delivered; they are logged and
-// dropped from the queue.
+// load groups the slots by message and reads their records with one
+// iterator, in key order (a message's envelope sits right before its
+// recipients, so each read is a short forward seek). Recipients whose
+// records are missing cannot be delivered; they are logged and dropped
+// from the queue.
 func (l *Lease) load() error {
 	q := l.q
-	groups := make(map[*msgInfo]int, len(l.slots))
-	order := make([]*msgInfo, 0, len(l.slots))
 	// Only the refs of the slots are read here: their state may change
 	// under q.mu (Delete) while this runs.
-	for i := range l.slots {
-		m := l.slots[i].m
-		if _, ok := groups[m]; !ok {
-			groups[m] = len(order)
+	slots := l.slots
+	groups := make(map[*msgInfo]int, len(slots))
+	order := make([]*msgInfo, 0, len(slots))
+	counts := make([]int, 0, len(slots))
+	for i := range slots {
+		m := slots[i].m
+		g, ok := groups[m]
+		if !ok {
+			g = len(order)
+			groups[m] = g
 			order = append(order, m)
+			counts = append(counts, 0)
 		}
+		counts[g]++
 	}
 	l.Messages = make([]Entry, len(order))
-	counts := make([]int, len(order))
-	for i := range l.slots {
-		counts[groups[l.slots[i].m]]++
-	}
-	recs := make([]RecipientState, len(l.slots))
+	recs := make([]RecipientState, len(slots))
 	off := 0
 	for i, m := range order {
 		l.Messages[i] = Entry{ID: m.id, Recipients: recs[off : off : off+counts[i]]}
 		off += counts[i]
 	}
 
-	var lost []int
-	kb := make([]byte, 0, 15)
-	envOK := make([]bool, len(order))
-	for i, m := range order {
-		v, c, err := q.db.Get(envelopeKey(m.id))
-		if errors.Is(err, pebble.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("queue: read envelope %s: %w", m.id, err)
-		}
-		l.Messages[i].Envelope, _, err = decodeEnvelope(v)
-		c.Close()
-		if err != nil {
-			return fmt.Errorf("queue: envelope %s: %w", m.id, err)
-		}
-		envOK[i] = true
+	// Read in key order.
+	byKey := make([]int, len(slots))
+	for i := range byKey {
+		byKey[i] = i
 	}
-	// Read into a copy of the slots: until the swap below, Delete may look
-	// at (and mark) l.slots under q.mu.
-	slots := l.slots
-	kept := make([]leaseSlot, 0, len(slots))
-	from := make([]int, 0, len(slots))
-	for si := range slots {
-		s := leaseSlot{ref: slots[si].ref}
+	slices.SortFunc(byKey, func(a, b int) int {
+		if c := cmp.Compare(slots[a].m.id, slots[b].m.id); c != 0 {
+			return c
+		}
+		return cmp.Compare(slots[a].n, slots[b].n)
+	})
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: []byte("m/"), UpperBound: []byte("m0")})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	seek := func(key []byte) ([]byte, bool, error) {
+		if !it.SeekGE(key) || !bytes.Equal(it.Key(), key) {
+			return nil, false, it.Error()
+		}
+		v, err := it.ValueAndErr()
+		return v, err == nil, err
+	}
+	envRead := make([]bool, len(order))
+	envOK := make([]bool, len(order))
+	found := make([]RecipientState, len(slots))
+	ok := make([]bool, len(slots))
+	kb := make([]byte, 0, rcptKeyLen)
+	for _, si := range byKey {
+		s := slots[si].ref
 		g := groups[s.m]
-		kb = appendRecipientKey(kb[:0], s.m.id, int(s.n))
-		v, c, err := q.db.Get(kb)
-		if errors.Is(err, pebble.ErrNotFound) || (err == nil && !envOK[g]) {
-			if c != nil {
-				c.Close()
+		if !envRead[g] {
+			envRead[g] = true
+			kb = append(append(kb[:0], prefixMessage, '/'), 0, 0, 0, 0, 0, 0, 0, 0)
+			binary.BigEndian.PutUint64(kb[2:], uint64(s.m.id))
+			v, present, err := seek(kb)
+			if err != nil {
+				return fmt.Errorf("queue: read envelope %s: %w", s.m.id, err)
 			}
-			lost = append(lost, si)
+			if present {
+				if l.Messages[g].Envelope, _, err = decodeEnvelope(v); err != nil {
+					return fmt.Errorf("queue: envelope %s: %w", s.m.id, err)
+				}
+				envOK[g] = true
+			}
+		}
+		if !envOK[g] {
 			continue
 		}
+		kb = appendRecipientKey(kb[:0], s.m.id, int(s.n))
+		v, present, err := seek(kb)
 		if err != nil {
 			return fmt.Errorf("queue: read recipient %s/%d: %w", s.m.id, s.n, err)
 		}
-		r, err := decodeRecipient(v, int(s.n))
-		c.Close()
-		if err != nil {
-			return fmt.Errorf("queue: recipient %s/%d: %w", s.m.id, s.n, err)
+		if present {
+			if found[si], err = decodeRecipient(v, int(s.n)); err != nil {
+				return fmt.Errorf("queue: recipient %s/%d: %w", s.m.id, s.n, err)
+			}
+			ok[si] = true
 		}
-		e := &l.Messages[g]
-		e.Recipients = append(e.Recipients, r)
+	}
+
+	// Assemble in the order the recipients were due, into a copy of the
+	// slots: until the swap below, Delete may look at (and mark) l.slots
+	// under q.mu.
+	var lost []int
+	kept := make([]leaseSlot, 0, len(slots))
+	from := make([]int, 0, len(slots))
+	for si := range slots {
+		if !ok[si] {
+			lost = append(lost, si)
+			continue
+		}
+		s := leaseSlot{ref: slots[si].ref}
+		e := &l.Messages[groups[s.m]]
+		e.Recipients = append(e.Recipients, found[si])
 		s.rec = &e.Recipients[len(e.Recipients)-1]
 		kept = append(kept, s)
 		from = append(from, si)

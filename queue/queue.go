@@ -186,22 +186,17 @@ func Open(opts Options) (*Queue, error) {
 	return q, nil
 }
 
-// rebuild scans m/ and r/ in lockstep (both sort by ID) and fills the index.
-// It also removes what a crash or bug could leave behind: recipient records
-// without an envelope (their outcome was final) and envelopes without
-// recipients.
+// rebuild scans the envelopes and recipient records (one range, in ID
+// order) and fills the index. It also removes what a crash or bug could
+// leave behind: recipient records without an envelope (their outcome was
+// final) and envelopes without recipients.
 func (q *Queue) rebuild() error {
 	now := q.clock.Now().UnixNano()
-	mit, err := q.db.NewIter(&pebble.IterOptions{LowerBound: []byte("m/"), UpperBound: []byte("m0")})
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: []byte("m/"), UpperBound: []byte("m0")})
 	if err != nil {
 		return err
 	}
-	defer mit.Close()
-	rit, err := q.db.NewIter(&pebble.IterOptions{LowerBound: []byte("r/"), UpperBound: []byte("r0")})
-	if err != nil {
-		return err
-	}
-	defer rit.Close()
+	defer it.Close()
 
 	var (
 		garbage [][]byte
@@ -210,7 +205,6 @@ func (q *Queue) rebuild() error {
 		lookup  = make(map[string]*keyQueue) // domain NUL vmta -> key, lookups without allocating
 		jobs    = make(map[string]string)    // interned job IDs
 		namebuf []byte
-		mOK     = mit.First()
 	)
 	endMessage := func() {
 		if cur != nil && cur.live == 0 {
@@ -220,31 +214,24 @@ func (q *Queue) rebuild() error {
 		}
 		cur = nil
 	}
-	// openMessage advances the envelope iterator to id and starts it.
-	openMessage := func(id ID) error {
-		for ; mOK; mOK = mit.Next() {
-			mid, ok := parseIDKey(mit.Key())
-			if !ok {
-				garbage = append(garbage, bytes.Clone(mit.Key()))
-				continue
-			}
-			maxID = max(maxID, mid)
-			if mid > id {
-				return nil
-			}
-			if mid < id { // no recipients left
-				garbage = append(garbage, envelopeKey(mid), bodyKey(mid))
-				continue
-			}
-			v, err := mit.ValueAndErr()
-			if err != nil {
-				return err
-			}
+	for ok := it.First(); ok; ok = it.Next() {
+		id, n, valid := parseMessageKey(it.Key())
+		if !valid {
+			garbage = append(garbage, bytes.Clone(it.Key()))
+			continue
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return fmt.Errorf("queue: scan spool: %w", err)
+		}
+		if n < 0 { // an envelope: a new message
+			endMessage()
+			maxID = max(maxID, id)
 			h, err := decodeEnvelopeHead(v)
 			if err != nil {
 				// Refuse rather than guess: a record this version cannot
 				// read may be from a newer Tern, and must not be dropped.
-				return fmt.Errorf("envelope %s: %w", mid, err)
+				return fmt.Errorf("queue: scan spool: envelope %s: %w", id, err)
 			}
 			job, ok := jobs[string(h.job)]
 			if !ok {
@@ -252,39 +239,16 @@ func (q *Queue) rebuild() error {
 				jobs[job] = job
 			}
 			if h.received == 0 {
-				h.received = int64(mid)
+				h.received = int64(id)
 			}
-			cur = &msgInfo{id: mid, received: h.received, job: job, size: uint32(min(h.size, 1<<32-1))}
+			cur = &msgInfo{id: id, received: h.received, job: job, size: uint32(min(h.size, 1<<32-1))}
 			q.nMsgs++
 			q.bytes += int64(cur.size)
-			mOK = mit.Next()
-			return nil
-		}
-		return mit.Error()
-	}
-
-	for ok := rit.First(); ok; ok = rit.Next() {
-		id, n, valid := parseRecipientKey(rit.Key())
-		if !valid {
-			garbage = append(garbage, bytes.Clone(rit.Key()))
 			continue
 		}
-		if cur == nil || cur.id != id {
-			endMessage()
-			if err := openMessage(id); err != nil {
-				return fmt.Errorf("queue: scan spool: %w", err)
-			}
-			if cur != nil && cur.id != id {
-				cur = nil // the envelope iterator is past id: no envelope
-			}
-		}
-		if cur == nil || cur.id != id {
-			garbage = append(garbage, bytes.Clone(rit.Key()))
+		if cur == nil || cur.id != id { // no envelope
+			garbage = append(garbage, bytes.Clone(it.Key()))
 			continue
-		}
-		v, err := rit.ValueAndErr()
-		if err != nil {
-			return fmt.Errorf("queue: scan spool: %w", err)
 		}
 		h, err := decodeRecipientHead(v)
 		if err != nil {
@@ -306,13 +270,10 @@ func (q *Queue) rebuild() error {
 			q.nReady++
 		}
 	}
-	if err := rit.Error(); err != nil {
+	if err := it.Error(); err != nil {
 		return fmt.Errorf("queue: scan spool: %w", err)
 	}
 	endMessage()
-	if err := openMessage(^ID(0)); err != nil { // the rest: envelopes without recipients
-		return fmt.Errorf("queue: scan spool: %w", err)
-	}
 	for _, k := range q.keys {
 		k.deferred.init()
 		q.due.fix(k)
@@ -517,30 +478,32 @@ func (q *Queue) Lookup(id ID) (Entry, error) {
 		return Entry{}, err
 	}
 	defer q.leave()
-	snap := q.db.NewSnapshot()
-	defer snap.Close()
-	v, c, err := snap.Get(envelopeKey(id))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return Entry{}, fmt.Errorf("%w: %s", ErrNotFound, id)
-	}
-	if err != nil {
-		return Entry{}, fmt.Errorf("queue: read envelope %s: %w", id, err)
-	}
-	env, _, err := decodeEnvelope(v)
-	c.Close()
-	if err != nil {
-		return Entry{}, fmt.Errorf("queue: envelope %s: %w", id, err)
-	}
-	e := Entry{ID: id, Envelope: env}
-	lo := appendRecipientKey(nil, id, 0)[:11]
-	hi := append(bytes.Clone(lo[:10]), '/'+1)
-	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	lo, hi := messageBounds(id)
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return Entry{}, err
 	}
 	defer it.Close()
-	for ok := it.First(); ok; ok = it.Next() {
-		_, n, _ := parseRecipientKey(it.Key())
+	if !it.First() || len(it.Key()) != envKeyLen {
+		if err := it.Error(); err != nil {
+			return Entry{}, err
+		}
+		return Entry{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	v, err := it.ValueAndErr()
+	if err != nil {
+		return Entry{}, err
+	}
+	env, _, err := decodeEnvelope(v)
+	if err != nil {
+		return Entry{}, fmt.Errorf("queue: envelope %s: %w", id, err)
+	}
+	e := Entry{ID: id, Envelope: env}
+	for it.Next() {
+		_, n, ok := parseMessageKey(it.Key())
+		if !ok || n < 0 {
+			continue
+		}
 		v, err := it.ValueAndErr()
 		if err != nil {
 			return Entry{}, err
@@ -653,7 +616,7 @@ func (q *Queue) finalLocked(r ref) {
 	_ = q.pend.Delete(q.kbuf, nil)
 	m.live--
 	if m.live == 0 {
-		q.kbuf = append(append(q.kbuf[:0], prefixEnvelope, '/'), 0, 0, 0, 0, 0, 0, 0, 0)
+		q.kbuf = append(append(q.kbuf[:0], prefixMessage, '/'), 0, 0, 0, 0, 0, 0, 0, 0)
 		binary.BigEndian.PutUint64(q.kbuf[2:], uint64(m.id))
 		_ = q.pend.Delete(q.kbuf, nil)
 		q.kbuf[0] = prefixBody
