@@ -19,7 +19,8 @@ package listener_test
 // {{.Port587}}, {{.Port2525}} or {{.Port "any-name"}} give free loopback
 // ports (ts.Port/ts.Addr return the same ones), {{.CertFile}} and
 // {{.KeyFile}} write the test certificate and key into the test's temporary
-// directory and give their paths, {{.Dir}} is that directory.
+// directory and give their paths, {{.Dir}} is that directory and
+// {{.PasswordHash "secret"}} is a bcrypt hash for password-hash.
 
 import (
 	"bufio"
@@ -56,6 +57,7 @@ import (
 
 	mtextproto "github.com/emersion/go-message/textproto"
 	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/listener"
@@ -282,6 +284,22 @@ func (v *confVars) KeyFile() string {
 
 // Dir is the test's temporary directory the config files go to.
 func (v *confVars) Dir() string { return v.dir }
+
+// PasswordHash returns a bcrypt hash of password for password-hash, at the
+// minimum cost so that AUTH stays fast under the race detector.
+func (v *confVars) PasswordHash(password string) string {
+	if h, ok := hashes.Load(password); ok {
+		return h.(string)
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		v.t.Fatalf("bcrypt: %v", err)
+	}
+	hashes.Store(password, string(h))
+	return string(h)
+}
+
+var hashes sync.Map // password → bcrypt hash
 
 func (v *confVars) writeCert() {
 	v.mu.Lock()

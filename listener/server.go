@@ -245,6 +245,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			if err := r.srv.Shutdown(ctx); err != nil {
 				r.srv.Close()
 			}
+			// It closes only listeners its Serve has registered: when Apply
+			// just started serve, Serve may not have run yet and would then
+			// accept forever. Closing ours makes that Serve return at once.
+			r.ln.Close()
 			<-r.done
 		}()
 	}
