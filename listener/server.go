@@ -58,6 +58,12 @@ type Server struct {
 	inbound  atomic.Int64
 	closing  atomic.Bool
 	failures *failureLimiter
+
+	// conns are the open client connections, so that Shutdown can cut
+	// those left at its deadline: go-smtp's Close does nothing once its
+	// Shutdown has begun.
+	connMu sync.Mutex
+	conns  map[*countedConn]struct{}
 }
 
 // snapshot is the configuration a session works with, taken when the
@@ -102,6 +108,7 @@ func New(opts Options) *Server {
 		log:       opts.Logger,
 		listeners: map[string]*running{},
 		failures:  newFailureLimiter(opts.Now),
+		conns:     map[*countedConn]struct{}{},
 	}
 }
 
@@ -241,10 +248,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			// go-smtp's Shutdown closes the listener and waits for every
-			// connection to end; on timeout, Close cuts them.
-			if err := r.srv.Shutdown(ctx); err != nil {
-				r.srv.Close()
-			}
+			// connection to end or ctx to be done.
+			_ = r.srv.Shutdown(ctx)
 			// It closes only listeners its Serve has registered: when Apply
 			// just started serve, Serve may not have run yet and would then
 			// accept forever. Closing ours makes that Serve return at once.
@@ -253,7 +258,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
-	return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		// Cut what is left. go-smtp's Close cannot: after its Shutdown it
+		// returns ErrServerClosed without touching the connections.
+		s.connMu.Lock()
+		left := make([]*countedConn, 0, len(s.conns))
+		for c := range s.conns {
+			left = append(left, c)
+		}
+		s.connMu.Unlock()
+		for _, c := range left {
+			c.Close()
+		}
+		return err
+	}
+	return nil
 }
 
 // gate refuses connections before go-smtp greets them: when shutting down,
@@ -271,7 +290,7 @@ func (g *gate) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		n := g.s.inbound.Add(1)
-		counted := &countedConn{Conn: c, n: &g.s.inbound}
+		counted := g.s.track(c)
 		snap := g.s.snap.Load()
 		host := snap.cfg.HostName.Value
 		ip := remoteIP(c)
@@ -300,15 +319,30 @@ func (g *gate) Accept() (net.Conn, error) {
 	}
 }
 
-// countedConn gives back its slot in the inbound count when closed.
+// countedConn gives back its slot in the inbound count and leaves the
+// server's set of connections when closed.
 type countedConn struct {
 	net.Conn
-	n    *atomic.Int64
+	s    *Server
 	once sync.Once
 }
 
+// track adds c, already counted in inbound, to the open connections.
+func (s *Server) track(c net.Conn) *countedConn {
+	cc := &countedConn{Conn: c, s: s}
+	s.connMu.Lock()
+	s.conns[cc] = struct{}{}
+	s.connMu.Unlock()
+	return cc
+}
+
 func (c *countedConn) Close() error {
-	c.once.Do(func() { c.n.Add(-1) })
+	c.once.Do(func() {
+		c.s.inbound.Add(-1)
+		c.s.connMu.Lock()
+		delete(c.s.conns, c)
+		c.s.connMu.Unlock()
+	})
 	return c.Conn.Close()
 }
 
