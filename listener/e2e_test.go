@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -1200,5 +1201,60 @@ func TestAddrsListsOpenListeners(t *testing.T) {
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("Addrs = %q, want %q", got, want)
+	}
+}
+
+func TestReloadAppliesToNewSessionsAndOpensAndClosesListeners(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, `
+smtp-listener 127.0.0.1:{{.Port2525}}
+smtp-listener 127.0.0.1:{{.Port "old"}}
+`)
+	before := dial(t, ts.Addr("2525"))
+	if err := before.Hello("client.example"); err != nil {
+		t.Fatal(err)
+	}
+	ts.Apply(t, `
+smtp-listener 127.0.0.1:{{.Port2525}}
+smtp-listener 127.0.0.1:{{.Port "new"}}
+<source 127.0.0.1>
+    always-allow-relaying yes
+</source>
+`)
+	// The kept listener serves new sessions with the new policy.
+	mustSend(t, dial(t, ts.Addr("2525")), "a@b.example", []string{"x@example.com"}, message())
+	mustSend(t, dial(t, ts.Addr("new")), "a@b.example", []string{"x@example.com"}, message())
+	// A session that began before the reload keeps its configuration.
+	_, err := send(before, "a@b.example", []string{"x@example.com"}, message())
+	wantRefusal(t, err, stageRcpt, 550, ec571)
+
+	var got []string
+	for _, a := range ts.Server.Addrs() {
+		got = append(got, a.String())
+	}
+	slices.Sort(got)
+	want := []string{ts.Addr("2525"), ts.Addr("new")}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("Addrs after reload = %q, want %q", got, want)
+	}
+	if c, err := net.DialTimeout("tcp", ts.Addr("old"), clientTimeout); err == nil {
+		c.Close()
+		t.Errorf("the removed listener %s still accepts", ts.Addr("old"))
+	}
+}
+
+func TestAcceptedMessageIsInSpoolAfterReopen(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, vmtaConf)
+	id := mustSend(t, dial(t, ts.Addr("2525")), "a@b.example", []string{"x@example.com"}, message("X-Virtual-MTA: mta2"))
+	ts.Stop()
+	q := openSpool(t, ts.SpoolDir)
+	m := readSpooled(t, q, id)
+	if got := rcptVMTAs(m); !slices.Equal(got, []string{"x@example.com mta2"}) {
+		t.Errorf("after reopening: recipients %q", got)
+	}
+	if all := allSpooled(t, q); len(all) != 1 {
+		t.Errorf("after reopening: %d messages, want 1", len(all))
 	}
 }
