@@ -9,10 +9,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/ternmta/tern/config"
+	"github.com/ternmta/tern/delivery"
 	"github.com/ternmta/tern/listener"
 	"github.com/ternmta/tern/queue"
 	"github.com/ternmta/tern/vmta"
@@ -53,7 +55,18 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		log.Warn("config", "at", w.Pos.String(), "warning", w.Message)
 	}
 
-	q, err := queue.Open(queue.Options{Dir: cfg.Spool.Dir.Value, Logger: log.With("component", "queue")})
+	// The queue tells the scheduler when a queue key becomes ready; the
+	// scheduler needs the queue, so it is plugged in once both exist.
+	var sched atomic.Pointer[delivery.Scheduler]
+	q, err := queue.Open(queue.Options{
+		Dir:    cfg.Spool.Dir.Value,
+		Logger: log.With("component", "queue"),
+		OnReady: func(k queue.Key) {
+			if s := sched.Load(); s != nil {
+				s.Notify(k)
+			}
+		},
+	})
 	if err != nil {
 		log.Error("cannot open the spool", "dir", cfg.Spool.Dir.Value, "err", err)
 		fmt.Fprintf(stderr, "tern serve: cannot open the spool %s: %v\n", cfg.Spool.Dir.Value, err)
@@ -61,6 +74,26 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	defer q.Close()
 	log.Info("spool open", "dir", cfg.Spool.Dir.Value)
+
+	var servers []string
+	for _, ns := range cfg.NameServers {
+		servers = append(servers, ns.Value)
+	}
+	resolver, err := delivery.NewDNSResolver(servers)
+	if err != nil {
+		fmt.Fprintf(stderr, "tern serve: %v\n", err)
+		return 1
+	}
+	var current atomic.Pointer[vmta.Registry]
+	current.Store(reg)
+	sch := delivery.New(delivery.Options{
+		Queue:    q,
+		Registry: current.Load,
+		Resolver: resolver,
+		Logger:   log.With("component", "delivery"),
+	})
+	sched.Store(sch)
+	sch.Start()
 
 	spoolDir := cfg.Spool.Dir.Value
 	srv := listener.New(listener.Options{
@@ -80,7 +113,9 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	defer signal.Stop(sigs)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			reload(*path, srv, log, stderr)
+			if reg := reload(*path, srv, log); reg != nil {
+				current.Store(reg)
+			}
 			continue
 		}
 		log.Info("shutting down", "signal", sig.String(), "drain_timeout", drainTimeout.String())
@@ -90,6 +125,11 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		if err != nil {
 			log.Warn("drain timed out; open transactions were cut (not acknowledged, so clients retry)")
 		}
+		ctx, cancel = context.WithTimeout(context.Background(), drainTimeout)
+		if err := sch.Stop(ctx); err != nil {
+			log.Warn("deliveries still in flight at shutdown; their recipients are due again at the next start")
+		}
+		cancel()
 		break
 	}
 	if err := q.Close(); err != nil {
@@ -121,9 +161,9 @@ func loadConfig(path string, stderr io.Writer) (*config.Config, *vmta.Registry, 
 	return cfg, reg, true
 }
 
-// reload applies the file again; a broken file is refused and the running
-// configuration stays.
-func reload(path string, srv *listener.Server, log *slog.Logger, stderr io.Writer) {
+// reload applies the file again and returns the new registry; a broken
+// file is refused (nil) and the running configuration stays.
+func reload(path string, srv *listener.Server, log *slog.Logger) *vmta.Registry {
 	cfg, err := config.Load(path, config.Options{})
 	if err != nil {
 		var list *config.ErrorList
@@ -134,7 +174,7 @@ func reload(path string, srv *listener.Server, log *slog.Logger, stderr io.Write
 		} else {
 			log.Error("reload refused", "err", err)
 		}
-		return
+		return nil
 	}
 	reg, err := vmta.Build(cfg)
 	if err == nil {
@@ -142,9 +182,10 @@ func reload(path string, srv *listener.Server, log *slog.Logger, stderr io.Write
 	}
 	if err != nil {
 		log.Error("reload refused", "err", err)
-		return
+		return nil
 	}
 	log.Info("configuration reloaded", "file", path, "warnings", len(cfg.Warnings))
+	return reg
 }
 
 // openLog returns the daemon's logger: log-file if set, else stderr.

@@ -1,0 +1,466 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/ternmta/tern/config"
+	"github.com/ternmta/tern/queue"
+	"github.com/ternmta/tern/vmta"
+)
+
+// Options configure a Scheduler. Queue, Registry and Resolver are required.
+type Options struct {
+	Queue *queue.Queue
+	// Registry returns the current configuration snapshot; it is asked
+	// again for every connection and transaction, so a reload applies to
+	// new connections without a restart.
+	Registry func() *vmta.Registry
+	Resolver Resolver
+	// Dial opens TCP connections from a source address; nil means
+	// net.Dialer with LocalAddr.
+	Dial Dialer
+	// Now is the clock for expiry and retry times; nil means time.Now.
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Scheduler runs the delivery of every queue key.
+type Scheduler struct {
+	opts Options
+	log  *slog.Logger
+	ctx  context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	mu      sync.Mutex
+	runners map[queue.Key]*runner
+	total   int            // open connections, for total-max-smtp-out
+	perVMTA map[string]int // open connections per VMTA, for its max-smtp-out
+	// waiting are runners that wanted a connection while a VMTA-wide or
+	// global cap was full; freed slots go to the highest queue-priority.
+	waiting  map[*runner]bool
+	vmtaRate map[string]*limiter
+	sources  map[string]*atomic.Uint64 // round robin over a VMTA's source hosts
+}
+
+// runner is the state of one queue key.
+type runner struct {
+	key     queue.Key
+	workers int    // connection workers running (guarded by Scheduler.mu)
+	pool    string // the pool of the last leased mail, for the queue's policy
+	orphan  bool   // its VMTA is not configured; logged once
+	conn    limiter
+	msg     limiter
+}
+
+// limiter is a token bucket that follows the configured rate across
+// reloads.
+type limiter struct {
+	mu   sync.Mutex
+	rate config.Rate
+	l    *rate.Limiter
+}
+
+// wait blocks until the rate allows one more event. Burst 1 spreads events
+// evenly over the interval, as a remote site counting per minute expects.
+func (l *limiter) wait(ctx context.Context, r config.Rate) error {
+	l.mu.Lock()
+	if l.l == nil || l.rate != r {
+		lim := rate.Inf
+		if !r.Unlimited() {
+			lim = rate.Limit(r.PerSecond())
+		}
+		l.l, l.rate = rate.NewLimiter(lim, 1), r
+	}
+	rl := l.l
+	l.mu.Unlock()
+	return rl.Wait(ctx)
+}
+
+// New returns a Scheduler; Start begins delivering.
+func New(opts Options) *Scheduler {
+	if opts.Dial == nil {
+		opts.Dial = netDial
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Scheduler{
+		opts: opts, log: opts.Logger, ctx: ctx, stop: cancel,
+		runners: map[queue.Key]*runner{}, perVMTA: map[string]int{}, waiting: map[*runner]bool{},
+		vmtaRate: map[string]*limiter{}, sources: map[string]*atomic.Uint64{},
+	}
+}
+
+// Start begins delivering what the queue already holds (the spool recovered
+// at open); Notify then brings in keys as they become ready.
+func (s *Scheduler) Start() {
+	for _, st := range s.opts.Queue.Keys(queue.Selector{}) {
+		if st.Ready > 0 && !st.Paused {
+			s.Notify(st.Key)
+		}
+	}
+}
+
+// Notify tells the scheduler that key has due recipients. It is the queue's
+// OnReady hook; it never blocks.
+func (s *Scheduler) Notify(key queue.Key) {
+	s.mu.Lock()
+	r := s.runners[key]
+	if r == nil {
+		r = &runner{key: key}
+		s.runners[key] = r
+	}
+	s.mu.Unlock()
+	s.kick(r)
+}
+
+// Stop stops starting transactions, lets those in flight finish until ctx
+// is done, and closes the connections.
+func (s *Scheduler) Stop(ctx context.Context) error {
+	s.stop()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// policy is the queue's effective policy, through the pool of its latest
+// mail.
+func (s *Scheduler) policy(reg *vmta.Registry, r *runner, pool string) *config.DomainSettings {
+	return &reg.Policy(r.key.VMTA, pool, r.key.Domain).Settings
+}
+
+// kick starts one more connection worker for r if every cap allows it.
+func (s *Scheduler) kick(r *runner) {
+	if s.ctx.Err() != nil {
+		return
+	}
+	reg := s.opts.Registry()
+	s.mu.Lock()
+	v, ok := reg.VMTA(r.key.VMTA)
+	if !ok {
+		// Mail for a VMTA a reload removed waits, never bounces: it is
+		// delivered when the VMTA comes back, or deleted by an operator.
+		if !r.orphan {
+			r.orphan = true
+			s.log.Warn("queue has no configured virtual MTA; its mail waits", "queue", r.key.String())
+		}
+		s.mu.Unlock()
+		return
+	}
+	r.orphan = false
+	pol := s.policy(reg, r, r.pool)
+	if r.workers >= pol.MaxSMTPOut.Value {
+		s.mu.Unlock()
+		return
+	}
+	capped := s.total >= reg.Config().TotalMaxSMTPOut.Value ||
+		(v.MaxSMTPOut > 0 && s.perVMTA[v.Name] >= v.MaxSMTPOut)
+	if capped {
+		s.waiting[r] = true
+		s.mu.Unlock()
+		return
+	}
+	delete(s.waiting, r)
+	r.workers++
+	s.total++
+	s.perVMTA[v.Name]++
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go s.work(r, v.Name)
+}
+
+// release gives back a worker's slot and hands it on: to this queue if it
+// still has due mail (a worker leaving must not strand mail that arrived
+// while it held the last slot), and to the waiting queues by priority.
+func (s *Scheduler) release(r *runner, vmtaName string) {
+	s.mu.Lock()
+	r.workers--
+	s.total--
+	s.perVMTA[vmtaName]--
+	waiting := make([]*runner, 0, len(s.waiting))
+	for w := range s.waiting {
+		waiting = append(waiting, w)
+	}
+	s.mu.Unlock()
+	if st := s.opts.Queue.Stats(r.key); st.Ready > 0 && !st.Paused {
+		s.kick(r)
+	}
+	if len(waiting) == 0 {
+		return
+	}
+	reg := s.opts.Registry()
+	sort.Slice(waiting, func(i, j int) bool {
+		return s.policy(reg, waiting[i], waiting[i].pool).QueuePriority.Value > s.policy(reg, waiting[j], waiting[j].pool).QueuePriority.Value
+	})
+	for _, w := range waiting {
+		s.kick(w)
+	}
+}
+
+// work is one connection worker: it leases due recipients of its queue and
+// sends them over one connection, reused up to max-msg-per-connection, and
+// leaves when the queue has been idle for connection-idle-timeout.
+func (s *Scheduler) work(r *runner, vmtaName string) {
+	defer s.wg.Done()
+	defer s.release(r, vmtaName)
+	var oc *outConn
+	defer func() {
+		if oc != nil {
+			oc.close()
+		}
+	}()
+	q := s.opts.Queue
+	for s.ctx.Err() == nil {
+		reg := s.opts.Registry()
+		v, ok := reg.VMTA(r.key.VMTA)
+		if !ok {
+			return
+		}
+		pol := s.policy(reg, r, r.pool)
+		lease, err := q.Lease(s.ctx, r.key, pol.MaxRcptPerTransaction.Value)
+		if err != nil {
+			if !errors.Is(err, context.Canceled) {
+				s.log.Error("lease failed", "queue", r.key.String(), "err", err)
+			}
+			return
+		}
+		if lease == nil {
+			if oc == nil {
+				return
+			}
+			// Keep the connection for a while in case more mail comes.
+			ctx, cancel := context.WithTimeout(s.ctx, pol.ConnectionIdleTimeout.Value)
+			err := q.Wait(ctx, r.key)
+			cancel()
+			if err != nil {
+				return
+			}
+			continue
+		}
+		if n := len(lease.Messages); n > 0 && len(lease.Messages[0].Recipients) > 0 {
+			s.mu.Lock()
+			r.pool = lease.Messages[0].Recipients[0].Pool
+			s.mu.Unlock()
+		}
+		if leaseSize(lease) >= pol.MaxRcptPerTransaction.Value {
+			s.kick(r) // a full lease: likely more due, open another connection
+		}
+		oc = s.deliver(reg, v, r, lease, oc)
+		lease.Release()
+	}
+}
+
+func leaseSize(l *queue.Lease) int {
+	n := 0
+	for _, m := range l.Messages {
+		n += len(m.Recipients)
+	}
+	return n
+}
+
+// deliver sends every message of the lease, one transaction each, over oc
+// (opened or replaced as needed), and reports each recipient's outcome. It
+// returns the connection to keep, or nil.
+func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *queue.Lease, oc *outConn) *outConn {
+	for _, entry := range lease.Messages {
+		pol := s.policy(reg, r, entry.Recipients[0].Pool)
+		now := s.opts.Now()
+		if age := now.Sub(entry.Envelope.Received); age >= pol.BounceAfter.Value {
+			s.reportAll(lease, entry, queue.Bounced, time.Time{},
+				fmt.Sprintf("5.4.7 message expired after %s in the queue (bounce-after %s)",
+					config.FormatDuration(age.Truncate(time.Second)), config.FormatDuration(pol.BounceAfter.Value)), nil)
+			continue
+		}
+		for range entry.Recipients {
+			if err := r.msg.wait(s.ctx, pol.MaxMsgRate.Value); err != nil {
+				return oc
+			}
+			if err := s.vmtaLimiter(v.Name).wait(s.ctx, v.MaxSMTPMsgRate); err != nil {
+				return oc
+			}
+		}
+		if oc != nil && (oc.broken || (pol.MaxMsgPerConnection.Value > 0 && oc.txns >= pol.MaxMsgPerConnection.Value) ||
+			(pol.MaxErrorsPerConnection.Value > 0 && oc.errs >= pol.MaxErrorsPerConnection.Value)) {
+			oc.close()
+			oc = nil
+		}
+		if oc == nil {
+			var err error
+			oc, err = s.connect(r, v, pol)
+			if err != nil {
+				var perm *permanentError
+				if errors.As(err, &perm) {
+					s.reportAll(lease, entry, queue.Bounced, time.Time{}, perm.Error(), nil)
+				} else {
+					s.reportAll(lease, entry, queue.Deferred, time.Time{}, err.Error(), pol)
+				}
+				continue
+			}
+		}
+		body, err := lease.Body(entry.ID)
+		if err != nil {
+			s.log.Error("reading a queued body failed", "id", entry.ID.String(), "err", err)
+			continue // released with the lease: tried again later
+		}
+		live := entry.Recipients[:0:0]
+		for _, rc := range entry.Recipients {
+			if lease.Live(entry.ID, rc.N) { // an operator may have deleted it meanwhile
+				live = append(live, rc)
+			}
+		}
+		if len(live) == 0 {
+			continue
+		}
+		results := oc.send(entry.Envelope, live, body)
+		outs := make([]queue.Outcome, 0, len(results))
+		for _, res := range results {
+			out := queue.Outcome{ID: entry.ID, N: res.rcpt.N, Reply: res.text}
+			switch {
+			case res.code/100 == 2:
+				out.Kind = queue.Delivered
+			case res.code/100 == 5:
+				out.Kind = queue.Bounced
+			default:
+				out.Kind, out.Until = queue.Deferred, s.nextAttempt(entry, res.rcpt, pol)
+			}
+			outs = append(outs, out)
+			s.logAttempt(entry, res.rcpt, v, oc, out)
+		}
+		if err := lease.Report(outs...); err != nil {
+			s.log.Error("recording outcomes failed", "id", entry.ID.String(), "err", err)
+		}
+	}
+	return oc
+}
+
+// reportAll gives every live recipient of entry the same outcome.
+func (s *Scheduler) reportAll(lease *queue.Lease, entry queue.Entry, kind queue.Kind, _ time.Time, reply string, pol *config.DomainSettings) {
+	outs := make([]queue.Outcome, 0, len(entry.Recipients))
+	for _, rc := range entry.Recipients {
+		if !lease.Live(entry.ID, rc.N) {
+			continue
+		}
+		out := queue.Outcome{ID: entry.ID, N: rc.N, Kind: kind, Reply: reply}
+		if kind == queue.Deferred {
+			out.Until = s.nextAttempt(entry, rc, pol)
+		}
+		outs = append(outs, out)
+		s.logAttempt(entry, rc, nil, nil, out)
+	}
+	if err := lease.Report(outs...); err != nil {
+		s.log.Error("recording outcomes failed", "id", entry.ID.String(), "err", err)
+	}
+}
+
+// nextAttempt applies retry-after: the interval for this recipient's
+// attempt number, the last one repeating, and never past the message's
+// expiry, so an expired message bounces on time.
+func (s *Scheduler) nextAttempt(entry queue.Entry, rc queue.RecipientState, pol *config.DomainSettings) time.Time {
+	sched := pol.RetryAfter.Value
+	i := min(rc.Attempts, len(sched)-1)
+	next := s.opts.Now().Add(sched[i])
+	if expiry := entry.Envelope.Received.Add(pol.BounceAfter.Value); next.After(expiry) {
+		next = expiry
+	}
+	return next
+}
+
+// connect opens a connection for the queue: resolve the destinations, then
+// try them in order from the VMTA's next source address.
+func (s *Scheduler) connect(r *runner, v *vmta.VMTA, pol *config.DomainSettings) (*outConn, error) {
+	targets, err := destinations(s.ctx, s.opts.Resolver, r.key.Domain, pol)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.conn.wait(s.ctx, pol.MaxConnectRate.Value); err != nil {
+		return nil, err
+	}
+	src := s.nextSource(v)
+	var lastErr error
+	for _, t := range targets {
+		o := connOptions{source: src.IP, ehlo: src.HostName, pol: pol, dial: s.opts.Dial,
+			wantTLS: pol.UseStartTLS.Value || pol.RequireStartTLS.Value}
+		oc, err := open(s.ctx, t, o)
+		var te *tlsError
+		if err != nil && errors.As(err, &te) && !pol.RequireStartTLS.Value {
+			// Opportunistic TLS failed: the same host in plaintext.
+			s.log.Info("STARTTLS failed; retrying in plaintext", "queue", r.key.String(), "host", t.host, "err", err)
+			o.wantTLS = false
+			oc, err = open(s.ctx, t, o)
+		}
+		if err == nil {
+			return oc, nil
+		}
+		s.log.Info("connection failed; trying the next host", "queue", r.key.String(), "host", t.host, "ip", t.ip.String(), "source", sourceName(src.IP), "err", err)
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+// nextSource rotates over the VMTA's source addresses.
+func (s *Scheduler) nextSource(v *vmta.VMTA) vmta.SourceHost {
+	s.mu.Lock()
+	c := s.sources[v.Name]
+	if c == nil {
+		c = new(atomic.Uint64)
+		s.sources[v.Name] = c
+	}
+	s.mu.Unlock()
+	return v.SourceHosts[int(c.Add(1)-1)%len(v.SourceHosts)]
+}
+
+func (s *Scheduler) vmtaLimiter(name string) *limiter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.vmtaRate[name]
+	if l == nil {
+		l = &limiter{}
+		s.vmtaRate[name] = l
+	}
+	return l
+}
+
+// logAttempt writes the one line per recipient attempt operators grep for.
+func (s *Scheduler) logAttempt(entry queue.Entry, rc queue.RecipientState, v *vmta.VMTA, oc *outConn, out queue.Outcome) {
+	attrs := []any{"id", entry.ID.String(), "rcpt", rc.Address, "vmta", rc.VMTA, "outcome", out.Kind.String(), "reply", out.Reply}
+	if oc != nil {
+		tlsv := "none"
+		if oc.tls != 0 {
+			tlsv = tlsName(oc.tls)
+		}
+		attrs = append(attrs, "source", sourceName(oc.source), "host", oc.target.host, "ip", oc.target.ip.String(), "tls", tlsv)
+	}
+	if out.Kind == queue.Deferred {
+		attrs = append(attrs, "next_attempt", out.Until.Format(time.RFC3339))
+	}
+	s.log.Info("delivery attempt", attrs...)
+}
+
+func tlsName(v uint16) string {
+	switch v {
+	case 0x0303:
+		return "TLS1.2"
+	case 0x0304:
+		return "TLS1.3"
+	}
+	return fmt.Sprintf("0x%04x", v)
+}
