@@ -285,7 +285,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 		pol := s.policy(reg, r, entry.Recipients[0].Pool)
 		now := s.opts.Now()
 		if age := now.Sub(entry.Envelope.Received); age >= pol.BounceAfter.Value {
-			s.reportAll(lease, entry, queue.Bounced, time.Time{},
+			s.reportAll(lease, entry, queue.Bounced,
 				fmt.Sprintf("5.4.7 message expired after %s in the queue (bounce-after %s)",
 					config.FormatDuration(age.Truncate(time.Second)), config.FormatDuration(pol.BounceAfter.Value)), nil)
 			continue
@@ -309,9 +309,9 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 			if err != nil {
 				var perm *permanentError
 				if errors.As(err, &perm) {
-					s.reportAll(lease, entry, queue.Bounced, time.Time{}, perm.Error(), nil)
+					s.reportAll(lease, entry, queue.Bounced, perm.Error(), nil)
 				} else {
-					s.reportAll(lease, entry, queue.Deferred, time.Time{}, err.Error(), pol)
+					s.reportAll(lease, entry, queue.Deferred, err.Error(), pol)
 				}
 				continue
 			}
@@ -353,7 +353,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 }
 
 // reportAll gives every live recipient of entry the same outcome.
-func (s *Scheduler) reportAll(lease *queue.Lease, entry queue.Entry, kind queue.Kind, _ time.Time, reply string, pol *config.DomainSettings) {
+func (s *Scheduler) reportAll(lease *queue.Lease, entry queue.Entry, kind queue.Kind, reply string, pol *config.DomainSettings) {
 	outs := make([]queue.Outcome, 0, len(entry.Recipients))
 	for _, rc := range entry.Recipients {
 		if !lease.Live(entry.ID, rc.N) {

@@ -199,6 +199,11 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if opts != nil && opts.Size > 0 && exceeds(opts.Size, ss.policy.MaxMessageSize) {
 		return ss.refuse(errTooBig, "mail", "from", from, "size", opts.Size)
 	}
+	// Checked here too, so a client does not send a whole body only to be
+	// told at the end that there is no room for it.
+	if err := ss.checkSpace(); err != nil {
+		return ss.refuse(err, "mail", "from", from)
+	}
 	ss.Reset()
 	ss.from, ss.hasFrom = from, true
 	if opts != nil {
@@ -340,11 +345,8 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	out.Write(buf.Bytes()[bodyStart:])
 
-	if ss.s.opts.FreeSpace != nil {
-		free, err := ss.s.opts.FreeSpace()
-		if err == nil && free < uint64(ss.snap.cfg.Spool.MinFreeSpace.Value) {
-			return ss.refuse(errDiskFull, "data", "free_bytes", free)
-		}
+	if err := ss.checkSpace(); err != nil {
+		return ss.refuse(err, "data")
 	}
 	pool := ""
 	if choice.Pool != nil {
@@ -402,4 +404,23 @@ func (ss *session) received() string {
 	}
 	return fmt.Sprintf("%sby %s (Tern) with %s; %s", from, ss.snap.cfg.HostName.Value, with,
 		ss.s.opts.Now().Format(time.RFC1123Z))
+}
+
+// checkSpace refuses new mail while the spool's disk is below
+// min-free-space. A failure to measure is logged and does not refuse mail:
+// the spool's own writes will fail loudly if the disk is really full.
+func (ss *session) checkSpace() *smtp.SMTPError {
+	if ss.s.opts.FreeSpace == nil {
+		return nil
+	}
+	free, err := ss.s.opts.FreeSpace()
+	if err != nil {
+		ss.log.Warn("cannot measure free space on the spool's disk", "err", err)
+		return nil
+	}
+	if free < uint64(ss.snap.cfg.Spool.MinFreeSpace.Value) {
+		ss.log.Warn("spool disk below min-free-space", "free_bytes", free, "min_free_space", int64(ss.snap.cfg.Spool.MinFreeSpace.Value))
+		return errDiskFull
+	}
+	return nil
 }
