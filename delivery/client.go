@@ -88,6 +88,12 @@ func open(ctx context.Context, t target, o connOptions) (*outConn, error) {
 		return fail(&replyError{"greeting from " + t.host, err})
 	}
 	conn := raw
+	// What go-smtp's client reads first: the greeting we already consumed,
+	// and, when we already said EHLO and stay in plaintext, that EHLO's
+	// reply, so the client does not send a second EHLO (some servers
+	// refuse it with 503).
+	replay := []byte("220 ready\r\n")
+	swallow := 0
 	if o.wantTLS {
 		if err := tp.PrintfLine("EHLO %s", o.ehlo); err != nil {
 			return fail(err)
@@ -124,12 +130,15 @@ func open(ctx context.Context, t target, o connOptions) (*outConn, error) {
 			conn = tc
 		case pol.RequireStartTLS.Value:
 			return fail(&tlsError{fmt.Errorf("%s does not offer STARTTLS and require-starttls is set", t.host)})
+		default:
+			replay = append(replay, replyLines(250, caps)...)
+			swallow = 1
 		}
 	}
 	raw.SetDeadline(time.Time{})
 	// The greeting was read above; go-smtp's client expects one, so it
 	// reads a stand-in first.
-	oc.c = smtp.NewClient(&greeted{Conn: conn, pending: []byte("220 ready\r\n")})
+	oc.c = smtp.NewClient(&greeted{Conn: conn, pending: replay, swallow: swallow})
 	oc.c.CommandTimeout = pol.SMTPGreetingTimeout.Value
 	oc.c.SubmissionTimeout = pol.DataSendTimeout.Value
 	if err := oc.c.Hello(o.ehlo); err != nil {
@@ -152,10 +161,36 @@ type tlsError struct{ err error }
 
 func (e *tlsError) Error() string { return e.err.Error() }
 
-// greeted replays a greeting before the connection's own bytes.
+// greeted replays what the prelude already read (the greeting, maybe an
+// EHLO reply) before the connection's own bytes, and swallows the writes
+// that replayed replies answer.
 type greeted struct {
 	net.Conn
 	pending []byte
+	swallow int
+}
+
+func (g *greeted) Write(p []byte) (int, error) {
+	if g.swallow > 0 {
+		g.swallow--
+		return len(p), nil
+	}
+	return g.Conn.Write(p)
+}
+
+// replyLines formats a reply as it came on the wire: code-text lines, the
+// last with a space.
+func replyLines(code int, msg string) []byte {
+	lines := strings.Split(msg, "\n")
+	var b []byte
+	for i, l := range lines {
+		sep := "-"
+		if i == len(lines)-1 {
+			sep = " "
+		}
+		b = fmt.Appendf(b, "%d%s%s\r\n", code, sep, l)
+	}
+	return b
 }
 
 func (g *greeted) Read(p []byte) (int, error) {
