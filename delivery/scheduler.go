@@ -281,6 +281,9 @@ func leaseSize(l *queue.Lease) int {
 // (opened or replaced as needed), and reports each recipient's outcome. It
 // returns the connection to keep, or nil.
 func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *queue.Lease, oc *outConn) *outConn {
+	// connErr is the failure to reach the destination: once every host
+	// failed, the rest of the lease shares that fate without more dialing.
+	var connErr error
 	for _, entry := range lease.Messages {
 		pol := s.policy(reg, r, entry.Recipients[0].Pool)
 		now := s.opts.Now()
@@ -304,9 +307,12 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 			oc = nil
 		}
 		if oc == nil {
-			var err error
-			oc, err = s.connect(r, v, pol)
+			err := connErr
+			if err == nil {
+				oc, err = s.connect(r, v, pol)
+			}
 			if err != nil {
+				connErr = err
 				var perm *permanentError
 				if errors.As(err, &perm) {
 					s.reportAll(lease, entry, queue.Bounced, perm.Error(), nil)
