@@ -293,14 +293,6 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 					config.FormatDuration(age.Truncate(time.Second)), config.FormatDuration(pol.BounceAfter.Value)), nil)
 			continue
 		}
-		for range entry.Recipients {
-			if err := r.msg.wait(s.ctx, pol.MaxMsgRate.Value); err != nil {
-				return oc
-			}
-			if err := s.vmtaLimiter(v.Name).wait(s.ctx, v.MaxSMTPMsgRate); err != nil {
-				return oc
-			}
-		}
 		if oc != nil && (oc.broken || (pol.MaxMsgPerConnection.Value > 0 && oc.txns >= pol.MaxMsgPerConnection.Value) ||
 			(pol.MaxErrorsPerConnection.Value > 0 && oc.errs >= pol.MaxErrorsPerConnection.Value)) {
 			oc.close()
@@ -320,6 +312,15 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 					s.reportAll(lease, entry, queue.Deferred, err.Error(), pol)
 				}
 				continue
+			}
+		}
+		// Rates count recipients attempted, so wait once the connection is up.
+		for range entry.Recipients {
+			if err := r.msg.wait(s.ctx, pol.MaxMsgRate.Value); err != nil {
+				return oc
+			}
+			if err := s.vmtaLimiter(v.Name).wait(s.ctx, v.MaxSMTPMsgRate); err != nil {
+				return oc
 			}
 		}
 		body, err := lease.Body(entry.ID)
