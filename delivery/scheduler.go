@@ -208,9 +208,14 @@ func (s *Scheduler) release(r *runner, vmtaName string) {
 		return
 	}
 	reg := s.opts.Registry()
-	sort.Slice(waiting, func(i, j int) bool {
-		return s.policy(reg, waiting[i], waiting[i].pool).QueuePriority.Value > s.policy(reg, waiting[j], waiting[j].pool).QueuePriority.Value
-	})
+	// A runner's pool is written by its workers under s.mu.
+	prio := make(map[*runner]int, len(waiting))
+	s.mu.Lock()
+	for _, w := range waiting {
+		prio[w] = s.policy(reg, w, w.pool).QueuePriority.Value
+	}
+	s.mu.Unlock()
+	sort.Slice(waiting, func(i, j int) bool { return prio[waiting[i]] > prio[waiting[j]] })
 	for _, w := range waiting {
 		s.kick(w)
 	}
@@ -235,7 +240,10 @@ func (s *Scheduler) work(r *runner, vmtaName string) {
 		if !ok {
 			return
 		}
-		pol := s.policy(reg, r, r.pool)
+		s.mu.Lock()
+		pool := r.pool // written by the runner's other workers
+		s.mu.Unlock()
+		pol := s.policy(reg, r, pool)
 		lease, err := q.Lease(s.ctx, r.key, pol.MaxRcptPerTransaction.Value)
 		if err != nil {
 			if !errors.Is(err, context.Canceled) {

@@ -41,6 +41,13 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return 2
 	}
 
+	// Signals are caught from the start: a SIGHUP or SIGTERM that comes
+	// while the spool and listeners open waits for the loop below instead
+	// of killing the process (the default action of both).
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
 	cfg, reg, ok := loadConfig(*path, stderr)
 	if !ok {
 		return 1
@@ -108,9 +115,6 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "tern serve: running with %s (pid %d)\n", *path, os.Getpid())
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			if reg := reload(*path, srv, log); reg != nil {
