@@ -58,6 +58,10 @@ type runner struct {
 	workers int    // connection workers running (guarded by Scheduler.mu)
 	pool    string // the pool of the last leased mail, for the queue's policy
 	orphan  bool   // its VMTA is not configured; logged once
+	// holdUntil stops new workers after the queue failed to lease (a spool
+	// that cannot be written): without it a worker would start, fail and
+	// be replaced in a tight loop.
+	holdUntil time.Time
 	conn    limiter
 	msg     limiter
 }
@@ -85,6 +89,10 @@ func (l *limiter) wait(ctx context.Context, r config.Rate) error {
 	l.mu.Unlock()
 	return rl.Wait(ctx)
 }
+
+// leaseRetry is how long a queue whose lease failed waits before trying
+// again.
+const leaseRetry = 5 * time.Second
 
 // New returns a Scheduler; Start begins delivering.
 func New(opts Options) *Scheduler {
@@ -167,6 +175,10 @@ func (s *Scheduler) kick(r *runner) {
 		return
 	}
 	r.orphan = false
+	if time.Now().Before(r.holdUntil) {
+		s.mu.Unlock()
+		return
+	}
 	pol := s.policy(reg, r, r.pool)
 	if r.workers >= pol.MaxSMTPOut.Value {
 		s.mu.Unlock()
@@ -247,7 +259,11 @@ func (s *Scheduler) work(r *runner, vmtaName string) {
 		lease, err := q.Lease(s.ctx, r.key, pol.MaxRcptPerTransaction.Value)
 		if err != nil {
 			if !errors.Is(err, context.Canceled) {
-				s.log.Error("lease failed", "queue", r.key.String(), "err", err)
+				s.log.Error("lease failed; the queue waits before trying again", "queue", r.key.String(), "err", err, "wait", leaseRetry.String())
+				s.mu.Lock()
+				r.holdUntil = time.Now().Add(leaseRetry)
+				s.mu.Unlock()
+				time.AfterFunc(leaseRetry, func() { s.kick(r) })
 			}
 			return
 		}
@@ -346,6 +362,19 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 			continue
 		}
 		results := oc.send(entry.Envelope, live, body)
+		if oc.stale {
+			// The server closed the connection while it sat idle (a
+			// restart, its idle timeout): nothing of this transaction
+			// reached it, so it goes out on a new connection instead of
+			// being deferred.
+			s.log.Info("reused connection was closed by the server; reconnecting", "queue", r.key.String(), "host", oc.target.host)
+			oc.close()
+			oc = nil
+			if fresh, err := s.connect(r, v, pol); err == nil {
+				oc = fresh
+				results = oc.send(entry.Envelope, live, body)
+			}
+		}
 		outs := make([]queue.Outcome, 0, len(results))
 		for _, res := range results {
 			out := queue.Outcome{ID: entry.ID, N: res.rcpt.N, Reply: res.text}
