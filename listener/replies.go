@@ -8,7 +8,7 @@ import (
 
 // The replies Tern gives to refuse something, in one place so operators and
 // tests can find every one. Codes follow RFC 5321 and the enhanced codes RFC
-// 3463; DESIGN.md §4 fixes the ones clients script against.
+// 3463; clients script against them, so they change only with care.
 var (
 	errRelayDenied = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 		Message: "Relaying denied: authenticate first or send from an allowed address"}
