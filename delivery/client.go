@@ -33,6 +33,10 @@ type outConn struct {
 	errs     int    // recipient errors on this connection
 	lastUsed time.Time
 	broken   bool
+	// stale is set when a reused connection failed at MAIL: the server
+	// had closed it while it sat idle, and nothing of the transaction
+	// reached the server.
+	stale bool
 }
 
 // Dialer opens TCP connections; tests and the daemon use net.Dialer.
@@ -247,7 +251,7 @@ func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body [
 		}
 	}
 	if err := oc.c.Mail(env.Sender, mopts); err != nil {
-		oc.noteBroken(err)
+		oc.stale = oc.noteBroken(err) && oc.txns > 1
 		return setAll(err)
 	}
 	accepted := 0
