@@ -222,6 +222,7 @@ type Sink struct {
 	opts Options
 	t    testing.TB
 	srv  *smtp.Server
+	ln   net.Listener
 	addr netip.AddrPort
 
 	done      chan struct{} // closed by Close
@@ -259,6 +260,7 @@ func Start(t testing.TB, opts Options) *Sink {
 	s := &Sink{
 		opts:    opts,
 		t:       t,
+		ln:      ln,
 		addr:    ln.Addr().(*net.TCPAddr).AddrPort(),
 		done:    make(chan struct{}),
 		served:  make(chan struct{}),
@@ -294,6 +296,10 @@ func (s *Sink) Close() {
 	s.closeOnce.Do(func() {
 		close(s.done)
 		_ = s.srv.Close()
+		// go-smtp's Close only closes the listeners Serve has registered:
+		// a Close right after Start could run first and leave Serve
+		// accepting for ever.
+		_ = s.ln.Close()
 		<-s.served
 		s.refusers.Wait()
 	})
