@@ -76,26 +76,29 @@ type harness struct {
 	sched *delivery.Scheduler
 	dns   *dnstest.Server
 	reg   atomic.Pointer[vmta.Registry]
-	logs  *logStore
-	start time.Time // when Start was called
+	// running is the scheduler the queue's OnReady notifies, set by run:
+	// mail queued before is found by Start, all at once.
+	running atomic.Pointer[delivery.Scheduler]
+	logs    *logStore
+	start   time.Time // when Start was called
 }
 
 // newHarness opens a queue in a temporary directory, builds the registry
 // from src and a scheduler resolving through a dnstest server serving
 // zones. The scheduler is not started: tests queue mail first when they
-// want it all present at once, then call run.
+// want it all present at once (the queue does not notify it before run),
+// then call run.
 func newHarness(t *testing.T, src string, zones dnstest.Zones) *harness {
 	t.Helper()
 	h := &harness{t: t, logs: &logStore{}}
 	h.setConfig(src)
 	h.dns = dnstest.Start(t, zones)
 
-	var sched atomic.Pointer[delivery.Scheduler]
 	q, err := queue.Open(queue.Options{
 		Dir:    t.TempDir(),
 		Logger: slog.New(slog.DiscardHandler),
 		OnReady: func(k queue.Key) {
-			if s := sched.Load(); s != nil {
+			if s := h.running.Load(); s != nil {
 				s.Notify(k)
 			}
 		},
@@ -120,7 +123,6 @@ func newHarness(t *testing.T, src string, zones dnstest.Zones) *harness {
 		Resolver: res,
 		Logger:   slog.New(&logHandler{store: h.logs}),
 	})
-	sched.Store(h.sched)
 	// Cleanups run last-in first-out: the scheduler stops before the
 	// queue closes, and both before the sinks (started earlier) close.
 	t.Cleanup(func() {
@@ -152,6 +154,7 @@ func (h *harness) setConfig(src string) {
 
 func (h *harness) run() {
 	h.start = time.Now()
+	h.running.Store(h.sched)
 	h.sched.Start()
 }
 

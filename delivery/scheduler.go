@@ -58,12 +58,16 @@ type runner struct {
 	workers int    // connection workers running (guarded by Scheduler.mu)
 	pool    string // the pool of the last leased mail, for the queue's policy
 	orphan  bool   // its VMTA is not configured; logged once
+	// idle counts workers keeping a connection open while they wait for
+	// mail (guarded by Scheduler.mu): new mail goes to them, over the
+	// connection they have, rather than to a new worker and connection.
+	idle int
 	// holdUntil stops new workers after the queue failed to lease (a spool
 	// that cannot be written): without it a worker would start, fail and
 	// be replaced in a tight loop.
 	holdUntil time.Time
-	conn    limiter
-	msg     limiter
+	conn      limiter
+	msg       limiter
 }
 
 // limiter is a token bucket that follows the configured rate across
@@ -175,7 +179,7 @@ func (s *Scheduler) kick(r *runner) {
 		return
 	}
 	r.orphan = false
-	if time.Now().Before(r.holdUntil) {
+	if time.Now().Before(r.holdUntil) || r.idle > 0 {
 		s.mu.Unlock()
 		return
 	}
@@ -273,7 +277,13 @@ func (s *Scheduler) work(r *runner, vmtaName string) {
 			}
 			// Keep the connection for a while in case more mail comes.
 			ctx, cancel := context.WithTimeout(s.ctx, pol.ConnectionIdleTimeout.Value)
+			s.mu.Lock()
+			r.idle++
+			s.mu.Unlock()
 			err := q.Wait(ctx, r.key)
+			s.mu.Lock()
+			r.idle--
+			s.mu.Unlock()
 			cancel()
 			if err != nil {
 				return
