@@ -109,6 +109,8 @@ func TestMXPreferenceAndFallback(t *testing.T) {
 	second := startSink(t, mx2, port, smtptest.Options{Hostname: "mx2"})
 	down := startSink(t, mx3, port, smtptest.Options{Hostname: "down"})
 	down.Close() // refuses connections from now on
+	busy := startSink(t, "127.0.0.8", port, smtptest.Options{Hostname: "busy"})
+	busy.ScriptGreeting(smtptest.R(421, "too busy"))
 
 	h := newHarness(t, baseConfig(port, ""), dnstest.Zones{
 		// Listed out of order: preference decides, not the answer order.
@@ -118,19 +120,28 @@ func TestMXPreferenceAndFallback(t *testing.T) {
 		"fall.test":      {MX: []dnstest.MX{{Pref: 10, Host: "down.fall.test"}, {Pref: 20, Host: "mx2.fall.test"}}},
 		"down.fall.test": {A: []string{mx3}},
 		"mx2.fall.test":  {A: []string{mx2}},
+		"busy.test":      {MX: []dnstest.MX{{Pref: 10, Host: "mx1.busy.test"}, {Pref: 20, Host: "mx2.busy.test"}}},
+		"mx1.busy.test":  {A: []string{"127.0.0.8"}},
+		"mx2.busy.test":  {A: []string{mx2}},
 	})
 	h.run()
 	h.put("mta1", "a@pref.test", "b@pref.test")
 	h.put("mta1", "c@fall.test")
+	h.put("mta1", "d@busy.test")
 	h.waitEmpty()
 
 	if got := first.Messages(); len(got) != 1 || !slices.Equal(got[0].Rcpts, []string{"a@pref.test", "b@pref.test"}) {
 		t.Errorf("preferred MX got %v, want the pref.test message", rcptsOf(got))
 	}
-	if got := second.Messages(); len(got) != 1 || !slices.Equal(got[0].Rcpts, []string{"c@fall.test"}) {
-		t.Errorf("second MX got %v, want only the fall.test message", rcptsOf(got))
+	if got := rcptsOf(second.Messages()); len(got) != 2 || !slices.ContainsFunc(got, func(r []string) bool { return slices.Equal(r, []string{"c@fall.test"}) }) ||
+		!slices.ContainsFunc(got, func(r []string) bool { return slices.Equal(r, []string{"d@busy.test"}) }) {
+		t.Errorf("second MX got %v, want the fall.test and busy.test messages", got)
+	}
+	if n := busy.Conns(); n != 1 {
+		t.Errorf("the MX answering 421 had %d connections, want 1", n)
 	}
 	h.expectOutcomes("c@fall.test", "delivered")
+	h.expectOutcomes("d@busy.test", "delivered")
 	if e := h.logs.attempts("c@fall.test"); len(e) == 1 && e[0].attrs["host"] != "mx2.fall.test" {
 		t.Errorf("delivered through %q, want mx2.fall.test", e[0].attrs["host"])
 	}
@@ -149,23 +160,33 @@ func TestDNSOutcomes(t *testing.T) {
 		"null-mx.test":  {MX: []dnstest.MX{{Pref: 0, Host: "."}}, A: []string{mx1}},
 		"nx.test":       {NXDOMAIN: true},
 		"servfail.test": {ServFail: true},
+		// No MX, A or AAAA: deferred, unless bounce-upon-no-mx.
+		"nomx.test":   {TXT: []string{"v=spf1 -all"}},
+		"nomx-b.test": {TXT: []string{"v=spf1 -all"}},
 	})
+	h.setConfig(baseConfig(sink.Port(), "<domain nomx-b.test>\n    bounce-upon-no-mx yes\n</domain>\n"))
 	h.run()
 	h.put("mta1", "a@a-only.test")
 	h.put("mta1", "n@null-mx.test")
 	h.put("mta1", "x@nx.test")
 	h.put("mta1", "s@servfail.test")
+	h.put("mta1", "e@nomx.test")
+	h.put("mta1", "b@nomx-b.test")
 
-	for _, r := range []string{"a@a-only.test", "n@null-mx.test", "x@nx.test", "s@servfail.test"} {
+	for _, r := range []string{"a@a-only.test", "n@null-mx.test", "x@nx.test", "s@servfail.test", "e@nomx.test", "b@nomx-b.test"} {
 		h.waitOutcome(r, 1)
 	}
-	h.waitFor("only the SERVFAIL recipient left", wait, func() bool {
+	h.waitFor("only the SERVFAIL and no-MX recipients left", wait, func() bool {
 		tot := h.q.Totals()
-		return tot.Recipients == 1 && tot.Deferred == 1
+		return tot.Recipients == 2 && tot.Deferred == 2
 	})
-	if st := h.q.Stats(key("mta1", "servfail.test")); st.Deferred != 1 {
-		t.Errorf("servfail.test: %+v, want 1 deferred", st)
+	for _, d := range []string{"servfail.test", "nomx.test"} {
+		if st := h.q.Stats(key("mta1", d)); st.Deferred != 1 {
+			t.Errorf("%s: %+v, want 1 deferred", d, st)
+		}
 	}
+	checkAttempt(t, h, "e@nomx.test", "deferred", "no MX, A or AAAA")
+	checkAttempt(t, h, "b@nomx-b.test", "bounced", "5.1.2", "no MX, A or AAAA")
 
 	msgs := sink.Messages()
 	if len(msgs) != 1 || !slices.Equal(msgs[0].Rcpts, []string{"a@a-only.test"}) {
@@ -263,30 +284,51 @@ func TestStartTLSPolicy(t *testing.T) {
 <domain notls.test>
     use-starttls no
 </domain>
+<domain verify.test>
+    require-starttls yes
+    tls-verify-certificate yes
+</domain>
+<domain verify-opt.test>
+    use-starttls yes
+    tls-verify-certificate yes
+</domain>
 `), dnstest.Zones{
-		"need.test":     {MX: []dnstest.MX{{Pref: 10, Host: "mx.plain.test"}}},
-		"tls.test":      {MX: []dnstest.MX{{Pref: 10, Host: "mx.tls.test"}}},
-		"notls.test":    {MX: []dnstest.MX{{Pref: 10, Host: "mx.tls.test"}}},
-		"mx.plain.test": {A: []string{mx1}},
-		"mx.tls.test":   {A: []string{mx2}},
+		"verify.test":     {MX: []dnstest.MX{{Pref: 10, Host: "mx.tls.test"}}},
+		"verify-opt.test": {MX: []dnstest.MX{{Pref: 10, Host: "mx.tls.test"}}},
+		"need.test":       {MX: []dnstest.MX{{Pref: 10, Host: "mx.plain.test"}}},
+		"tls.test":        {MX: []dnstest.MX{{Pref: 10, Host: "mx.tls.test"}}},
+		"notls.test":      {MX: []dnstest.MX{{Pref: 10, Host: "mx.tls.test"}}},
+		"mx.plain.test":   {A: []string{mx1}},
+		"mx.tls.test":     {A: []string{mx2}},
 	})
 	h.run()
 	h.put("mta1", "n@need.test")
 	h.put("mta1", "t@tls.test")
 	h.put("mta1", "p@notls.test")
+	// The sink's certificate is self-signed: verification fails.
+	h.put("mta1", "v@verify.test")
+	h.put("mta1", "o@verify-opt.test")
 
 	h.waitOutcome("n@need.test", 1)
+	h.waitOutcome("v@verify.test", 1)
 	h.waitFor("the TLS deliveries", wait, func() bool {
-		return h.q.Totals().Recipients == 1 && h.q.Stats(key("mta1", "need.test")).Deferred == 1
+		return h.q.Totals().Recipients == 2 && h.q.Stats(key("mta1", "need.test")).Deferred == 1 &&
+			h.q.Stats(key("mta1", "verify.test")).Deferred == 1
 	})
 	checkAttempt(t, h, "n@need.test", "deferred", "does not offer STARTTLS", "require-starttls")
+	checkAttempt(t, h, "v@verify.test", "deferred", "TLS handshake", "certificate")
 	if n := len(plain.Attempts()); n != 0 {
 		t.Errorf("the server without STARTTLS got %d messages under require-starttls", n)
 	}
+	// Opportunistic TLS that fails verification falls back to plaintext.
+	checkAttempt(t, h, "o@verify-opt.test", "delivered")
+	if len(h.logs.find("STARTTLS failed; retrying in plaintext")) == 0 {
+		t.Error("the plaintext fallback was not logged")
+	}
 
 	msgs := secure.Messages()
-	if len(msgs) != 2 {
-		t.Fatalf("TLS sink got %v, want 2 messages", rcptsOf(msgs))
+	if len(msgs) != 3 {
+		t.Fatalf("TLS sink got %v, want 3 messages", rcptsOf(msgs))
 	}
 	for _, m := range msgs {
 		switch m.Rcpts[0] {
@@ -294,9 +336,9 @@ func TestStartTLSPolicy(t *testing.T) {
 			if m.TLSVersion < tls.VersionTLS12 {
 				t.Errorf("use-starttls: delivered with TLS version %#x, want TLS 1.2 or later", m.TLSVersion)
 			}
-		case "p@notls.test":
+		case "p@notls.test", "o@verify-opt.test":
 			if m.TLSVersion != 0 {
-				t.Errorf("use-starttls no: delivered over TLS %#x", m.TLSVersion)
+				t.Errorf("%s: delivered over TLS %#x, want plaintext", m.Rcpts[0], m.TLSVersion)
 			}
 		}
 	}
@@ -435,4 +477,43 @@ func (h *harness) putMsgWithAge(age time.Duration, vmtaName string, rcpts ...str
 	m := queuetest.Message(vmtaName, rcpts...)
 	m.Received = time.Now().Add(-age)
 	return h.putMsg(m)
+}
+
+// The reply at the end of DATA decides: 4xx defers, 5xx bounces, and a 250
+// only then delivers.
+func TestDataReplies(t *testing.T) {
+	t.Parallel()
+	sink := startSink(t, mx1, 0, smtptest.Options{Reply: func(ev smtptest.Event) *smtptest.Reply {
+		if ev.Stage != smtptest.StageData {
+			return nil
+		}
+		switch {
+		case slices.Contains(ev.Rcpts, "tmp@data.test"):
+			r := smtptest.R(452, "out of space")
+			return &r
+		case slices.Contains(ev.Rcpts, "perm@data.test"):
+			r := smtptest.R(554, "content rejected")
+			return &r
+		}
+		return nil
+	}})
+	h := newHarness(t, baseConfig(sink.Port(), ""), dnstest.Zones{"data.test": {A: []string{mx1}}})
+	h.run()
+	h.put("mta1", "tmp@data.test", "tmp2@data.test")
+	h.put("mta1", "perm@data.test")
+	h.put("mta1", "ok@data.test")
+	for _, r := range []string{"tmp@data.test", "tmp2@data.test", "perm@data.test", "ok@data.test"} {
+		h.waitOutcome(r, 1)
+	}
+	h.waitFor("the deferred message alone in the queue", wait, func() bool {
+		tot := h.q.Totals()
+		return tot.Recipients == 2 && tot.Deferred == 2
+	})
+	checkAttempt(t, h, "tmp@data.test", "deferred", "452", "out of space")
+	checkAttempt(t, h, "tmp2@data.test", "deferred", "452", "out of space")
+	checkAttempt(t, h, "perm@data.test", "bounced", "554", "content rejected")
+	checkAttempt(t, h, "ok@data.test", "delivered", "250")
+	if got := rcptsOf(sink.Messages()); len(got) != 1 || !slices.Equal(got[0], []string{"ok@data.test"}) {
+		t.Errorf("accepted messages %v, want only ok@data.test's", got)
+	}
 }
