@@ -280,3 +280,55 @@ func TestOrphanedVMTAWaits(t *testing.T) {
 		t.Errorf("orphan delivered as %v from %s (%s)", m.Rcpts, m.Remote, m.EHLO)
 	}
 }
+
+// An idle connection closes after connection-idle-timeout.
+func TestConnectionIdleTimeout(t *testing.T) {
+	t.Parallel()
+	sink := startSink(t, mx1, 0, smtptest.Options{})
+	h := newHarness(t, baseConfig(sink.Port(), `
+<domain idle.test>
+    connection-idle-timeout 1s
+</domain>
+`), dnstest.Zones{"idle.test": {A: []string{mx1}}})
+	h.run()
+	h.put("mta1", "i@idle.test")
+	msgs := sink.WaitMessages(t, 1, wait)
+	sink.WaitFor(t, wait, "the idle connection to close", func() bool { return sink.ActiveConns() == 0 })
+	c := sink.Connections()[0]
+	if idle := c.Closed.Sub(msgs[0].Received); idle < time.Second {
+		t.Errorf("connection closed %s after its last message, want connection-idle-timeout 1s", idle)
+	}
+}
+
+// A VMTA-wide max-smtp-out is shared by its queues, total-max-smtp-out by
+// all: a connection idling for one domain must not keep another domain's
+// mail waiting for its connection-idle-timeout (30s).
+func TestSharedConnectionCaps(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name, extra  string
+		vmtaA, vmtaB string
+	}{
+		{"vmta", "<virtual-mta capped>\n    smtp-source-host 127.0.0.4 capped.tern.test\n    max-smtp-out 1\n</virtual-mta>\n", "capped", "capped"},
+		{"total", "total-max-smtp-out 1\n", "mta1", "mta2"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			sink := startSink(t, mx1, 0, smtptest.Options{})
+			h := newHarness(t, baseConfig(sink.Port(), c.extra),
+				dnstest.Zones{"first.test": {A: []string{mx1}}, "second.test": {A: []string{mx1}}})
+			h.run()
+			h.put(c.vmtaA, "a@first.test")
+			sink.WaitMessages(t, 1, wait)
+			h.waitEmpty()
+			// The first connection now idles; the second domain needs the
+			// only slot.
+			h.put(c.vmtaB, "b@second.test")
+			sink.WaitMessages(t, 2, 10*time.Second)
+			h.waitEmpty()
+			if p := sink.PeakConns(); p != 1 {
+				t.Errorf("peak %d connections, want 1", p)
+			}
+		})
+	}
+}

@@ -47,7 +47,11 @@ type Scheduler struct {
 	perVMTA map[string]int // open connections per VMTA, for its max-smtp-out
 	// waiting are runners that wanted a connection while a VMTA-wide or
 	// global cap was full; freed slots go to the highest queue-priority.
-	waiting  map[*runner]bool
+	waiting map[*runner]bool
+	// idlers are the workers keeping an idle connection open; a queue
+	// held back by a VMTA-wide or global cap closes one of them to get
+	// its slot.
+	idlers   map[*idler]bool
 	vmtaRate map[string]*limiter
 	sources  map[string]*atomic.Uint64 // round robin over a VMTA's source hosts
 }
@@ -68,6 +72,12 @@ type runner struct {
 	holdUntil time.Time
 	conn      limiter
 	msg       limiter
+}
+
+// idler is a worker waiting for mail with its connection open.
+type idler struct {
+	vmta  string
+	close context.CancelFunc // ends its wait: the worker leaves
 }
 
 // limiter is a token bucket that follows the configured rate across
@@ -112,7 +122,7 @@ func New(opts Options) *Scheduler {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Scheduler{
 		opts: opts, log: opts.Logger, ctx: ctx, stop: cancel,
-		runners: map[queue.Key]*runner{}, perVMTA: map[string]int{}, waiting: map[*runner]bool{},
+		runners: map[queue.Key]*runner{}, perVMTA: map[string]int{}, waiting: map[*runner]bool{}, idlers: map[*idler]bool{},
 		vmtaRate: map[string]*limiter{}, sources: map[string]*atomic.Uint64{},
 	}
 }
@@ -192,6 +202,17 @@ func (s *Scheduler) kick(r *runner) {
 		(v.MaxSMTPOut > 0 && s.perVMTA[v.Name] >= v.MaxSMTPOut)
 	if capped {
 		s.waiting[r] = true
+		// A connection idling for another queue must not hold the slot
+		// until its connection-idle-timeout: it closes, and its release
+		// hands the slot to the waiting queues.
+		vmtaFull := v.MaxSMTPOut > 0 && s.perVMTA[v.Name] >= v.MaxSMTPOut
+		for id := range s.idlers {
+			if !vmtaFull || id.vmta == v.Name {
+				delete(s.idlers, id)
+				id.close()
+				break
+			}
+		}
 		s.mu.Unlock()
 		return
 	}
@@ -277,12 +298,15 @@ func (s *Scheduler) work(r *runner, vmtaName string) {
 			}
 			// Keep the connection for a while in case more mail comes.
 			ctx, cancel := context.WithTimeout(s.ctx, pol.ConnectionIdleTimeout.Value)
+			id := &idler{vmta: vmtaName, close: cancel}
 			s.mu.Lock()
 			r.idle++
+			s.idlers[id] = true
 			s.mu.Unlock()
 			err := q.Wait(ctx, r.key)
 			s.mu.Lock()
 			r.idle--
+			delete(s.idlers, id)
 			s.mu.Unlock()
 			cancel()
 			if err != nil {
