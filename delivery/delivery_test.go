@@ -517,3 +517,59 @@ func TestDataReplies(t *testing.T) {
 		t.Errorf("accepted messages %v, want only ok@data.test's", got)
 	}
 }
+
+// A smart host with AUTH: over STARTTLS, or in plaintext only with
+// use-unencrypted-plain-auth; otherwise the mail waits.
+func TestSmartHostAuth(t *testing.T) {
+	t.Parallel()
+	tlsConf, _ := smtptest.SelfSigned(t, mx1)
+	users := map[string]string{"tern": "s3cret"}
+	secure := startSink(t, mx1, 0, smtptest.Options{TLS: tlsConf, Users: users})
+	plain := startSink(t, mx2, 0, smtptest.Options{Users: users})
+	h := newHarness(t, baseConfig(secure.Port(), fmt.Sprintf(`
+<domain tls-auth.test>
+    smtp-hosts [%s]:%d
+    auth-username tern
+    auth-password s3cret
+</domain>
+<domain plain-auth.test>
+    smtp-hosts [%s]:%d
+    auth-username tern
+    auth-password s3cret
+    use-unencrypted-plain-auth yes
+</domain>
+<domain refused-auth.test>
+    smtp-hosts [%s]:%d
+    auth-username tern
+    auth-password s3cret
+</domain>
+`, mx1, secure.Port(), mx2, plain.Port(), mx2, plain.Port())), dnstest.Zones{})
+	h.run()
+	h.put("mta1", "a@tls-auth.test")
+	h.put("mta1", "b@plain-auth.test")
+	h.put("mta1", "c@refused-auth.test")
+	for _, r := range []string{"a@tls-auth.test", "b@plain-auth.test", "c@refused-auth.test"} {
+		h.waitOutcome(r, 1)
+	}
+	checkAttempt(t, h, "a@tls-auth.test", "delivered")
+	checkAttempt(t, h, "b@plain-auth.test", "delivered")
+	checkAttempt(t, h, "c@refused-auth.test", "deferred", "needs TLS")
+	if m := secure.Messages(); len(m) != 1 || m[0].TLSVersion < tls.VersionTLS12 {
+		t.Errorf("TLS smart host got %+v", m)
+	}
+	if m := plain.Messages(); len(m) != 1 || m[0].Rcpts[0] != "b@plain-auth.test" {
+		t.Errorf("plaintext smart host got %v", rcptsOf(m))
+	}
+	if c := secure.Connections(); len(c) != 1 || c[0].AuthUser != "tern" {
+		t.Errorf("TLS smart host connections: %+v", c)
+	}
+	authed := 0
+	for _, c := range plain.Connections() {
+		if c.AuthUser == "tern" {
+			authed++
+		}
+	}
+	if authed != 1 {
+		t.Errorf("%d authenticated plaintext connections, want 1", authed)
+	}
+}
