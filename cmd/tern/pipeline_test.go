@@ -657,3 +657,39 @@ func TestPipelineReload(t *testing.T) {
 	checkFrom(t, "after-refusal-mta1", got["after-refusal-mta1"], mta1)
 	p.stop(t)
 }
+
+// TestPipelineMXRestart restarts the MX between two messages: the
+// connection tern keeps open after the first one is closed by the server,
+// and the second message goes out on a new connection at once instead of
+// being deferred.
+func TestPipelineMXRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dns := dnstest.Start(t, zones("dest.test"))
+	sinkPort := freePortOn(t, sinkIP)
+	sinkAddr := fmt.Sprintf("%s:%d", sinkIP, sinkPort)
+	sink := smtptest.Start(t, smtptest.Options{Addr: sinkAddr})
+	smtpPort := freePort(t)
+	// The connection stays open between the two messages.
+	conf := writeConf(t, dir, baseConf(dir, smtpPort, dns.Addr(), sinkPort, "    connection-idle-timeout 1h\n"))
+	p := startTern(t, conf)
+	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
+
+	id := mustInject(t, addr, "a@dest.test", "first", "X-Virtual-MTA: mta1")
+	// Tern has the 250 (the sink records a message before it replies).
+	l := p.waitLog(t, 0, deliverTimeout, "the delivery of the first message", func(l string) bool {
+		return strings.Contains(l, `msg="delivery attempt"`) && logField(l, "id") == id
+	})
+	if logField(l, "outcome") != "delivered" {
+		t.Fatalf("the first message was not delivered: %s", l)
+	}
+	if n := sink.ActiveConns(); n != 1 {
+		t.Fatalf("%d connections open after the first delivery, want 1 kept for reuse", n)
+	}
+	sink.Close()
+	sink2 := smtptest.Start(t, smtptest.Options{Addr: sinkAddr})
+	mustInject(t, addr, "b@dest.test", "second", "X-Virtual-MTA: mta1")
+	got := byMarker(t, sink2.WaitMessages(t, 1, deliverTimeout))
+	checkFrom(t, "second", got["second"], mta1)
+	p.stop(t)
+}
