@@ -404,7 +404,14 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 			s.log.Info("reused connection was closed by the server; reconnecting", "queue", r.key.String(), "host", oc.target.host)
 			oc.close()
 			oc = nil
-			if fresh, err := s.connect(r, v, pol); err == nil {
+			fresh, err := s.connect(r, v, pol)
+			if err != nil {
+				// Deferred for the reason that counts now: the server is
+				// gone, not the closed connection.
+				for i := range results {
+					results[i].code, results[i].text = 0, err.Error()
+				}
+			} else {
 				oc = fresh
 				results = oc.send(entry.Envelope, live, body)
 			}

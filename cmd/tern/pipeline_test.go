@@ -691,5 +691,22 @@ func TestPipelineMXRestart(t *testing.T) {
 	mustInject(t, addr, "b@dest.test", "second", "X-Virtual-MTA: mta1")
 	got := byMarker(t, sink2.WaitMessages(t, 1, deliverTimeout))
 	checkFrom(t, "second", got["second"], mta1)
+
+	// The MX goes down for good: the third message is deferred, and the
+	// reason logged is the failed connect, not the closed connection.
+	l = p.waitLog(t, 0, deliverTimeout, "the delivery of the second message", func(l string) bool {
+		return strings.Contains(l, `msg="delivery attempt"`) && strings.Contains(l, "rcpt=b@dest.test")
+	})
+	if logField(l, "outcome") != "delivered" {
+		t.Fatalf("the second message was not delivered: %s", l)
+	}
+	sink2.Close()
+	id = mustInject(t, addr, "c@dest.test", "third", "X-Virtual-MTA: mta1")
+	l = p.waitLog(t, 0, deliverTimeout, "the attempt of the third message", func(l string) bool {
+		return strings.Contains(l, `msg="delivery attempt"`) && logField(l, "id") == id
+	})
+	if logField(l, "outcome") != "deferred" || !strings.Contains(l, "connection refused") {
+		t.Errorf("with the MX down, the third message's attempt logged %s; want deferred for the refused connection", l)
+	}
 	p.stop(t)
 }
