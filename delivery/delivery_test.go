@@ -70,8 +70,8 @@ func TestSourceRoundRobin(t *testing.T) {
 	sink := startSink(t, mx1, 0, smtptest.Options{})
 	h := newHarness(t, baseConfig(sink.Port(), `
 <virtual-mta rr>
-    smtp-source-host 127.0.0.8 rr-a.tern.test
-    smtp-source-host 127.0.0.9 rr-b.tern.test
+    smtp-source-host `+ipRR1+` rr-a.tern.test
+    smtp-source-host `+ipRR2+` rr-b.tern.test
     <domain rr.test>
         max-smtp-out 1
         max-msg-per-connection 1
@@ -90,9 +90,9 @@ func TestSourceRoundRobin(t *testing.T) {
 		t.Fatalf("%d connections, want 6 (one message each)", len(conns))
 	}
 	for i, c := range conns {
-		wantIP, wantName := "127.0.0.8", "rr-a.tern.test"
+		wantIP, wantName := ipRR1, "rr-a.tern.test"
 		if i%2 == 1 {
-			wantIP, wantName = "127.0.0.9", "rr-b.tern.test"
+			wantIP, wantName = ipRR2, "rr-b.tern.test"
 		}
 		if c.Remote.Addr().String() != wantIP || c.EHLO != wantName {
 			t.Errorf("connection %d from %s as %q, want %s as %q", c.ID, c.Remote.Addr(), c.EHLO, wantIP, wantName)
@@ -109,7 +109,7 @@ func TestMXPreferenceAndFallback(t *testing.T) {
 	second := startSink(t, mx2, port, smtptest.Options{Hostname: "mx2"})
 	down := startSink(t, mx3, port, smtptest.Options{Hostname: "down"})
 	down.Close() // refuses connections from now on
-	busy := startSink(t, "127.0.0.8", port, smtptest.Options{Hostname: "busy"})
+	busy := startSink(t, mx4, port, smtptest.Options{Hostname: "busy"})
 	busy.ScriptGreeting(smtptest.R(421, "too busy"))
 
 	h := newHarness(t, baseConfig(port, ""), dnstest.Zones{
@@ -121,7 +121,7 @@ func TestMXPreferenceAndFallback(t *testing.T) {
 		"down.fall.test": {A: []string{mx3}},
 		"mx2.fall.test":  {A: []string{mx2}},
 		"busy.test":      {MX: []dnstest.MX{{Pref: 10, Host: "mx1.busy.test"}, {Pref: 20, Host: "mx2.busy.test"}}},
-		"mx1.busy.test":  {A: []string{"127.0.0.8"}},
+		"mx1.busy.test":  {A: []string{mx4}},
 		"mx2.busy.test":  {A: []string{mx2}},
 	})
 	h.run()
@@ -235,7 +235,7 @@ func TestSMTPHostsOverrideMX(t *testing.T) {
 	mxSink := startSink(t, mx1, 0, smtptest.Options{Hostname: "mx"})
 	port := mxSink.Port()
 	relay := startSink(t, mx2, port, smtptest.Options{Hostname: "relay"})
-	literal := startSink(t, mx3, 0, smtptest.Options{Hostname: "literal"})
+	literal := startSink(t, rnd1, 0, smtptest.Options{Hostname: "literal"})
 	h := newHarness(t, baseConfig(port, fmt.Sprintf(`
 <domain named.test>
     smtp-hosts relay.test
@@ -243,7 +243,7 @@ func TestSMTPHostsOverrideMX(t *testing.T) {
 <domain literal.test>
     route [%s]:%d
 </domain>
-`, mx3, literal.Port())), dnstest.Zones{
+`, rnd1, literal.Port())), dnstest.Zones{
 		"named.test":   {MX: []dnstest.MX{{Pref: 10, Host: "mx.test"}}},
 		"literal.test": {MX: []dnstest.MX{{Pref: 10, Host: "mx.test"}}},
 		"other.test":   {MX: []dnstest.MX{{Pref: 10, Host: "mx.test"}}},
@@ -525,7 +525,7 @@ func TestSmartHostAuth(t *testing.T) {
 	tlsConf, _ := smtptest.SelfSigned(t, mx1)
 	users := map[string]string{"tern": "s3cret"}
 	secure := startSink(t, mx1, 0, smtptest.Options{TLS: tlsConf, Users: users})
-	plain := startSink(t, mx2, 0, smtptest.Options{Users: users})
+	plain := startSink(t, rnd2, 0, smtptest.Options{Users: users})
 	h := newHarness(t, baseConfig(secure.Port(), fmt.Sprintf(`
 <domain tls-auth.test>
     smtp-hosts [%s]:%d
@@ -543,7 +543,7 @@ func TestSmartHostAuth(t *testing.T) {
     auth-username tern
     auth-password s3cret
 </domain>
-`, mx1, secure.Port(), mx2, plain.Port(), mx2, plain.Port())), dnstest.Zones{})
+`, mx1, secure.Port(), rnd2, plain.Port(), rnd2, plain.Port())), dnstest.Zones{})
 	h.run()
 	h.put("mta1", "a@tls-auth.test")
 	h.put("mta1", "b@plain-auth.test")

@@ -28,11 +28,22 @@ import (
 // the Internet. DNS comes from a dnstest server only.
 
 const (
-	ip1 = "127.0.0.2" // mta1's source address
-	ip2 = "127.0.0.3" // mta2's source address
-	mx1 = "127.0.0.5" // first sink address
-	mx2 = "127.0.0.6" // second sink address, same port
-	mx3 = "127.0.0.7" // sinks on their own random port
+	// Source addresses (never listened on, so that an outgoing connection's
+	// ephemeral port cannot collide with a sink).
+	ip1   = "127.0.0.2" // mta1
+	ip2   = "127.0.0.3" // mta2
+	ip3   = "127.0.0.4" // a VMTA some tests add
+	ipRR1 = "127.0.0.8" // a VMTA with two source addresses
+	ipRR2 = "127.0.0.9"
+	// Sinks: mx1 on a random port, the others on mx1's port (a port the
+	// kernel gave mx1, so nothing else in the suite binds them there).
+	mx1 = "127.0.0.5"
+	mx2 = "127.0.0.6"
+	mx3 = "127.0.0.7"
+	mx4 = "127.0.0.10"
+	// Sinks on their own random port, never on a fixed one.
+	rnd1 = "127.0.0.20"
+	rnd2 = "127.0.0.21"
 )
 
 // wait is the deadline for anything that should happen "soon". It is

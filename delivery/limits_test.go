@@ -272,11 +272,11 @@ func TestOrphanedVMTAWaits(t *testing.T) {
 
 	// A reload that defines the VMTA; the daemon tells the scheduler about
 	// the ready keys again (Start, as after a restart).
-	h.setConfig(src + "<virtual-mta ghost>\n    smtp-source-host 127.0.0.4 ghost.tern.test\n</virtual-mta>\n")
+	h.setConfig(src + "<virtual-mta ghost>\n    smtp-source-host " + ip3 + " ghost.tern.test\n</virtual-mta>\n")
 	h.sched.Start()
 	msgs := sink.WaitMessages(t, 2, wait)
 	h.waitEmpty()
-	if m := msgs[1]; m.Rcpts[0] != "g@orphan.test" || m.Remote.String() != "127.0.0.4" || m.EHLO != "ghost.tern.test" {
+	if m := msgs[1]; m.Rcpts[0] != "g@orphan.test" || m.Remote.String() != ip3 || m.EHLO != "ghost.tern.test" {
 		t.Errorf("orphan delivered as %v from %s (%s)", m.Rcpts, m.Remote, m.EHLO)
 	}
 }
@@ -309,7 +309,7 @@ func TestSharedConnectionCaps(t *testing.T) {
 		name, extra  string
 		vmtaA, vmtaB string
 	}{
-		{"vmta", "<virtual-mta capped>\n    smtp-source-host 127.0.0.4 capped.tern.test\n    max-smtp-out 1\n</virtual-mta>\n", "capped", "capped"},
+		{"vmta", "<virtual-mta capped>\n    smtp-source-host " + ip3 + " capped.tern.test\n    max-smtp-out 1\n</virtual-mta>\n", "capped", "capped"},
 		{"total", "total-max-smtp-out 1\n", "mta1", "mta2"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
