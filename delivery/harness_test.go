@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,7 +100,7 @@ type harness struct {
 // zones. The scheduler is not started: tests queue mail first when they
 // want it all present at once (the queue does not notify it before run),
 // then call run.
-func newHarness(t *testing.T, src string, zones dnstest.Zones) *harness {
+func newHarness(t *testing.T, src string, zones dnstest.Zones, opts ...func(*delivery.Options)) *harness {
 	t.Helper()
 	h := &harness{t: t, logs: &logStore{}}
 	h.setConfig(src)
@@ -128,12 +129,16 @@ func newHarness(t *testing.T, src string, zones dnstest.Zones) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.sched = delivery.New(delivery.Options{
+	o := delivery.Options{
 		Queue:    q,
 		Registry: h.reg.Load,
 		Resolver: res,
 		Logger:   slog.New(&logHandler{store: h.logs}),
-	})
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	h.sched = delivery.New(o)
 	// Cleanups run last-in first-out: the scheduler stops before the
 	// queue closes, and both before the sinks (started earlier) close.
 	t.Cleanup(func() {
@@ -320,3 +325,54 @@ func (h *logHandler) WithAttrs(as []slog.Attr) slog.Handler {
 }
 
 func (h *logHandler) WithGroup(string) slog.Handler { return h }
+
+// dialCounter counts the scheduler's connections on its side: a sink
+// counts a connection until its own goroutine has closed it, a moment
+// after the client's QUIT, so only the client side shows whether a cap was
+// ever exceeded.
+type dialCounter struct {
+	mu                  sync.Mutex
+	active, peak, total int
+}
+
+// option installs the counter as the scheduler's Dial: net.Dialer from the
+// source address, as the default one.
+func (d *dialCounter) option(o *delivery.Options) {
+	o.Dial = func(ctx context.Context, local netip.Addr, remote string, timeout time.Duration) (net.Conn, error) {
+		nd := net.Dialer{Timeout: timeout}
+		if local.IsValid() {
+			nd.LocalAddr = &net.TCPAddr{IP: local.AsSlice()}
+		}
+		c, err := nd.DialContext(ctx, "tcp", remote)
+		if err != nil {
+			return nil, err
+		}
+		d.mu.Lock()
+		d.active++
+		d.total++
+		d.peak = max(d.peak, d.active)
+		d.mu.Unlock()
+		return &countedConn{Conn: c, d: d}, nil
+	}
+}
+
+func (d *dialCounter) stats() (active, peak, total int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.active, d.peak, d.total
+}
+
+type countedConn struct {
+	net.Conn
+	d    *dialCounter
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() {
+		c.d.mu.Lock()
+		c.d.active--
+		c.d.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
