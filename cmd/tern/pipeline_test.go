@@ -4,7 +4,7 @@ package main
 // and delivery through each VMTA's source IP and host name, over loopback
 // sockets only. Tern runs as a child process (see ternCmd), DNS answers come
 // from a delivery/dnstest server named by the config's name-server, and
-// delivered mail lands in delivery/smtptest sinks on 127.0.0.5. Tests wait
+// delivered mail lands in delivery/smtptest sinks on 127.0.0.25. Tests wait
 // on log lines and sink records with deadlines, never by sleeping.
 
 import (
@@ -37,8 +37,11 @@ const (
 	exitTimeout    = 20 * time.Second // until tern serve exits after SIGTERM
 )
 
-// sinkIP is where the sinks listen: the MX hosts of the test domains.
-const sinkIP = "127.0.0.5"
+// sinkIP is where the sinks listen: the MX hosts of the test domains. The
+// delivery package's tests, which may run at the same time, keep their sinks
+// on other addresses, so a port reserved here while its sink is down cannot
+// be taken by one of theirs.
+const sinkIP = "127.0.0.25"
 
 // ternProc is a running tern serve with its log (stderr and stdout, one
 // line each) collected as it is written.
