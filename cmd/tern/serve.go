@@ -119,6 +119,10 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		if sig == syscall.SIGHUP {
 			if reg := reload(*path, srv, log); reg != nil {
 				current.Store(reg)
+				// Queues whose VMTA the reload brought back (or whose
+				// limits rose) have due mail but will not be notified
+				// again: start them now.
+				sch.Start()
 			}
 			continue
 		}
