@@ -150,7 +150,8 @@ func open(ctx context.Context, t target, o connOptions) (*outConn, error) {
 	}
 	if pol.AuthUsername.Set {
 		if oc.tls == 0 && !pol.UseUnencryptedPlainAuth.Value {
-			return fail(&tlsError{fmt.Errorf("AUTH to %s needs TLS (set use-unencrypted-plain-auth to allow it in the clear)", t.host)})
+			// Not a tlsError: retrying this host in plaintext cannot help.
+			return fail(fmt.Errorf("AUTH to %s needs TLS (set use-unencrypted-plain-auth to allow it in the clear)", t.host))
 		}
 		if err := oc.c.Auth(sasl.NewPlainClient("", pol.AuthUsername.Value, pol.AuthPassword.Value)); err != nil {
 			return fail(&replyError{"AUTH", err})
