@@ -15,11 +15,9 @@ BENCHCOUNT ?= 1
 # stalling CI; the whole suite is meant to stay well under five minutes.
 TESTTIMEOUT ?= 4m
 
-# What `make run` does. Today it validates the example configuration. When
-# `tern serve` lands, swap the two lines below (a one-line change): the daemon
-# then keeps its spool in ./var/spool of the work tree, because
-# examples/tern.conf says `spool ../var/spool`, relative to the config file.
-# RUN_ARGS = check $(CONFIG)
+# What `make run` does: serve the example configuration in the foreground.
+# The spool is ./var/spool of the work tree, because examples/tern.conf says
+# `spool ../var/spool`, relative to the config file.
 RUN_ARGS = serve -c $(CONFIG)
 
 .PHONY: build test fmt-check vet unit fuzz run bench lint clean help
