@@ -130,19 +130,18 @@ func (s *Server) Apply(cfg *config.Config, reg *vmta.Registry) error {
 	if cfg.TLSCertificate != nil {
 		snap.tls = &tls.Config{Certificates: []tls.Certificate{*cfg.TLSCertificate}, MinVersion: tls.VersionTLS12}
 	}
-	for _, src := range cfg.Sources {
-		if size := int64(src.Settings.MaxMessageSize.Value); size > snap.maxSize {
-			snap.maxSize = size
-		}
+	// The largest limit any session can have (a block that does not set
+	// it holds the default); unlimited anywhere means no server-wide cap,
+	// which go-smtp spells 0.
+	snap.maxSize = int64(config.DefaultSourceSettings().MaxMessageSize.Value)
+	if len(cfg.Sources) > 0 {
+		snap.maxSize = 0
 	}
-	if snap.maxSize == 0 || snap.maxSize == int64(config.Unlimited) {
-		// No block sets it, or one sets unlimited: the built-in default
-		// applies to the first, no cap to the second.
-		if snap.maxSize == 0 {
-			snap.maxSize = int64(config.DefaultSourceSettings().MaxMessageSize.Value)
-		} else {
-			snap.maxSize = 0
-		}
+	for _, src := range cfg.Sources {
+		snap.maxSize = max(snap.maxSize, int64(src.Settings.MaxMessageSize.Value))
+	}
+	if snap.maxSize == int64(config.Unlimited) {
+		snap.maxSize = 0
 	}
 	for _, u := range cfg.Users {
 		if u.Password.Set {
