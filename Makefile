@@ -52,7 +52,7 @@ vet:
 fuzz:
 	@$(GO) test -list='^FuzzParse$$' ./config | grep -x FuzzParse >/dev/null || \
 		{ echo "fuzz: package config has no FuzzParse fuzz test" >&2; exit 1; }
-	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./config
+	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=1s ./config
 
 ## run: build, then run tern on examples/tern.conf (see RUN_ARGS above)
 run: build
