@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,32 @@ type Options struct {
 	// Now is the clock for expiry and retry times; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
+	// OnOutcome, if set, is called once for every recipient outcome the
+	// scheduler reports to the queue, in the worker that reported it: the
+	// feed for accounting records and bounce messages. It must not block
+	// for long.
+	OnOutcome func(Event)
+}
+
+// Event is one recipient's outcome with what accounting and bounce reports
+// need to know about it.
+type Event struct {
+	Time      time.Time
+	ID        queue.ID
+	Envelope  queue.Envelope
+	Recipient queue.RecipientState
+	Kind      queue.Kind // Delivered, Deferred or Bounced
+	// Reply is the remote reply, or Tern's own diagnostic when no server
+	// answered (e.g. "5.1.10 domain … accepts no mail (null MX)").
+	Reply       string
+	NextAttempt time.Time // for Deferred
+	// The connection, when one was open; zero values otherwise.
+	SourceIP   netip.Addr
+	RemoteHost string
+	RemoteIP   netip.Addr
+	TLSVersion uint16
+	// Size is the message size as sent.
+	Size int
 }
 
 // Scheduler runs the delivery of every queue key.
@@ -428,7 +455,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 				out.Kind, out.Until = queue.Deferred, s.nextAttempt(entry, res.rcpt, pol)
 			}
 			outs = append(outs, out)
-			s.logAttempt(entry, res.rcpt, v, oc, out)
+			s.record(entry, res.rcpt, oc, out, len(body))
 		}
 		if err := lease.Report(outs...); err != nil {
 			s.log.Error("recording outcomes failed", "id", entry.ID.String(), "err", err)
@@ -449,7 +476,7 @@ func (s *Scheduler) reportAll(lease *queue.Lease, entry queue.Entry, kind queue.
 			out.Until = s.nextAttempt(entry, rc, pol)
 		}
 		outs = append(outs, out)
-		s.logAttempt(entry, rc, nil, nil, out)
+		s.record(entry, rc, nil, out, 0)
 	}
 	if err := lease.Report(outs...); err != nil {
 		s.log.Error("recording outcomes failed", "id", entry.ID.String(), "err", err)
@@ -524,8 +551,17 @@ func (s *Scheduler) vmtaLimiter(name string) *limiter {
 	return l
 }
 
-// logAttempt writes the one line per recipient attempt operators grep for.
-func (s *Scheduler) logAttempt(entry queue.Entry, rc queue.RecipientState, v *vmta.VMTA, oc *outConn, out queue.Outcome) {
+// record writes the one line per recipient attempt operators grep for and
+// hands the outcome to OnOutcome.
+func (s *Scheduler) record(entry queue.Entry, rc queue.RecipientState, oc *outConn, out queue.Outcome, size int) {
+	if s.opts.OnOutcome != nil {
+		ev := Event{Time: s.opts.Now(), ID: entry.ID, Envelope: entry.Envelope, Recipient: rc,
+			Kind: out.Kind, Reply: out.Reply, NextAttempt: out.Until, Size: size}
+		if oc != nil {
+			ev.SourceIP, ev.RemoteHost, ev.RemoteIP, ev.TLSVersion = oc.source, oc.target.host, oc.target.ip, oc.tls
+		}
+		s.opts.OnOutcome(ev)
+	}
 	attrs := []any{"id", entry.ID.String(), "rcpt", rc.Address, "vmta", rc.VMTA, "outcome", out.Kind.String(), "reply", out.Reply}
 	if oc != nil {
 		tlsv := "none"

@@ -1,0 +1,71 @@
+package delivery_test
+
+import (
+	"sync"
+	"testing"
+
+	"github.com/ternmta/tern/delivery"
+	"github.com/ternmta/tern/delivery/dnstest"
+	"github.com/ternmta/tern/delivery/smtptest"
+	"github.com/ternmta/tern/queue"
+)
+
+// OnOutcome sees every recipient's outcome once, with the connection it
+// went over: what accounting and bounce reports are built from.
+func TestOnOutcomeReportsEveryRecipient(t *testing.T) {
+	t.Parallel()
+	sink := startSink(t, mx2, 0, smtptest.Options{})
+	sink.ScriptRcpt("bad@hook.test", smtptest.R(550, "no such user"))
+	var (
+		mu     sync.Mutex
+		events = map[string][]delivery.Event{}
+	)
+	h := newHarness(t, baseConfig(sink.Port(), ""), dnstest.Zones{
+		"hook.test":    {MX: []dnstest.MX{{Pref: 10, Host: "mx.hook.test"}}},
+		"mx.hook.test": {A: []string{mx2}},
+		"null.test":    {MX: []dnstest.MX{{Pref: 0, Host: "."}}},
+	}, func(o *delivery.Options) {
+		o.OnOutcome = func(ev delivery.Event) {
+			mu.Lock()
+			events[ev.Recipient.Address] = append(events[ev.Recipient.Address], ev)
+			mu.Unlock()
+		}
+	})
+	h.run()
+	id := h.put("mta1", "good@hook.test", "bad@hook.test")
+	h.put("mta2", "who@null.test")
+	h.waitEmpty()
+
+	mu.Lock()
+	defer mu.Unlock()
+	check := func(rcpt string, kind queue.Kind, viaConn bool) delivery.Event {
+		t.Helper()
+		evs := events[rcpt]
+		if len(evs) != 1 {
+			t.Fatalf("%s: %d events, want 1: %+v", rcpt, len(evs), evs)
+		}
+		ev := evs[0]
+		if ev.Kind != kind {
+			t.Errorf("%s: kind %v, want %v (reply %q)", rcpt, ev.Kind, kind, ev.Reply)
+		}
+		if viaConn && (ev.SourceIP.String() != ip1 || ev.RemoteIP.String() != mx2 || ev.RemoteHost != "mx.hook.test") {
+			t.Errorf("%s: connection %s -> %s (%s), want %s -> %s (mx.hook.test)", rcpt, ev.SourceIP, ev.RemoteIP, ev.RemoteHost, ip1, mx2)
+		}
+		if !viaConn && ev.RemoteIP.IsValid() {
+			t.Errorf("%s: bounced without a connection but names remote %s", rcpt, ev.RemoteIP)
+		}
+		return ev
+	}
+	good := check("good@hook.test", queue.Delivered, true)
+	if good.ID != id || good.Size == 0 || good.Envelope.Sender == "" {
+		t.Errorf("delivered event lacks message data: %+v", good)
+	}
+	bad := check("bad@hook.test", queue.Bounced, true)
+	if bad.Reply == "" || bad.Reply[:3] != "550" {
+		t.Errorf("bounce reply %q, want the remote 550", bad.Reply)
+	}
+	null := check("who@null.test", queue.Bounced, false)
+	if want := "5.1.10"; len(null.Reply) < len(want) || null.Reply[:len(want)] != want {
+		t.Errorf("null MX reply %q, want it to start with %s", null.Reply, want)
+	}
+}
