@@ -216,9 +216,10 @@ func sourceName(ip netip.Addr) string {
 
 // result is the fate of one recipient in one transaction.
 type result struct {
-	rcpt queue.RecipientState
-	code int    // SMTP reply code; 0 when the connection failed
-	text string // the reply as the remote server gave it, or a diagnostic
+	rcpt   queue.RecipientState
+	code   int    // SMTP reply code; 0 when the connection failed
+	text   string // the reply as the remote server gave it, or a diagnostic
+	atRcpt bool   // the reply answered RCPT (bounce-rcpt applies only there)
 }
 
 // send runs one transaction: MAIL, a RCPT per recipient, DATA. Recipients
@@ -266,6 +267,7 @@ func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body [
 		}
 		if err := oc.c.Rcpt(r.Address, ropts); err != nil {
 			res[i].code, res[i].text = replyOf(err)
+			res[i].atRcpt = true
 			oc.errs++
 			if oc.noteBroken(err) {
 				return setAll(err)

@@ -97,6 +97,11 @@ type runner struct {
 	// that cannot be written): without it a worker would start, fail and
 	// be replaced in a tight loop.
 	holdUntil time.Time
+	mode      modeState
+	// skipHost is an MX host a skip-mx rule sent away from, tried last
+	// until skipUntil.
+	skipHost  string
+	skipUntil time.Time
 	conn      limiter
 	msg       limiter
 }
@@ -194,7 +199,7 @@ func (s *Scheduler) Stop(ctx context.Context) error {
 // policy is the queue's effective policy, through the pool of its latest
 // mail.
 func (s *Scheduler) policy(reg *vmta.Registry, r *runner, pool string) *config.DomainSettings {
-	return &reg.Policy(r.key.VMTA, pool, r.key.Domain).Settings
+	return s.withMode(r, &reg.Policy(r.key.VMTA, pool, r.key.Domain).Settings)
 }
 
 // kick starts one more connection worker for r if every cap allows it.
@@ -216,7 +221,7 @@ func (s *Scheduler) kick(r *runner) {
 		return
 	}
 	r.orphan = false
-	if time.Now().Before(r.holdUntil) || r.idle > 0 {
+	if s.opts.Now().Before(r.holdUntil) || r.idle > 0 {
 		s.mu.Unlock()
 		return
 	}
@@ -306,14 +311,18 @@ func (s *Scheduler) work(r *runner, vmtaName string) {
 		}
 		s.mu.Lock()
 		pool := r.pool // written by the runner's other workers
+		held := s.opts.Now().Before(r.holdUntil)
 		s.mu.Unlock()
+		if held {
+			return // a defer-queue rule or a failing spool: kicked again when the hold ends
+		}
 		pol := s.policy(reg, r, pool)
 		lease, err := q.Lease(s.ctx, r.key, pol.MaxRcptPerTransaction.Value)
 		if err != nil {
 			if !errors.Is(err, context.Canceled) {
 				s.log.Error("lease failed; the queue waits before trying again", "queue", r.key.String(), "err", err, "wait", leaseRetry.String())
 				s.mu.Lock()
-				r.holdUntil = time.Now().Add(leaseRetry)
+				r.holdUntil = s.opts.Now().Add(leaseRetry)
 				s.mu.Unlock()
 				time.AfterFunc(leaseRetry, func() { s.kick(r) })
 			}
@@ -383,6 +392,10 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 			oc.close()
 			oc = nil
 		}
+		if connErr != nil && oc != nil {
+			oc.close()
+			oc = nil
+		}
 		if oc == nil {
 			err := connErr
 			if err == nil {
@@ -446,13 +459,45 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 		outs := make([]queue.Outcome, 0, len(results))
 		for _, res := range results {
 			out := queue.Outcome{ID: entry.ID, N: res.rcpt.N, Reply: res.text}
+			var act *config.ReplyActions
+			if res.code/100 != 2 {
+				act = s.matchReply(reg, r, pol, res.text)
+				pol = s.policy(reg, r, entry.Recipients[0].Pool) // the mode may have changed
+			}
 			switch {
 			case res.code/100 == 2:
 				out.Kind = queue.Delivered
+				if pol.BackoffToNormalAfterDelivery.Value && r.mode.on.Load() {
+					s.setMode(r, false, "delivered")
+				}
 			case res.code/100 == 5:
 				out.Kind = queue.Bounced
+			case act != nil && act.BounceRcpt && res.atRcpt:
+				out.Kind = queue.Bounced
+			case act != nil && act.SkipMX:
+				// Keep the mail, due again at once, and send this queue to
+				// its other MX hosts for a while.
+				out.Kind, out.Until = queue.Deferred, s.opts.Now()
+				if oc != nil {
+					s.mu.Lock()
+					r.skipHost, r.skipUntil = oc.target.host, s.opts.Now().Add(pol.RetryAfter.Value[0])
+					s.mu.Unlock()
+					oc.broken = true
+				}
 			default:
 				out.Kind, out.Until = queue.Deferred, s.nextAttempt(entry, res.rcpt, pol)
+				if act != nil && act.DeferQueue {
+					// Stop the queue until its next retry: the rest of
+					// this lease waits too, without another attempt.
+					connErr = fmt.Errorf("queue deferred by smtp-pattern-list after: %s", res.text)
+					s.mu.Lock()
+					r.holdUntil = out.Until
+					s.mu.Unlock()
+					time.AfterFunc(out.Until.Sub(s.opts.Now()), func() { s.kick(r) })
+					if oc != nil {
+						oc.broken = true
+					}
+				}
 			}
 			outs = append(outs, out)
 			s.record(entry, res.rcpt, oc, out, len(body))
@@ -506,6 +551,21 @@ func (s *Scheduler) connect(r *runner, v *vmta.VMTA, pol *config.DomainSettings)
 	if err := r.conn.wait(s.ctx, pol.MaxConnectRate.Value); err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
+	skip, until := r.skipHost, r.skipUntil
+	s.mu.Unlock()
+	if skip != "" && s.opts.Now().Before(until) {
+		kept := make([]target, 0, len(targets))
+		var last []target
+		for _, t := range targets {
+			if t.host == skip {
+				last = append(last, t)
+			} else {
+				kept = append(kept, t)
+			}
+		}
+		targets = append(kept, last...)
+	}
 	src := s.nextSource(v)
 	var lastErr error
 	for _, t := range targets {
@@ -523,6 +583,10 @@ func (s *Scheduler) connect(r *runner, v *vmta.VMTA, pol *config.DomainSettings)
 			return oc, nil
 		}
 		s.log.Info("connection failed; trying the next host", "queue", r.key.String(), "host", t.host, "ip", t.ip.String(), "source", sourceName(src.IP), "err", err)
+		var re *replyError
+		if errors.As(err, &re) {
+			s.matchReply(s.opts.Registry(), r, pol, re.err.Error())
+		}
 		lastErr = err
 	}
 	return nil, lastErr
