@@ -226,8 +226,8 @@ func lookupEnhanced(e Enhanced) (enhancedRule, bool) {
 }
 
 func matchText(rules []textRule, text string) (Category, bool) {
-	for _, r := range rules {
-		if r.re.MatchString(text) {
+	for i := range rules {
+		if r := &rules[i]; r.match(text) {
 			return r.cat, true
 		}
 	}

@@ -198,3 +198,42 @@ func BenchmarkClassify(b *testing.B) {
 		Classify(r.code, r.text)
 	}
 }
+
+func TestPrefilterSound(t *testing.T) {
+	// A prefilter may only skip a regexp that would not have matched.
+	texts := []string{}
+	for _, r := range loadReplies(t) {
+		texts = append(texts, strings.ToLower(r.text))
+	}
+	for _, tab := range [][]textRule{localRules, textRules} {
+		for _, r := range tab {
+			for _, s := range texts {
+				if r.re.MatchString(s) != r.match(s) {
+					t.Errorf("rule %q: split parts disagree on %q", r.re, s)
+				}
+				for _, p := range r.parts {
+					if p.re.MatchString(s) && !mayMatch(p.filter, s) {
+						t.Errorf("prefilter %q of %q rejects %q", p.filter, p.re, s)
+					}
+				}
+			}
+		}
+	}
+	for _, tc := range []struct {
+		pattern string
+		match   []string
+	}{
+		{`gr[ae]ylist`, []string{"greylisted", "graylisting"}},
+		{`relay(ing)? (access )?denied`, []string{"relay denied", "relaying access denied"}},
+		{`does ?n[o']?t exist|\b[psx]bl\b`, []string{"doesnt exist", "doesn't exist", "does not exist", "on the pbl", "xbl"}},
+		{`mailbox.{0,40}\bfull\b`, []string{"mailbox is full"}},
+		{`a*b?`, []string{"", "zzz"}},
+	} {
+		f := prefilterOf(tc.pattern)
+		for _, s := range tc.match {
+			if !mayMatch(f, s) {
+				t.Errorf("prefilter %q of %q rejects %q", f, tc.pattern, s)
+			}
+		}
+	}
+}

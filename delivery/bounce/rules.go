@@ -97,14 +97,37 @@ var enhancedRules = []enhancedRule{
 }
 
 // textRule maps a regular expression over the lower-cased reply to a
-// category.
+// category. For speed the expression is also kept split into its top-level
+// alternatives, each with a prefilter (see prefilterOf): most are skipped
+// after a few substring searches, and the rest are small regexps.
 type textRule struct {
-	re  *regexp.Regexp
-	cat Category
+	re    *regexp.Regexp
+	cat   Category
+	parts []rulePart
+}
+
+type rulePart struct {
+	re     *regexp.Regexp
+	filter []string
 }
 
 func rule(c Category, pattern string) textRule {
-	return textRule{regexp.MustCompile(pattern), c}
+	r := textRule{re: regexp.MustCompile(pattern), cat: c}
+	for _, alt := range alternatives(pattern) {
+		r.parts = append(r.parts, rulePart{regexp.MustCompile(alt), prefilterOf(alt)})
+	}
+	return r
+}
+
+// match reports whether the rule matches text.
+func (r *textRule) match(text string) bool {
+	for i := range r.parts {
+		p := &r.parts[i]
+		if mayMatch(p.filter, text) && p.re.MatchString(text) {
+			return true
+		}
+	}
+	return false
 }
 
 // localRules classify Tern's own diagnostics for failures that produced no
