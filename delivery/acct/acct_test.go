@@ -386,14 +386,22 @@ func acctFiles(t *testing.T, dir, current string) []string {
 	return names
 }
 
+const multiLineDiag = "smtp;250-first line\n250 \"second\", line"
+
+// numbered is record i of the rotation tests: small, so that 100,000 of them
+// stay fast under -race, with a quoted multi-line field now and then.
 func numbered(i int) Record {
-	r := fullRecord()
-	r.Type = TypeDelivered
-	r.Rcpt = fmt.Sprintf("user%d@example.com", i)
-	r.EnvID = strconv.Itoa(i)
+	id := strconv.Itoa(i)
+	r := Record{
+		Type:       TypeDelivered,
+		TimeLogged: time.Date(2026, 11, 25, 17, 15, 2, 0, time.UTC),
+		Rcpt:       "user" + id + "@example.com",
+		DSNStatus:  "2.0.0 (success)",
+		EnvID:      id,
+	}
 	if i%97 == 0 {
 		// Quoted multi-line fields must not be split by a rotation either.
-		r.DSNDiag = "smtp;250-first line\n250 \"second\", line"
+		r.DSNDiag = multiLineDiag
 	}
 	return r
 }
@@ -418,10 +426,14 @@ func checkUnion(t *testing.T, files []string, n int, maxSize int64, ordered bool
 		}
 		for _, rec := range recs {
 			id, err := strconv.Atoi(rec[20])
-			if err != nil || id < 0 || id >= n || rec[4] != fmt.Sprintf("user%d@example.com", id) {
+			if err != nil || id < 0 || id >= n || rec[4] != "user"+rec[20]+"@example.com" {
 				t.Fatalf("%s: bad record %q", f, rec)
 			}
-			if want := numbered(id).DSNDiag; rec[8] != want {
+			want := ""
+			if id%97 == 0 {
+				want = multiLineDiag
+			}
+			if rec[8] != want {
 				t.Fatalf("%s: record %d dsnDiag %q, want %q", f, id, rec[8], want)
 			}
 			seen[id]++
@@ -439,6 +451,7 @@ func checkUnion(t *testing.T, files []string, n int, maxSize int64, ordered bool
 }
 
 func TestRotationBySize(t *testing.T) {
+	t.Parallel()
 	const n, maxSize = 100_000, 200 << 10
 	dir := t.TempDir()
 	path := filepath.Join(dir, "acct.csv")
@@ -468,6 +481,7 @@ func TestRotationBySize(t *testing.T) {
 }
 
 func TestRotationBySizeConcurrent(t *testing.T) {
+	t.Parallel()
 	const n, writers, maxSize = 100_000, 16, 200 << 10
 	dir := t.TempDir()
 	path := filepath.Join(dir, "acct.csv")
@@ -778,4 +792,62 @@ func BenchmarkWriteParallel(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "records/s")
+}
+
+func TestRotationRenameFailure(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "acct.csv")
+	clock := newClock()
+	maxSize := int64(len(wantHeader) + 1024)
+	w, _ := openManual(t, acctFile(path, defaultTypes, config.Size(maxSize), config.Never), clock)
+	failing := true
+	w.mu.Lock()
+	w.rename = func(oldpath, newpath string) error {
+		if failing {
+			return errors.New("injected rename failure")
+		}
+		return os.Rename(oldpath, newpath)
+	}
+	w.mu.Unlock()
+	i := 0
+	for ; i < 50; i++ { // well past max-size: the rotation fails
+		if err := w.Write(numbered(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if files := acctFiles(t, dir, "acct.csv"); len(files) != 1 {
+		t.Fatalf("files %v", files)
+	}
+	w.mu.Lock()
+	failing = false
+	w.mu.Unlock()
+	for ; i < 60; i++ { // within a minute of the failure: not retried yet
+		w.Write(numbered(i))
+	}
+	if files := acctFiles(t, dir, "acct.csv"); len(files) != 1 {
+		t.Fatalf("rotation retried within a minute: %v", files)
+	}
+	clock.Advance(time.Minute)
+	for ; i < 100; i++ {
+		w.Write(numbered(i))
+	}
+	w.Close()
+	files := acctFiles(t, dir, "acct.csv")
+	if len(files) < 3 {
+		t.Fatalf("rotation not retried: %v", files)
+	}
+	// The first file holds everything written while rotation failed.
+	if n := len(readCSV(t, files[0])); n != 60 {
+		t.Errorf("first file holds %d records, want 60", n)
+	}
+	checkUnion(t, files[:1], 60, 1<<20, true)
+	var rest []string
+	for _, f := range files[1:] {
+		for _, rec := range readCSV(t, f) {
+			rest = append(rest, rec[20])
+		}
+	}
+	if len(rest) != 40 || rest[0] != "60" || rest[39] != "99" {
+		t.Errorf("records after the retry: %v", rest)
+	}
 }

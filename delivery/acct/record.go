@@ -8,8 +8,15 @@
 // `max-size` or when `move-interval` has elapsed since it was opened: the
 // full file is renamed with a UTC timestamp suffix (acct.csv becomes
 // acct-20261125T171500.123Z.csv) and a new one is started with a header line.
-// A line is never split between two files, never lost and never written
-// twice. A Set fans records out to every file of a configuration.
+// A rotation never splits a line between two files, loses one or writes one
+// twice; if the rename fails, lines keep going to the current file and the
+// rotation is retried a minute later. A Set fans records out to every file of
+// a configuration.
+//
+// A Writer that finds a file already at its path appends to it when it is a
+// complete accounting file (the header first, a whole line last), counting
+// move-interval from the time it was opened; anything else is moved aside
+// first.
 //
 // Writers and Sets are safe for concurrent use.
 package acct
@@ -28,7 +35,7 @@ const (
 )
 
 // Columns are the CSV columns of an accounting file, in order; the header
-// line of every file lists them.
+// line of every file lists them. Do not modify.
 var Columns = []string{
 	"type", "timeLogged", "timeQueued", "orig", "rcpt", "orcpt",
 	"dsnAction", "dsnStatus", "dsnDiag", "dsnMta", "bounceCat",

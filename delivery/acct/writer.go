@@ -60,6 +60,7 @@ type Writer struct {
 	interval time.Duration // 0: no time rotation
 	now      func() time.Time
 	log      *slog.Logger
+	rename   func(oldpath, newpath string) error // os.Rename; tests replace it
 
 	mu      sync.Mutex
 	f       *os.File
@@ -91,12 +92,13 @@ var header = func() []byte {
 // existing file is first moved aside as if rotated.
 func Open(cfg *config.AcctFile, opts Options) (*Writer, error) {
 	w := &Writer{
-		path:  cfg.Path,
-		types: cfg.Records.Value,
-		now:   opts.Now,
-		log:   opts.Logger,
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
+		path:   cfg.Path,
+		types:  cfg.Records.Value,
+		now:    opts.Now,
+		log:    opts.Logger,
+		rename: os.Rename,
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
 	}
 	if ms := int64(cfg.MaxSize.Value); ms > 0 && config.Size(ms) != config.Unlimited {
 		w.maxSize = ms
@@ -389,7 +391,7 @@ func (w *Writer) moveAside(now time.Time) (string, error) {
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return "", err
 		}
-		if err := os.Rename(w.path, dst); err != nil {
+		if err := w.rename(w.path, dst); err != nil {
 			return "", err
 		}
 		w.lastStamp = t.Add(time.Millisecond)
