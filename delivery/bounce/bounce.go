@@ -39,7 +39,9 @@
 // The rules are data: ordered tables of regular expressions compiled once
 // at package initialisation and never modified, so Classify is safe for
 // concurrent use. Text is matched in lower case and only its first
-// MaxText bytes are examined.
+// MaxText bytes are examined. Each text rule is run as its top-level
+// alternatives, each skipped unless the text contains one of the literals
+// any of its matches must contain, so a call costs a few microseconds.
 package bounce
 
 import (
