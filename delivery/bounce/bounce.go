@@ -32,7 +32,7 @@
 //     Greylisted" is policy-related, not bad-mailbox.
 //  4. The generic code's own category (x.7.x policy-related, x.5.x
 //     protocol-errors, x.4.x routing-errors, ...).
-//  5. The basic reply code (5.0x protocol-errors, 552 quota-issues, 530
+//  5. The basic reply code (500–504 protocol-errors, 552 quota-issues, 530
 //     bad-configuration).
 //  6. Other.
 //
