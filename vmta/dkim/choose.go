@@ -164,7 +164,7 @@ func SignFor(reg *vmta.Registry, vmtaName, pool, rcptDomain string, msg []byte, 
 	if hasSignature(h.fields, key.Domain, key.Selector) {
 		return msg, nil, nil
 	}
-	out, err := Sign(msg, key, opts)
+	out, err := Sign(msg, key, opts) // scans the header again: cheap next to signing
 	if err != nil {
 		return msg, nil, err
 	}

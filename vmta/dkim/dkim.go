@@ -75,6 +75,11 @@ func Sign(msg []byte, key config.DomainKey, opts Options) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return sign(msg, h, key, opts)
+}
+
+// sign is Sign once the key and options are checked and the header scanned.
+func sign(msg []byte, h header, key config.DomainKey, opts Options) ([]byte, error) {
 	so := &msgauth.SignOptions{
 		Domain:                 key.Domain,
 		Selector:               key.Selector,

@@ -2,6 +2,9 @@ package dkim_test
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"strconv"
 	"strings"
@@ -358,6 +361,14 @@ func TestExpiration(t *testing.T) {
 	if vs := d.verify(t, signed); len(vs) != 1 || vs[0].Err == nil || !strings.Contains(vs[0].Err.Error(), "expired") {
 		t.Errorf("expired signature: %v", vs[0].Err)
 	}
+	// Without Now, x= counts from the wall clock.
+	signed, err = dkim.Sign(message("a@example.org"), key, dkim.Options{Expiration: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := d.verifyOne(t, signed, "example.org"); time.Until(v.Expiration) < 59*time.Minute || time.Until(v.Expiration) > time.Hour {
+		t.Errorf("x= %v, want in an hour", v.Expiration)
+	}
 	if _, err := dkim.Sign(message("a@example.org"), key, dkim.Options{Expiration: -time.Second}); err == nil {
 		t.Error("negative expiration accepted")
 	}
@@ -366,6 +377,10 @@ func TestExpiration(t *testing.T) {
 // TestSignErrors: Sign refuses what it cannot sign.
 func TestSignErrors(t *testing.T) {
 	reg := build(t, conf)
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
 	key, _ := dkim.ChooseKey(reg, "mta2", "", "example.com")
 	for _, c := range []struct {
 		why string
@@ -375,6 +390,7 @@ func TestSignErrors(t *testing.T) {
 		{"no private key", string(message("a@example.com")), config.DomainKey{Selector: "s", Domain: "example.com"}},
 		{"no end of header", "From: a@example.com\r\nSubject: x\r\n", key},
 		{"no selector", string(message("a@example.com")), config.DomainKey{Domain: "example.com", Signer: key.Signer}},
+		{"ECDSA key", string(message("a@example.com")), config.DomainKey{Selector: "s", Domain: "example.com", Signer: ecKey}},
 	} {
 		if out, err := dkim.Sign([]byte(c.msg), c.key, dkim.Options{}); err == nil {
 			t.Errorf("%s: signed:\n%s", c.why, out)
