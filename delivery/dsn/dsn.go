@@ -255,6 +255,10 @@ func (b *builder) build() error {
 		}
 	}
 
+	if b.full {
+		b.out.Grow(len(in.Original) + len(in.Original)/64 + 8<<10)
+	}
+
 	token, err := randomToken()
 	if err != nil {
 		return err
