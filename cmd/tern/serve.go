@@ -15,6 +15,7 @@ import (
 
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/delivery"
+	"github.com/ternmta/tern/delivery/acct"
 	"github.com/ternmta/tern/listener"
 	"github.com/ternmta/tern/queue"
 	"github.com/ternmta/tern/vmta"
@@ -91,6 +92,14 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tern serve: %v\n", err)
 		return 1
 	}
+	// Accounting files are opened once; a reload does not reopen them
+	// (their settings take effect at the next start).
+	accounts, err := acct.OpenAll(cfg, acct.Options{Logger: log.With("component", "acct")})
+	if err != nil {
+		fmt.Fprintf(stderr, "tern serve: %v\n", err)
+		return 1
+	}
+	defer accounts.Close()
 	var current atomic.Pointer[vmta.Registry]
 	current.Store(reg)
 	sch := delivery.New(delivery.Options{
@@ -98,6 +107,11 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Registry: current.Load,
 		Resolver: resolver,
 		Logger:   log.With("component", "delivery"),
+		OnOutcome: func(ev delivery.Event) {
+			if err := accounts.Write(ev.AcctRecord()); err != nil {
+				log.Error("writing an accounting record failed", "err", err)
+			}
+		},
 	})
 	sched.Store(sch)
 	sch.Start()
@@ -139,6 +153,9 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		}
 		cancel()
 		break
+	}
+	if err := accounts.Close(); err != nil {
+		log.Error("closing the accounting files", "err", err)
 	}
 	if err := q.Close(); err != nil {
 		log.Error("closing the spool", "err", err)

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"encoding/csv"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/ternmta/tern/delivery/acct"
+	"github.com/ternmta/tern/delivery/dnstest"
+	"github.com/ternmta/tern/delivery/smtptest"
+)
+
+// TestPipelineAccounting runs tern serve with an accounting file: a
+// delivered recipient gets a d line with both IPs, the VMTA, the job id
+// from X-Job and the queue domain/vmta; a refused one a b line with its
+// bounce category.
+func TestPipelineAccounting(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dns := dnstest.Start(t, zones("acct.test"))
+	sink := smtptest.Start(t, smtptest.Options{Addr: sinkIP + ":0"})
+	sink.ScriptRcpt("gone@acct.test", smtptest.Reply{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 1},
+		Message: "The email account that you tried to reach does not exist"})
+	smtpPort := freePort(t)
+	acctPath := filepath.Join(dir, "acct", "acct.csv")
+	conf := baseConf(dir, smtpPort, dns.Addr(), sink.Port(), "") + fmt.Sprintf(`
+<source 127.0.0.1>
+    process-x-job yes
+</source>
+<acct-file %s>
+    records d,b
+</acct-file>
+`, acctPath)
+	// The second <source 127.0.0.1> merges with baseConf's.
+	p := startTern(t, writeConf(t, dir, conf))
+	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
+	mustInject(t, addr, "ok@acct.test", "acct-ok", "X-Virtual-MTA: mta1", "X-Job: spring-sale")
+	mustInject(t, addr, "gone@acct.test", "acct-gone", "X-Virtual-MTA: mta1")
+	sink.WaitMessages(t, 1, deliverTimeout)
+	p.waitLog(t, 0, deliverTimeout, "the bounce", func(l string) bool {
+		return strings.Contains(l, "outcome=bounced")
+	})
+	p.stop(t) // flushes the accounting file
+
+	f, err := os.Open(acctPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatalf("the accounting file does not parse: %v", err)
+	}
+	if len(rows) != 3 || strings.Join(rows[0], ",") != strings.Join(acct.Columns, ",") {
+		t.Fatalf("accounting file: %d rows, header %v\n%v", len(rows), rows[0], rows)
+	}
+	col := map[string]int{}
+	for i, c := range rows[0] {
+		col[c] = i
+	}
+	byRcpt := map[string][]string{}
+	for _, r := range rows[1:] {
+		byRcpt[r[col["rcpt"]]] = r
+	}
+	d, b := byRcpt["ok@acct.test"], byRcpt["gone@acct.test"]
+	if d == nil || b == nil {
+		t.Fatalf("missing records: %v", rows)
+	}
+	for field, want := range map[string]string{
+		"type": "d", "orig": "app@example.org", "dlvSourceIp": mta1.ip, "dlvDestinationIp": sinkIP,
+		"vmta": "mta1", "jobId": "spring-sale", "queue": "acct.test/mta1", "dsnAction": "delivered",
+	} {
+		if got := d[col[field]]; got != want {
+			t.Errorf("d record %s = %q, want %q", field, got, want)
+		}
+	}
+	for field, want := range map[string]string{
+		"type": "b", "bounceCat": "bad-mailbox", "dsnStatus": "5.1.1", "dsnAction": "failed", "queue": "acct.test/mta1",
+	} {
+		if got := b[col[field]]; got != want {
+			t.Errorf("b record %s = %q, want %q", field, got, want)
+		}
+	}
+	if !strings.Contains(b[col["dsnDiag"]], "does not exist") {
+		t.Errorf("b record dsnDiag = %q, want the remote reply", b[col["dsnDiag"]])
+	}
+}

@@ -1,0 +1,80 @@
+package delivery
+
+import (
+	"fmt"
+
+	"github.com/ternmta/tern/delivery/acct"
+	"github.com/ternmta/tern/delivery/bounce"
+	"github.com/ternmta/tern/queue"
+)
+
+// AcctRecord turns an outcome into its accounting record: d for a
+// delivery, b for a bounce (with its bounce category), t for a deferral.
+func (ev Event) AcctRecord() acct.Record {
+	rc := ev.Recipient
+	r := acct.Record{
+		TimeLogged: ev.Time,
+		TimeQueued: ev.Envelope.Received,
+		Orig:       ev.Envelope.Sender,
+		Rcpt:       rc.Address,
+		ORcpt:      rc.ORcpt,
+		SrcType:    "smtp",
+		DlvType:    "smtp",
+		DlvSize:    int64(ev.Size),
+		VMTA:       rc.VMTA,
+		JobID:      ev.Envelope.JobID,
+		EnvID:      ev.Envelope.EnvID,
+		Queue:      rc.Key().String(),
+		VMTAPool:   rc.Pool,
+	}
+	if ev.Envelope.SourceIP.IsValid() {
+		r.SrcMta = ev.Envelope.SourceIP.String()
+	}
+	if ev.SourceIP.IsValid() {
+		r.DlvSourceIP = ev.SourceIP.String()
+	}
+	if ev.RemoteIP.IsValid() {
+		r.DlvDestinationIP = ev.RemoteIP.String()
+		r.DSNMta = fmt.Sprintf("dns;%s (%s)", ev.RemoteHost, ev.RemoteIP)
+	}
+	r.DSNDiag = "smtp;" + ev.Reply
+	code := replyCode(ev.Reply)
+	if e, ok := bounce.ParseEnhanced(ev.Reply); ok {
+		r.DSNStatus = fmt.Sprintf("%d.%d.%d", e.Class, e.Subject, e.Detail)
+	}
+	switch ev.Kind {
+	case queue.Delivered:
+		r.Type, r.DSNAction = acct.TypeDelivered, "delivered"
+		if r.DSNStatus == "" {
+			r.DSNStatus = "2.0.0"
+		}
+	case queue.Bounced:
+		r.Type, r.DSNAction = acct.TypeBounced, "failed"
+		r.BounceCat = string(bounce.Classify(code, ev.Reply))
+		if r.DSNStatus == "" {
+			r.DSNStatus = "5.0.0"
+		}
+	default:
+		r.Type, r.DSNAction = acct.TypeTransient, "delayed"
+		r.BounceCat = string(bounce.Classify(code, ev.Reply))
+		if r.DSNStatus == "" {
+			r.DSNStatus = "4.0.0"
+		}
+	}
+	return r
+}
+
+// replyCode reads the three-digit code a reply starts with; 0 if none.
+func replyCode(reply string) int {
+	if len(reply) < 3 {
+		return 0
+	}
+	n := 0
+	for _, c := range reply[:3] {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
