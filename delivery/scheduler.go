@@ -37,6 +37,11 @@ type Options struct {
 	// feed for accounting records and bounce messages. It must not block
 	// for long.
 	OnOutcome func(Event)
+	// OnBounce, if set, is called once per message and lease with the
+	// recipients that bounced, before their outcomes are recorded (so the
+	// body is still in the spool): the hook that writes one bounce report
+	// (DSN) per message rather than one per recipient.
+	OnBounce func(env queue.Envelope, bounced []Event, body []byte)
 }
 
 // Event is one recipient's outcome with what accounting and bounce reports
@@ -457,6 +462,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 			}
 		}
 		outs := make([]queue.Outcome, 0, len(results))
+		var bounced []Event
 		for _, res := range results {
 			out := queue.Outcome{ID: entry.ID, N: res.rcpt.N, Reply: res.text}
 			var act *config.ReplyActions
@@ -500,8 +506,12 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 				}
 			}
 			outs = append(outs, out)
-			s.record(entry, res.rcpt, oc, out, len(body))
+			ev := s.record(entry, res.rcpt, oc, out, len(body))
+			if out.Kind == queue.Bounced {
+				bounced = append(bounced, ev)
+			}
 		}
+		s.bounce(entry, bounced, func() ([]byte, error) { return body, nil })
 		if err := lease.Report(outs...); err != nil {
 			s.log.Error("recording outcomes failed", "id", entry.ID.String(), "err", err)
 		}
@@ -512,6 +522,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 // reportAll gives every live recipient of entry the same outcome.
 func (s *Scheduler) reportAll(lease *queue.Lease, entry queue.Entry, kind queue.Kind, reply string, pol *config.DomainSettings) {
 	outs := make([]queue.Outcome, 0, len(entry.Recipients))
+	var bounced []Event
 	for _, rc := range entry.Recipients {
 		if !lease.Live(entry.ID, rc.N) {
 			continue
@@ -521,8 +532,11 @@ func (s *Scheduler) reportAll(lease *queue.Lease, entry queue.Entry, kind queue.
 			out.Until = s.nextAttempt(entry, rc, pol)
 		}
 		outs = append(outs, out)
-		s.record(entry, rc, nil, out, 0)
+		if ev := s.record(entry, rc, nil, out, 0); kind == queue.Bounced {
+			bounced = append(bounced, ev)
+		}
 	}
+	s.bounce(entry, bounced, func() ([]byte, error) { return lease.Body(entry.ID) })
 	if err := lease.Report(outs...); err != nil {
 		s.log.Error("recording outcomes failed", "id", entry.ID.String(), "err", err)
 	}
@@ -617,13 +631,13 @@ func (s *Scheduler) vmtaLimiter(name string) *limiter {
 
 // record writes the one line per recipient attempt operators grep for and
 // hands the outcome to OnOutcome.
-func (s *Scheduler) record(entry queue.Entry, rc queue.RecipientState, oc *outConn, out queue.Outcome, size int) {
+func (s *Scheduler) record(entry queue.Entry, rc queue.RecipientState, oc *outConn, out queue.Outcome, size int) Event {
+	ev := Event{Time: s.opts.Now(), ID: entry.ID, Envelope: entry.Envelope, Recipient: rc,
+		Kind: out.Kind, Reply: out.Reply, NextAttempt: out.Until, Size: size}
+	if oc != nil {
+		ev.SourceIP, ev.RemoteHost, ev.RemoteIP, ev.TLSVersion = oc.source, oc.target.host, oc.target.ip, oc.tls
+	}
 	if s.opts.OnOutcome != nil {
-		ev := Event{Time: s.opts.Now(), ID: entry.ID, Envelope: entry.Envelope, Recipient: rc,
-			Kind: out.Kind, Reply: out.Reply, NextAttempt: out.Until, Size: size}
-		if oc != nil {
-			ev.SourceIP, ev.RemoteHost, ev.RemoteIP, ev.TLSVersion = oc.source, oc.target.host, oc.target.ip, oc.tls
-		}
 		s.opts.OnOutcome(ev)
 	}
 	attrs := []any{"id", entry.ID.String(), "rcpt", rc.Address, "vmta", rc.VMTA, "outcome", out.Kind.String(), "reply", out.Reply}
@@ -638,6 +652,19 @@ func (s *Scheduler) record(entry queue.Entry, rc queue.RecipientState, oc *outCo
 		attrs = append(attrs, "next_attempt", out.Until.Format(time.RFC3339))
 	}
 	s.log.Info("delivery attempt", attrs...)
+	return ev
+}
+
+// bounce hands the bounced recipients of one message to OnBounce.
+func (s *Scheduler) bounce(entry queue.Entry, bounced []Event, body func() ([]byte, error)) {
+	if len(bounced) == 0 || s.opts.OnBounce == nil {
+		return
+	}
+	b, err := body()
+	if err != nil {
+		s.log.Error("reading a bounced message for its report failed", "id", entry.ID.String(), "err", err)
+	}
+	s.opts.OnBounce(entry.Envelope, bounced, b)
 }
 
 func tlsName(v uint16) string {

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"encoding/csv"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-message"
 	"github.com/emersion/go-smtp"
 
 	"github.com/ternmta/tern/delivery/acct"
@@ -18,11 +21,11 @@ import (
 // TestPipelineAccounting runs tern serve with an accounting file: a
 // delivered recipient gets a d line with both IPs, the VMTA, the job id
 // from X-Job and the queue domain/vmta; a refused one a b line with its
-// bounce category.
+// bounce category, and its sender a bounce report (multipart/report).
 func TestPipelineAccounting(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	dns := dnstest.Start(t, zones("acct.test"))
+	dns := dnstest.Start(t, zones("acct.test", "example.org")) // example.org: the sender, for the DSN
 	sink := smtptest.Start(t, smtptest.Options{Addr: sinkIP + ":0"})
 	sink.ScriptRcpt("gone@acct.test", smtptest.Reply{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 1},
 		Message: "The email account that you tried to reach does not exist"})
@@ -41,11 +44,52 @@ func TestPipelineAccounting(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
 	mustInject(t, addr, "ok@acct.test", "acct-ok", "X-Virtual-MTA: mta1", "X-Job: spring-sale")
 	mustInject(t, addr, "gone@acct.test", "acct-gone", "X-Virtual-MTA: mta1")
-	sink.WaitMessages(t, 1, deliverTimeout)
-	p.waitLog(t, 0, deliverTimeout, "the bounce", func(l string) bool {
-		return strings.Contains(l, "outcome=bounced")
-	})
-	p.stop(t) // flushes the accounting file
+	msgs := sink.WaitMessages(t, 2, deliverTimeout) // the delivery and the DSN
+	p.stop(t)                                       // flushes the accounting file
+
+	var report *smtptest.Message
+	for i, m := range msgs {
+		if len(m.Rcpts) == 1 && m.Rcpts[0] == "app@example.org" {
+			report = &msgs[i]
+		}
+	}
+	if report == nil {
+		t.Fatalf("no bounce report reached the sender; got %d messages", len(msgs))
+	}
+	if report.From != "" {
+		t.Errorf("bounce report sent from %q, want the null sender", report.From)
+	}
+	ent, err := message.Read(bytes.NewReader(report.Data))
+	if err != nil {
+		t.Fatalf("bounce report does not parse: %v", err)
+	}
+	mt, params, _ := ent.Header.ContentType()
+	if mt != "multipart/report" || params["report-type"] != "delivery-status" {
+		t.Fatalf("bounce report is %s %v, want multipart/report; report-type=delivery-status", mt, params)
+	}
+	var parts []string
+	status := ""
+	mr := ent.MultipartReader()
+	for {
+		part, err := mr.NextPart()
+		if err != nil {
+			break
+		}
+		pt, _, _ := part.Header.ContentType()
+		parts = append(parts, pt)
+		if pt == "message/delivery-status" {
+			b, _ := io.ReadAll(part.Body)
+			status = string(b)
+		}
+	}
+	if len(parts) != 3 || parts[1] != "message/delivery-status" {
+		t.Errorf("bounce report parts %v, want text, delivery-status, original", parts)
+	}
+	for _, want := range []string{"Final-Recipient: rfc822; gone@acct.test", "Action: failed", "Status: 5.1.1"} {
+		if !strings.Contains(status, want) {
+			t.Errorf("delivery-status lacks %q:\n%s", want, status)
+		}
+	}
 
 	f, err := os.Open(acctPath)
 	if err != nil {
@@ -56,7 +100,8 @@ func TestPipelineAccounting(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the accounting file does not parse: %v", err)
 	}
-	if len(rows) != 3 || strings.Join(rows[0], ",") != strings.Join(acct.Columns, ",") {
+	// The header, the d and b lines, and the d line of the bounce report.
+	if len(rows) != 4 || strings.Join(rows[0], ",") != strings.Join(acct.Columns, ",") {
 		t.Fatalf("accounting file: %d rows, header %v\n%v", len(rows), rows[0], rows)
 	}
 	col := map[string]int{}

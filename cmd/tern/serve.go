@@ -16,6 +16,7 @@ import (
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/delivery"
 	"github.com/ternmta/tern/delivery/acct"
+	"github.com/ternmta/tern/delivery/dsn"
 	"github.com/ternmta/tern/listener"
 	"github.com/ternmta/tern/queue"
 	"github.com/ternmta/tern/vmta"
@@ -111,6 +112,9 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 			if err := accounts.Write(ev.AcctRecord()); err != nil {
 				log.Error("writing an accounting record failed", "err", err)
 			}
+		},
+		OnBounce: func(env queue.Envelope, bounced []delivery.Event, body []byte) {
+			sendDSN(q, current.Load().Config(), env, bounced, body, log)
 		},
 	})
 	sched.Store(sch)
@@ -232,4 +236,46 @@ func freeSpace(dir string) (uint64, error) {
 		return 0, err
 	}
 	return st.Bavail * uint64(st.Bsize), nil
+}
+
+// sendDSN spools one bounce report (RFC 3464) to the sender of a message
+// for its bounced recipients. It goes out through {default} from the null
+// sender, so a report that bounces never makes another report.
+func sendDSN(q *queue.Queue, cfg *config.Config, env queue.Envelope, bounced []delivery.Event, body []byte, log *slog.Logger) {
+	in := dsn.Input{
+		ReportingMTA: cfg.HostName.Value,
+		Postmaster:   cfg.Postmaster.Value,
+		Sender:       env.Sender,
+		EnvID:        env.EnvID,
+		Ret:          env.DSNRet,
+		Arrival:      env.Received,
+		Original:     body,
+	}
+	for _, ev := range bounced {
+		in.Recipients = append(in.Recipients, dsn.Recipient{
+			Address:     ev.Recipient.Address,
+			ORcpt:       ev.Recipient.ORcpt,
+			Notify:      ev.Recipient.Notify,
+			RemoteMTA:   ev.RemoteHost,
+			Diagnostic:  ev.Reply,
+			LastAttempt: ev.Time,
+		})
+	}
+	msg, ok, err := dsn.Build(in)
+	if err != nil {
+		log.Error("building a bounce report failed", "to", env.Sender, "err", err)
+		return
+	}
+	if !ok {
+		return // null sender, or NOTIFY asked for no report
+	}
+	id, err := q.Put(context.Background(), queue.Message{
+		Recipients: []queue.Recipient{{Address: env.Sender, VMTA: config.DefaultVMTA}},
+		Body:       msg,
+	})
+	if err != nil {
+		log.Error("spooling a bounce report failed", "to", env.Sender, "err", err)
+		return
+	}
+	log.Info("bounce report queued", "id", id.String(), "to", env.Sender, "recipients", len(bounced))
 }
