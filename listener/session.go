@@ -20,6 +20,7 @@ import (
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/queue"
 	"github.com/ternmta/tern/vmta"
+	"github.com/ternmta/tern/vmta/dkim"
 )
 
 // backend makes a session per client for one listener.
@@ -352,6 +353,7 @@ func (ss *session) Data(r io.Reader) error {
 	if choice.Pool != nil {
 		pool = choice.Pool.Name
 	}
+	body := ss.sign(out.Bytes(), choice.VMTA.Name, pool)
 	rcpts := make([]queue.Recipient, len(ss.rcpts))
 	for i, rc := range ss.rcpts {
 		rc.VMTA, rc.Pool = choice.VMTA.Name, pool
@@ -367,7 +369,7 @@ func (ss *session) Data(r io.Reader) error {
 			DSNRet:   dsnRet(ss.mailOpts.Return),
 		},
 		Recipients: rcpts,
-		Body:       out.Bytes(),
+		Body:       body,
 	}
 	id, err := ss.s.opts.Spool.Put(context.Background(), msg)
 	if err != nil {
@@ -375,7 +377,7 @@ func (ss *session) Data(r io.Reader) error {
 		return ss.refuse(errSpool, "data")
 	}
 	ss.log.Info("message accepted", "id", id.String(), "user", ss.userName(), "vmta", choice.VMTA.Name,
-		"pool", pool, "via", choice.Via, "from", ss.from, "recipients", len(rcpts), "size", out.Len(), "job", job)
+		"pool", pool, "via", choice.Via, "from", ss.from, "recipients", len(rcpts), "size", len(body), "job", job)
 	return accepted(id)
 }
 
@@ -423,4 +425,27 @@ func (ss *session) checkSpace() *smtp.SMTPError {
 		return errDiskFull
 	}
 	return nil
+}
+
+// sign DKIM-signs the message once, as it is spooled, so every attempt
+// carries the same signature. The message is stored once for all its
+// recipients, so it is signed if any recipient's queue has dkim-sign yes,
+// with the key that aligns with its From domain. A message that cannot be
+// signed (no From header) is spooled unsigned, and the log says why.
+func (ss *session) sign(msg []byte, vmtaName, pool string) []byte {
+	for _, rc := range ss.rcpts {
+		if !dkim.Enabled(ss.snap.reg, vmtaName, pool, rc.Domain) {
+			continue
+		}
+		signed, key, err := dkim.SignFor(ss.snap.reg, vmtaName, pool, rc.Domain, msg, dkim.Options{Now: ss.s.opts.Now})
+		if err != nil {
+			ss.log.Warn("DKIM signing failed; the message is spooled unsigned", "vmta", vmtaName, "err", err)
+			return msg
+		}
+		if key == nil {
+			ss.log.Warn("dkim-sign is on but no domain-key aligns with the From domain; unsigned", "vmta", vmtaName, "rcpt_domain", rc.Domain)
+		}
+		return signed
+	}
+	return msg
 }
