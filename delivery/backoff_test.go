@@ -1,6 +1,7 @@
 package delivery_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -105,5 +106,41 @@ func TestReplyPatternDeferQueue(t *testing.T) {
 	firstDeferred := h.waitOutcome("first@defer.pat.test", 1).time
 	if second := h.waitOutcome("second@defer.pat.test", 1).time; second.Sub(firstDeferred) < 900*time.Millisecond {
 		t.Errorf("second went out %v after the deferring reply; the queue should have waited its retry (1s)", second.Sub(firstDeferred))
+	}
+}
+
+// In backoff mode the queue runs at backoff-max-msg-rate: here mail keeps
+// the queue in backoff (no return to normal at delivery) and goes out at
+// most 2 per second.
+func TestBackoffModeLimitsRate(t *testing.T) {
+	t.Parallel()
+	sink := startSink(t, mx3, 0, smtptest.Options{})
+	sink.ScriptRcpt("r0@backoff.pat.test", smtptest.R(421, "4.7.0 [TS01] Messages from 127.0.0.2 temporarily deferred"), smtptest.R(250))
+	h := newHarness(t, baseConfig(sink.Port(), patternConfig+`
+<domain backoff.pat.test>
+    backoff-max-msg-rate 2/s
+    backoff-to-normal-after-delivery no
+    max-rcpt-per-transaction 1
+</domain>
+`), patternZones())
+	h.run()
+	h.put("mta1", "r0@backoff.pat.test")
+	h.waitOutcome("r0@backoff.pat.test", 1)
+	if on, _ := h.sched.Mode(key("mta1", "backoff.pat.test")); !on {
+		t.Fatalf("not in backoff after the [TS01] reply:\n%s", h.logs.dump())
+	}
+	start := time.Now()
+	for i := 1; i <= 4; i++ {
+		h.put("mta1", fmt.Sprintf("r%d@backoff.pat.test", i))
+	}
+	for i := 1; i <= 4; i++ {
+		h.waitOutcome(fmt.Sprintf("r%d@backoff.pat.test", i), 1)
+	}
+	// Four recipients at 2/s with a burst of one: at least 1.5 s.
+	if took := time.Since(start); took < 1500*time.Millisecond {
+		t.Errorf("4 recipients in backoff took %v, want at least 1.5s at 2/s", took)
+	}
+	if on, _ := h.sched.Mode(key("mta1", "backoff.pat.test")); !on {
+		t.Error("the queue left backoff although backoff-to-normal-after-delivery is no")
 	}
 }
