@@ -42,6 +42,10 @@ type Options struct {
 	// and 1 minute (RFC 5321 §4.5.3.2 suggests 5 minutes for commands).
 	CommandTimeout time.Duration
 	WriteTimeout   time.Duration
+	// OnAccepted, if set, is called for every message answered 250, after
+	// it is spooled (the feed for "r" accounting records). The message's
+	// Body must not be kept.
+	OnAccepted func(id queue.ID, m *queue.Message)
 }
 
 // Server runs every smtp-listener of a configuration.

@@ -376,6 +376,9 @@ func (ss *session) Data(r io.Reader) error {
 		ss.log.Error("spool write failed", "err", err, "from", ss.from, "recipients", len(rcpts))
 		return ss.refuse(errSpool, "data")
 	}
+	if ss.s.opts.OnAccepted != nil {
+		ss.s.opts.OnAccepted(id, &msg)
+	}
 	ss.log.Info("message accepted", "id", id.String(), "user", ss.userName(), "vmta", choice.VMTA.Name,
 		"pool", pool, "via", choice.Via, "from", ss.from, "recipients", len(rcpts), "size", len(body), "job", job)
 	return accepted(id)

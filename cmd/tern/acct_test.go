@@ -36,7 +36,7 @@ func TestPipelineAccounting(t *testing.T) {
     process-x-job yes
 </source>
 <acct-file %s>
-    records d,b
+    records d,b,r
 </acct-file>
 `, acctPath)
 	// The second <source 127.0.0.1> merges with baseConf's.
@@ -100,8 +100,9 @@ func TestPipelineAccounting(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the accounting file does not parse: %v", err)
 	}
-	// The header, the d and b lines, and the d line of the bounce report.
-	if len(rows) != 4 || strings.Join(rows[0], ",") != strings.Join(acct.Columns, ",") {
+	// The header, two r lines, the d and b lines, and the d line of the
+	// bounce report.
+	if len(rows) != 6 || strings.Join(rows[0], ",") != strings.Join(acct.Columns, ",") {
 		t.Fatalf("accounting file: %d rows, header %v\n%v", len(rows), rows[0], rows)
 	}
 	col := map[string]int{}
@@ -109,8 +110,17 @@ func TestPipelineAccounting(t *testing.T) {
 		col[c] = i
 	}
 	byRcpt := map[string][]string{}
+	var received [][]string
 	for _, r := range rows[1:] {
+		if r[col["type"]] == "r" {
+			received = append(received, r)
+			continue
+		}
 		byRcpt[r[col["rcpt"]]] = r
+	}
+	if len(received) != 2 || received[0][col["rcpt"]] != "ok@acct.test" || received[0][col["vmta"]] != "mta1" ||
+		received[0][col["jobId"]] != "spring-sale" || received[0][col["srcMta"]] != "127.0.0.1" || received[0][col["timeQueued"]] == "" {
+		t.Errorf("r records: %v", received)
 	}
 	d, b := byRcpt["ok@acct.test"], byRcpt["gone@acct.test"]
 	if d == nil || b == nil {

@@ -125,6 +125,19 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Spool:     q,
 		Logger:    log.With("component", "smtp"),
 		FreeSpace: func() (uint64, error) { return freeSpace(spoolDir) },
+		OnAccepted: func(id queue.ID, m *queue.Message) {
+			if !accounts.Accepts(acct.TypeReceived) {
+				return
+			}
+			for _, rc := range m.Recipients {
+				r := acct.Record{Type: acct.TypeReceived, TimeQueued: id.Time(), Orig: m.Sender, Rcpt: rc.Address,
+					ORcpt: rc.ORcpt, SrcType: "smtp", SrcMta: m.SourceIP.String(), DlvSize: int64(len(m.Body)),
+					VMTA: rc.VMTA, JobID: m.JobID, EnvID: m.EnvID, Queue: rc.Key().String(), VMTAPool: rc.Pool}
+				if err := accounts.Write(r); err != nil {
+					log.Error("writing an accounting record failed", "err", err)
+				}
+			}
+		},
 	})
 	if err := srv.Apply(cfg, reg); err != nil {
 		log.Error("cannot open the listeners", "err", err)
