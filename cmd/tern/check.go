@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -33,25 +32,10 @@ func runCheck(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	path := fs.Arg(0)
-	cfg, err := config.Load(path, config.Options{})
-	if err != nil {
-		var list *config.ErrorList
-		if errors.As(err, &list) {
-			printDiagnostics(stderr, "warning: ", list.Warnings)
-			printDiagnostics(stderr, "", list.Errors)
-			fmt.Fprintf(stderr, "%s: %s, %s; the configuration is refused\n", path,
-				plural(len(list.Errors), "error"), plural(len(list.Warnings), "warning"))
-		} else {
-			fmt.Fprintf(stderr, "%s: %v\n", path, err)
-		}
-		return 1
-	}
-	// Build the runtime model too, so check refuses exactly what serve
+	// The same loading as serve's, so check refuses exactly what serve
 	// would refuse.
-	reg, err := vmta.Build(cfg)
-	if err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", path, err)
+	cfg, reg, ok := loadConfig(fs.Arg(0), stderr)
+	if !ok {
 		return 1
 	}
 	if !*quiet {

@@ -190,8 +190,10 @@ func loadConfig(path string, stderr io.Writer) (*config.Config, *vmta.Registry, 
 		if errors.As(err, &list) {
 			printDiagnostics(stderr, "warning: ", list.Warnings)
 			printDiagnostics(stderr, "", list.Errors)
+			fmt.Fprintf(stderr, "%s: %s, %s; the configuration is refused\n", path,
+				plural(len(list.Errors), "error"), plural(len(list.Warnings), "warning"))
 		} else {
-			fmt.Fprintln(stderr, err)
+			fmt.Fprintf(stderr, "%s: %v\n", path, err)
 		}
 		return nil, nil, false
 	}
