@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/ternmta/tern/delivery/acct"
 	"github.com/ternmta/tern/delivery/bounce"
@@ -77,4 +78,37 @@ func replyCode(reply string) int {
 		n = n*10 + int(c-'0')
 	}
 	return n
+}
+
+// RemovalRecord is the accounting record of a recipient an operator deleted
+// (or that Expire took out of the queue): a bounce, so that accounting
+// shows every recipient leaving the queue exactly once.
+func RemovalRecord(r queue.Removal, now time.Time) acct.Record {
+	diag, status, cat := "deleted by administrator", "5.0.0", string(bounce.Other)
+	if r.Kind == queue.Expired {
+		diag, status, cat = "message expired in the queue", "5.4.7", string(bounce.MessageExpired)
+	}
+	rc := r.Recipient
+	rec := acct.Record{
+		Type:       acct.TypeBounced,
+		TimeLogged: now,
+		TimeQueued: r.Envelope.Received,
+		Orig:       r.Envelope.Sender,
+		Rcpt:       rc.Address,
+		ORcpt:      rc.ORcpt,
+		DSNAction:  "failed",
+		DSNStatus:  status,
+		DSNDiag:    diag,
+		BounceCat:  cat,
+		SrcType:    "smtp",
+		VMTA:       rc.VMTA,
+		JobID:      r.Envelope.JobID,
+		EnvID:      r.Envelope.EnvID,
+		Queue:      rc.Key().String(),
+		VMTAPool:   rc.Pool,
+	}
+	if r.Envelope.SourceIP.IsValid() {
+		rec.SrcMta = r.Envelope.SourceIP.String()
+	}
+	return rec
 }
