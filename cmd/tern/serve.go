@@ -144,12 +144,27 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tern serve: %v\n", err)
 		return 1
 	}
+	// The admin API is for operators; mail service does not depend on it, so
+	// a port that cannot be bound is logged and serving goes on.
+	admin, err := listener.StartAdmin(cfg, listener.AdminOptions{Queue: q, Mode: sch.Mode, Logger: log.With("component", "admin")})
+	if err != nil {
+		log.Error("admin API not available", "err", err)
+	} else {
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			admin.Shutdown(ctx)
+			cancel()
+		}()
+	}
 	fmt.Fprintf(stdout, "tern serve: running with %s (pid %d)\n", *path, os.Getpid())
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			if reg := reload(*path, srv, log); reg != nil {
 				current.Store(reg)
+				if admin != nil {
+					admin.SetConfig(reg.Config())
+				}
 				// Queues whose VMTA the reload brought back (or whose
 				// limits rose) have due mail but will not be notified
 				// again: start them now.
