@@ -85,12 +85,24 @@ type snapshot struct {
 	cramMD5 bool
 }
 
-// running is one open listener.
+// running is one open listener. cur is its current smtp-listener line: a
+// reload that changes only what sessions read (source=) swaps it and keeps
+// the socket; baked says what the socket and go-smtp server were built
+// with, and a change there reopens the listener.
 type running struct {
-	lst  *config.Listener
-	srv  *smtp.Server
-	ln   net.Listener
-	done chan struct{}
+	cur   atomic.Pointer[config.Listener]
+	baked string
+	srv   *smtp.Server
+	ln    net.Listener
+	done  chan struct{}
+}
+
+// bakedInto describes what a listener's socket and go-smtp server are built
+// with: implicit TLS, whether STARTTLS is offered, the SIZE cap and the
+// banner name. The certificate itself is not in it: it is read per
+// handshake, so a renewed certificate needs no reopen.
+func bakedInto(l *config.Listener, snap *snapshot) string {
+	return fmt.Sprintf("%v|%v|%d|%s", l.TLS, snap.tls != nil, snap.maxSize, snap.cfg.HostName.Value)
 }
 
 // New returns a Server with no listener open; Apply opens them.
@@ -116,10 +128,10 @@ func New(opts Options) *Server {
 	}
 }
 
-// listenerKey identifies a listener socket and how it behaves; a reload
-// keeps a listener whose key is unchanged, so its clients are not cut off.
+// listenerKey identifies a listener socket: a reload keeps the socket of an
+// address it still has, so its clients are not cut off.
 func listenerKey(l *config.Listener) string {
-	return fmt.Sprintf("%s|%s|%s|%v", l.Network, l.Addr, l.Source, l.TLS)
+	return l.Network + "|" + l.Addr
 }
 
 // Apply makes cfg and reg the configuration of new sessions, opens the
@@ -159,33 +171,59 @@ func (s *Server) Apply(cfg *config.Config, reg *vmta.Registry) error {
 	for _, l := range cfg.Listeners {
 		want[listenerKey(l)] = l
 	}
-	var opened []*running
+	var opened, reopened []*running
+	undo := func() {
+		for _, o := range opened {
+			o.ln.Close()
+			delete(s.listeners, listenerKey(o.cur.Load()))
+		}
+	}
 	for key, l := range want {
-		if _, ok := s.listeners[key]; ok {
+		r, ok := s.listeners[key]
+		if ok && r.baked == bakedInto(l, snap) {
 			continue
 		}
-		r, err := s.open(l, snap)
+		if ok {
+			// Built differently (implicit TLS, STARTTLS, SIZE, banner):
+			// the socket is replaced. Sessions in progress go on.
+			r.ln.Close()
+			delete(s.listeners, key)
+		}
+		nr, err := s.open(l, snap)
 		if err != nil {
-			for _, o := range opened {
-				o.ln.Close()
-				delete(s.listeners, listenerKey(o.lst))
+			undo()
+			if ok {
+				// Put the old listener back as it was.
+				if back, err2 := s.open(r.cur.Load(), s.snap.Load()); err2 == nil {
+					s.listeners[key] = back
+					reopened = append(reopened, back)
+				}
+			}
+			for _, b := range reopened {
+				go b.serve(s)
 			}
 			return err
 		}
-		s.listeners[key] = r
-		opened = append(opened, r)
+		s.listeners[key] = nr
+		opened = append(opened, nr)
 	}
 	s.snap.Store(snap)
 	for key, r := range s.listeners {
-		if _, ok := want[key]; !ok {
+		l, ok := want[key]
+		if !ok {
 			r.ln.Close()
 			delete(s.listeners, key)
-			s.log.Info("smtp listener closed", "addr", r.lst.Addr)
+			s.log.Info("smtp listener closed", "addr", r.cur.Load().Addr)
+			continue
+		}
+		if old := r.cur.Swap(l); old.Source != l.Source {
+			s.log.Info("smtp listener updated", "addr", l.Addr, "source", l.Source)
 		}
 	}
 	for _, r := range opened {
 		go r.serve(s)
-		s.log.Info("smtp listener open", "addr", r.ln.Addr().String(), "source", r.lst.Source, "implicit_tls", r.lst.TLS)
+		l := r.cur.Load()
+		s.log.Info("smtp listener open", "addr", r.ln.Addr().String(), "source", l.Source, "implicit_tls", l.TLS)
 	}
 	return nil
 }
@@ -195,15 +233,28 @@ func (s *Server) open(l *config.Listener, snap *snapshot) (*running, error) {
 	if err != nil {
 		return nil, fmt.Errorf("smtp-listener %s (%s): %w", l.Addr, l.Pos, err)
 	}
-	var ln net.Listener = &gate{Listener: raw, s: s, lst: l}
-	if l.TLS {
-		ln = tls.NewListener(ln, snap.tls)
+	r := &running{baked: bakedInto(l, snap), done: make(chan struct{})}
+	r.cur.Store(l)
+	// The certificate is looked up per handshake, so a reload that renews
+	// it applies to the next client without reopening the socket.
+	var tlsCfg *tls.Config
+	if snap.tls != nil {
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			if cur := s.snap.Load(); cur != nil && cur.tls != nil {
+				return cur.tls, nil
+			}
+			return snap.tls, nil
+		}}
 	}
-	srv := smtp.NewServer(&backend{s: s, lst: l})
+	var ln net.Listener = &gate{Listener: raw, s: s, r: r}
+	if l.TLS {
+		ln = tls.NewListener(ln, tlsCfg)
+	}
+	srv := smtp.NewServer(&backend{s: s, r: r})
 	srv.Network = l.Network
 	srv.Addr = l.Addr
 	srv.Domain = snap.cfg.HostName.Value
-	srv.TLSConfig = snap.tls
+	srv.TLSConfig = tlsCfg
 	srv.MaxMessageBytes = snap.maxSize
 	srv.AllowInsecureAuth = true // the session decides, per source (AuthMechanisms)
 	srv.EnableSMTPUTF8 = true
@@ -211,13 +262,14 @@ func (s *Server) open(l *config.Listener, snap *snapshot) (*running, error) {
 	srv.ReadTimeout = s.opts.CommandTimeout
 	srv.WriteTimeout = s.opts.WriteTimeout
 	srv.ErrorLog = slogLogger{s.log}
-	return &running{lst: l, srv: srv, ln: ln, done: make(chan struct{})}, nil
+	r.srv, r.ln = srv, ln
+	return r, nil
 }
 
 func (r *running) serve(s *Server) {
 	defer close(r.done)
 	if err := r.srv.Serve(r.ln); err != nil && !errors.Is(err, net.ErrClosed) {
-		s.log.Error("smtp listener failed", "addr", r.lst.Addr, "err", err)
+		s.log.Error("smtp listener failed", "addr", r.cur.Load().Addr, "err", err)
 	}
 }
 
@@ -282,8 +334,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // over total-max-smtp-in, or from a source with smtp-service no.
 type gate struct {
 	net.Listener
-	s   *Server
-	lst *config.Listener
+	s *Server
+	r *running
 }
 
 func (g *gate) Accept() (net.Conn, error) {
@@ -303,17 +355,18 @@ func (g *gate) Accept() (net.Conn, error) {
 			refusal = fmt.Sprintf(replyShuttingDown, host)
 		case n > int64(snap.cfg.TotalMaxSMTPIn.Value):
 			refusal = fmt.Sprintf(replyTooManyConns, host)
-		case !snap.reg.Source(ip, g.lst.Source).SMTPService:
+		case !snap.reg.Source(ip, g.r.cur.Load().Source).SMTPService:
 			refusal = fmt.Sprintf(replyServiceDenied, host, ip)
 		}
 		if refusal == "" {
 			return counted, nil
 		}
-		g.s.log.Info("smtp connection refused", "client", ip.String(), "listener", g.lst.Addr, "reply", refusal[:len(refusal)-2])
+		lst := g.r.cur.Load()
+		g.s.log.Info("smtp connection refused", "client", ip.String(), "listener", lst.Addr, "reply", refusal[:len(refusal)-2])
 		go func() {
 			// An implicit-TLS listener cannot speak before the handshake;
 			// its client just sees the connection close.
-			if !g.lst.TLS {
+			if !lst.TLS {
 				counted.SetWriteDeadline(time.Now().Add(10 * time.Second))
 				io.WriteString(counted, refusal)
 			}

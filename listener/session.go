@@ -25,26 +25,27 @@ import (
 
 // backend makes a session per client for one listener.
 type backend struct {
-	s   *Server
-	lst *config.Listener
+	s *Server
+	r *running
 }
 
 // NewSession runs at the client's first EHLO/HELO (and again after
 // STARTTLS), so the TLS state is known.
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	snap := b.s.snap.Load()
+	lst := b.r.cur.Load() // source= may change with a reload; the socket stays
 	ip := remoteIP(c.Conn())
 	_, tlsOn := c.TLSConnectionState()
 	ss := &session{
 		s:      b.s,
 		snap:   snap,
 		conn:   c,
-		lst:    b.lst,
+		lst:    lst,
 		ip:     ip,
 		tls:    tlsOn,
-		policy: snap.reg.Source(ip, b.lst.Source),
+		policy: snap.reg.Source(ip, lst.Source),
 	}
-	ss.log = b.s.log.With("client", ip.String(), "listener", b.lst.Addr)
+	ss.log = b.s.log.With("client", ip.String(), "listener", lst.Addr)
 	if ss.policy.LogConnections {
 		ss.log.Info("smtp session", "helo", c.Hostname(), "tls", tlsOn)
 	}
