@@ -1,11 +1,13 @@
 package listener
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,8 +25,18 @@ type AdminOptions struct {
 	Queue *queue.Queue
 	// Mode reports whether a queue key is in backoff mode and since when;
 	// the scheduler answers it (the listener does not import delivery).
-	Mode   func(queue.Key) (backoff bool, since time.Time)
-	Logger *slog.Logger
+	Mode func(queue.Key) (backoff bool, since time.Time)
+	// OnRemoved, if not nil, is called with each recipient that
+	// POST /api/delete removed, once its removal is durable, so that the
+	// caller can account for it (the listener does not import delivery).
+	OnRemoved func(queue.Removal)
+	// Listener, if not nil, is used instead of opening cfg.HTTPMgmtAddr;
+	// StartAdmin takes ownership of it. Tests pass one on 127.0.0.1:0.
+	Listener net.Listener
+	// Started is when the process started, for the uptime in
+	// GET /api/status; zero means when StartAdmin was called.
+	Started time.Time
+	Logger  *slog.Logger
 }
 
 // Admin is the HTTP admin API on http-mgmt-port. Access follows
@@ -42,15 +54,20 @@ func StartAdmin(cfg *config.Config, opts AdminOptions) (*Admin, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	ln, err := net.Listen("tcp", cfg.HTTPMgmtAddr.Value)
-	if err != nil {
-		return nil, fmt.Errorf("http-mgmt-port %s: %w", cfg.HTTPMgmtAddr.Value, err)
+	if opts.Started.IsZero() {
+		opts.Started = time.Now()
+	}
+	ln := opts.Listener
+	if ln == nil {
+		var err error
+		ln, err = net.Listen("tcp", cfg.HTTPMgmtAddr.Value)
+		if err != nil {
+			return nil, fmt.Errorf("http-mgmt-port %s: %w", cfg.HTTPMgmtAddr.Value, err)
+		}
 	}
 	a := &Admin{opts: opts, ln: ln}
 	a.cfg.Store(cfg)
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/queues", a.guard(config.AccessMonitor, a.queues))
-	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	a.srv = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			opts.Logger.Error("admin API stopped", "err", err)
@@ -90,7 +107,7 @@ func (a *Admin) guard(level config.AccessLevel, h http.HandlerFunc) http.Handler
 		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if granted < level || (key != "" && subtle.ConstantTimeCompare([]byte(token), []byte(key)) != 1) {
 			a.opts.Logger.Info("admin API refused", "client", ip.String(), "path", r.URL.Path, "level", granted.String())
-			writeJSON(w, http.StatusForbidden, map[string]string{"error": "access denied"})
+			writeError(w, http.StatusForbidden, "access denied")
 			return
 		}
 		h(w, r)
@@ -137,8 +154,277 @@ func (a *Admin) queues(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// writeError answers with a JSON {"error": msg}.
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// writeJSON answers with v encoded as JSON.
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(v)
+}
+
+// adminRoute is one endpoint of the admin API.
+type adminRoute struct {
+	method, path string
+	level        config.AccessLevel
+	handler      func(*Admin, http.ResponseWriter, *http.Request)
+}
+
+// adminRoutes lists every endpoint with the access level it needs.
+var adminRoutes = []adminRoute{
+	{"GET", "/api/queues", config.AccessMonitor, (*Admin).queues},
+	{"GET", "/api/status", config.AccessMonitor, (*Admin).status},
+	{"POST", "/api/pause", config.AccessOperator, (*Admin).pause},
+	{"POST", "/api/resume", config.AccessOperator, (*Admin).resume},
+	{"POST", "/api/retry", config.AccessOperator, (*Admin).retry},
+	{"POST", "/api/delete", config.AccessOperator, (*Admin).delete},
+}
+
+// routes builds the handler of the admin API: the endpoints, 405 for a
+// known path with another method and 404 for anything else, both JSON.
+func (a *Admin) routes() http.Handler {
+	mux := http.NewServeMux()
+	methods := map[string]string{}
+	for _, rt := range adminRoutes {
+		h := rt.handler
+		mux.HandleFunc(rt.method+" "+rt.path, a.guard(rt.level, func(w http.ResponseWriter, r *http.Request) { h(a, w, r) }))
+		methods[rt.path] = rt.method
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if m, ok := methods[r.URL.Path]; ok {
+			w.Header().Set("Allow", m)
+			writeError(w, http.StatusMethodNotAllowed, "method not allowed; use "+m)
+			return
+		}
+		writeError(w, http.StatusNotFound, "not found")
+	})
+	return mux
+}
+
+// totalsView is the queue summary in GET /api/status.
+type totalsView struct {
+	Keys       int   `json:"queues"`
+	Messages   int   `json:"messages"`
+	Recipients int   `json:"recipients"`
+	Ready      int   `json:"ready"`
+	Deferred   int   `json:"deferred"`
+	Leased     int   `json:"leased"`
+	Bytes      int64 `json:"bytes"`
+}
+
+// statusView is the answer of GET /api/status.
+type statusView struct {
+	Started       time.Time  `json:"started"`
+	Uptime        string     `json:"uptime"`
+	UptimeSeconds int64      `json:"uptime_seconds"`
+	Spool         string     `json:"spool"`
+	Totals        totalsView `json:"totals"`
+}
+
+// status reports uptime, the queue totals and the spool directory.
+func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
+	up := time.Since(a.opts.Started)
+	t := a.opts.Queue.Totals()
+	writeJSON(w, http.StatusOK, statusView{
+		Started:       a.opts.Started,
+		Uptime:        up.Truncate(time.Second).String(),
+		UptimeSeconds: int64(up / time.Second),
+		Spool:         a.cfg.Load().Spool.Dir.Value,
+		Totals: totalsView{Keys: t.Keys, Messages: t.Messages, Recipients: t.Recipients,
+			Ready: t.Ready, Deferred: t.Deferred, Leased: t.Leased, Bytes: t.Bytes},
+	})
+}
+
+// opParams are the parameters of the POST operations, from the query
+// string or a JSON body (whose fields win).
+type opParams struct {
+	Queue string `json:"queue"`
+	Job   string `json:"job"`
+	All   bool   `json:"-"`
+}
+
+// maxAdminBody bounds the JSON body of an operation.
+const maxAdminBody = 64 << 10
+
+// readParams reads the operation parameters of r. all is "yes" (or "true")
+// in the query, yes/true or a JSON boolean in a body.
+func readParams(r *http.Request) (opParams, error) {
+	q := r.URL.Query()
+	p := opParams{Queue: q.Get("queue"), Job: q.Get("job"), All: isYes(q.Get("all"))}
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxAdminBody))
+	if err != nil {
+		return p, fmt.Errorf("reading the request body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return p, nil
+	}
+	var j struct {
+		Queue *string          `json:"queue"`
+		Job   *string          `json:"job"`
+		All   *json.RawMessage `json:"all"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return p, fmt.Errorf("the request body is not a JSON object of queue, job and all: %v", err)
+	}
+	if j.Queue != nil {
+		p.Queue = *j.Queue
+	}
+	if j.Job != nil {
+		p.Job = *j.Job
+	}
+	if j.All != nil {
+		var b bool
+		var s string
+		switch {
+		case json.Unmarshal(*j.All, &b) == nil:
+			p.All = b
+		case json.Unmarshal(*j.All, &s) == nil:
+			p.All = isYes(s)
+		default:
+			return p, errors.New(`"all" must be yes, no, true or false`)
+		}
+	}
+	return p, nil
+}
+
+// isYes reports whether s is a yes value of a parameter.
+func isYes(s string) bool {
+	switch strings.ToLower(s) {
+	case "yes", "true", "1":
+		return true
+	}
+	return false
+}
+
+// parseQueue maps a queue parameter (domain/vmta, */vmta, domain/* or,
+// with all, */*) to a Selector.
+func parseQueue(s string, all bool) (queue.Selector, error) {
+	domain, vmta, ok := strings.Cut(s, "/")
+	if !ok || domain == "" || vmta == "" || strings.Contains(vmta, "/") {
+		return queue.Selector{}, fmt.Errorf("queue %q: want domain/vmta, */vmta or domain/*", s)
+	}
+	var sel queue.Selector
+	if domain != "*" {
+		sel.Domain = strings.ToLower(domain)
+	}
+	if vmta != "*" {
+		sel.VMTA = vmta
+	}
+	if sel.Domain == "" && sel.VMTA == "" && !all {
+		return sel, errors.New("queue */* selects every queue; add all=yes to mean it")
+	}
+	return sel, nil
+}
+
+// selectorOf reads the queue selector of an operation; job is allowed only
+// when jobOK, and then either suffices.
+func selectorOf(r *http.Request, jobOK bool) (queue.Selector, opParams, error) {
+	p, err := readParams(r)
+	if err != nil {
+		return queue.Selector{}, p, err
+	}
+	if p.Job != "" && !jobOK {
+		return queue.Selector{}, p, errors.New("job is not supported by this operation")
+	}
+	if p.Queue == "" {
+		if p.Job != "" {
+			return queue.Selector{JobID: p.Job}, p, nil
+		}
+		if jobOK {
+			return queue.Selector{}, p, errors.New("missing queue or job")
+		}
+		return queue.Selector{}, p, errors.New("missing queue")
+	}
+	// A job narrows */* enough to need no all=yes.
+	sel, err := parseQueue(p.Queue, p.All || p.Job != "")
+	sel.JobID = p.Job
+	return sel, p, err
+}
+
+// opResult is the answer of a queue operation.
+type opResult struct {
+	Queue   string   `json:"queue,omitempty"`
+	Job     string   `json:"job,omitempty"`
+	Count   int      `json:"count"`
+	Matched []string `json:"matched"`
+}
+
+// matched names the existing queue keys sel matches (with a job, those
+// holding some of its recipients).
+func (a *Admin) matched(sel queue.Selector) []string {
+	out := []string{}
+	for _, st := range a.opts.Queue.Keys(sel) {
+		out = append(out, st.Key.String())
+	}
+	return out
+}
+
+// keyOp runs a selector operation that does not take a job: pause, resume
+// or retry. Count is what op returned; Matched the queues sel matches.
+func (a *Admin) keyOp(w http.ResponseWriter, r *http.Request, name string, op func(queue.Selector) (int, error)) {
+	sel, p, err := selectorOf(r, false)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	n, err := op(sel)
+	if err != nil {
+		a.opError(w, name, err)
+		return
+	}
+	a.opts.Logger.Info("admin "+name, "queue", p.Queue, "count", n, "client", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, opResult{Queue: p.Queue, Count: n, Matched: a.matched(sel)})
+}
+
+// opError answers a failed queue operation: 400 for an invalid argument,
+// 500 otherwise.
+func (a *Admin) opError(w http.ResponseWriter, name string, err error) {
+	if errors.Is(err, queue.ErrInvalid) {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	a.opts.Logger.Error("admin "+name+" failed", "err", err)
+	writeError(w, http.StatusInternalServerError, name+" failed: "+err.Error())
+}
+
+// pause pauses the queues of the queue parameter (POST /api/pause); count
+// is the number of queues that were not paused before.
+func (a *Admin) pause(w http.ResponseWriter, r *http.Request) {
+	a.keyOp(w, r, "pause", a.opts.Queue.Pause)
+}
+
+// resume resumes the queues of the queue parameter (POST /api/resume);
+// count is the number of queues resumed.
+func (a *Admin) resume(w http.ResponseWriter, r *http.Request) {
+	a.keyOp(w, r, "resume", a.opts.Queue.Resume)
+}
+
+// retry makes the deferred recipients of the queue parameter due now
+// (POST /api/retry); count is the number of recipients moved.
+func (a *Admin) retry(w http.ResponseWriter, r *http.Request) {
+	a.keyOp(w, r, "retry", a.opts.Queue.RetryNow)
+}
+
+// delete removes the recipients of the queue and/or job parameters
+// (POST /api/delete), reporting each through OnRemoved; count is the number
+// removed.
+func (a *Admin) delete(w http.ResponseWriter, r *http.Request) {
+	sel, p, err := selectorOf(r, true)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	matched := a.matched(sel)
+	n, err := a.opts.Queue.Delete(r.Context(), sel, a.opts.OnRemoved)
+	if err != nil {
+		a.opError(w, "delete", err)
+		return
+	}
+	a.opts.Logger.Info("admin delete", "queue", p.Queue, "job", p.Job, "count", n, "client", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, opResult{Queue: p.Queue, Job: p.Job, Count: n, Matched: matched})
 }

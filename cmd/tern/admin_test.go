@@ -1,10 +1,13 @@
 package main
 
 import (
+	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -87,4 +90,158 @@ http-api-key s3cret
 		t.Errorf("client outside http-access: %s, want 403", resp.Status)
 	}
 	p.stop(t)
+}
+
+// adminCall sends an admin API request with token and decodes the JSON
+// answer into out (when not nil); it returns the status code.
+func adminCall(t *testing.T, method, url, token string, out any) int {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			t.Fatalf("%s %s: %s, answer does not decode: %v", method, url, resp.Status, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+// TestPipelineAdminOperations drives a running tern serve whose sink is
+// down, so mail stays queued: pausing a queue shows paused: true in
+// /api/queues, resuming clears it, and deleting a job removes its
+// recipient with a b record "deleted by administrator" in the accounting
+// file.
+func TestPipelineAdminOperations(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dns := dnstest.Start(t, zones("adm.test", "del.test"))
+	sinkPort := freePortOn(t, sinkIP) // nothing listens: mail stays deferred
+	smtpPort, adminPort := freePort(t), freePort(t)
+	acctPath := filepath.Join(dir, "acct.csv")
+	conf := baseConf(dir, smtpPort, dns.Addr(), sinkPort, "") + fmt.Sprintf(`
+<source 127.0.0.1>
+    process-x-job yes
+</source>
+<acct-file %s>
+    records b
+</acct-file>
+http-mgmt-port 127.0.0.1:%d
+http-access 127.0.0.1 operator
+http-api-key k3y
+`, acctPath, adminPort)
+	p := startTern(t, writeConf(t, dir, conf))
+	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
+	mustInject(t, addr, "p@adm.test", "adm-pause", "X-Virtual-MTA: mta1", "X-Job: keep")
+	mustInject(t, addr, "d@del.test", "adm-delete", "X-Virtual-MTA: mta1", "X-Job: doomed")
+
+	base := fmt.Sprintf("http://127.0.0.1:%d/api/", adminPort)
+	// row returns the /api/queues row of name, nil when absent.
+	row := func(name string) map[string]any {
+		var rows []map[string]any
+		if code := adminCall(t, "GET", base+"queues", "k3y", &rows); code != 200 {
+			t.Fatalf("GET /api/queues: %d", code)
+		}
+		for _, r := range rows {
+			if r["queue"] == name {
+				return r
+			}
+		}
+		return nil
+	}
+	// waitRow waits until the row of name satisfies ok.
+	waitRow := func(name, what string, ok func(map[string]any) bool) {
+		t.Helper()
+		deadline := time.Now().Add(deliverTimeout)
+		for {
+			r := row(name)
+			if r != nil && ok(r) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("queue %s never %s: %v", name, what, r)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitRow("adm.test/mta1", "deferred", func(r map[string]any) bool { return r["deferred"] == float64(1) })
+
+	var op struct {
+		Count   int      `json:"count"`
+		Matched []string `json:"matched"`
+	}
+	if code := adminCall(t, "POST", base+"pause?queue=adm.test/mta1", "k3y", &op); code != 200 ||
+		op.Count != 1 || strings.Join(op.Matched, ",") != "adm.test/mta1" {
+		t.Fatalf("pause: %d %+v", code, op)
+	}
+	if r := row("adm.test/mta1"); r == nil || r["paused"] != true {
+		t.Errorf("after pause: %v, want paused: true", r)
+	}
+	if r := row("del.test/mta1"); r == nil || r["paused"] != false {
+		t.Errorf("a queue not paused: %v, want paused: false", r)
+	}
+	if code := adminCall(t, "POST", base+"pause?queue=adm.test/mta1", "wrong", nil); code != http.StatusForbidden {
+		t.Errorf("pause with a wrong key: %d, want 403", code)
+	}
+	if code := adminCall(t, "POST", base+"resume?queue=adm.test/mta1", "k3y", &op); code != 200 || op.Count != 1 {
+		t.Fatalf("resume: %d %+v", code, op)
+	}
+	if r := row("adm.test/mta1"); r == nil || r["paused"] != false {
+		t.Errorf("after resume: %v, want paused: false", r)
+	}
+
+	if code := adminCall(t, "POST", base+"delete?job=doomed", "k3y", &op); code != 200 || op.Count != 1 {
+		t.Fatalf("delete job doomed: %d %+v, want 1 deleted", code, op)
+	}
+	if r := row("del.test/mta1"); r != nil {
+		t.Errorf("del.test/mta1 still queued after the delete: %v", r)
+	}
+	if r := row("adm.test/mta1"); r == nil {
+		t.Error("adm.test/mta1 (another job) went away with the delete")
+	}
+	var st struct {
+		Totals struct {
+			Recipients int `json:"recipients"`
+		} `json:"totals"`
+	}
+	if code := adminCall(t, "GET", base+"status", "k3y", &st); code != 200 || st.Totals.Recipients != 1 {
+		t.Errorf("status: %d %+v, want 1 recipient queued", code, st)
+	}
+	p.stop(t) // flushes the accounting file
+
+	f, err := os.Open(acctPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil || len(rows) == 0 {
+		t.Fatalf("the accounting file does not parse: %v", err)
+	}
+	col := map[string]int{}
+	for i, c := range rows[0] {
+		col[c] = i
+	}
+	var found []string
+	for _, r := range rows[1:] {
+		if r[col["type"]] == "b" && r[col["rcpt"]] == "d@del.test" {
+			found = r
+		}
+	}
+	if found == nil {
+		t.Fatalf("no b record for d@del.test: %v", rows)
+	}
+	if found[col["dsnDiag"]] != "deleted by administrator" || found[col["jobId"]] != "doomed" {
+		t.Errorf("b record dsnDiag %q jobId %q, want deleted by administrator of job doomed",
+			found[col["dsnDiag"]], found[col["jobId"]])
+	}
 }

@@ -146,7 +146,14 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	// The admin API is for operators; mail service does not depend on it, so
 	// a port that cannot be bound is logged and serving goes on.
-	admin, err := listener.StartAdmin(cfg, listener.AdminOptions{Queue: q, Mode: sch.Mode, Logger: log.With("component", "admin")})
+	admin, err := listener.StartAdmin(cfg, listener.AdminOptions{
+		Queue: q, Mode: sch.Mode, Logger: log.With("component", "admin"),
+		OnRemoved: func(r queue.Removal) {
+			if err := accounts.Write(delivery.RemovalRecord(r, time.Now())); err != nil {
+				log.Error("writing an accounting record failed", "err", err)
+			}
+		},
+	})
 	if err != nil {
 		log.Error("admin API not available", "err", err)
 	} else {
