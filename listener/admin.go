@@ -36,6 +36,9 @@ type AdminOptions struct {
 	// Started is when the process started, for the uptime in
 	// GET /api/status; zero means when StartAdmin was called.
 	Started time.Time
+	// Metrics, if not nil, serves GET /metrics (Prometheus text format) to
+	// clients with monitor access.
+	Metrics http.Handler
 	Logger  *slog.Logger
 }
 
@@ -192,6 +195,10 @@ func (a *Admin) routes() http.Handler {
 		h := rt.handler
 		mux.HandleFunc(rt.method+" "+rt.path, a.guard(rt.level, func(w http.ResponseWriter, r *http.Request) { h(a, w, r) }))
 		methods[rt.path] = rt.method
+	}
+	if a.opts.Metrics != nil {
+		mux.HandleFunc("GET /metrics", a.guard(config.AccessMonitor, a.opts.Metrics.ServeHTTP))
+		methods["/metrics"] = "GET"
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if m, ok := methods[r.URL.Path]; ok {

@@ -4,6 +4,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -83,6 +84,25 @@ http-api-key s3cret
 	}
 	if resp, _ := get(http.DefaultClient, "wrong"); resp.StatusCode != http.StatusForbidden {
 		t.Errorf("wrong key: %s, want 403", resp.Status)
+	}
+
+	// The same outcome shows in /metrics.
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/metrics", adminPort), nil)
+	req.Header.Set("Authorization", "Bearer s3cret")
+	mresp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, want := range []string{
+		`tern_recipients_received_total{vmta="mta1"} 1`,
+		`outcome="deferred",vmta="mta1"} 1`,
+		"tern_queue_recipients 1",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, body)
+		}
 	}
 	stranger := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{
 		LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.9")}, Timeout: 5 * time.Second}).DialContext}}

@@ -101,6 +101,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer accounts.Close()
+	mets := newMetrics(q)
 	var current atomic.Pointer[vmta.Registry]
 	current.Store(reg)
 	sch := delivery.New(delivery.Options{
@@ -109,6 +110,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Resolver: resolver,
 		Logger:   log.With("component", "delivery"),
 		OnOutcome: func(ev delivery.Event) {
+			mets.outcome(ev)
 			if err := accounts.Write(ev.AcctRecord()); err != nil {
 				log.Error("writing an accounting record failed", "err", err)
 			}
@@ -126,6 +128,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Logger:    log.With("component", "smtp"),
 		FreeSpace: func() (uint64, error) { return freeSpace(spoolDir) },
 		OnAccepted: func(id queue.ID, m *queue.Message) {
+			mets.accepted(m)
 			if !accounts.Accepts(acct.TypeReceived) {
 				return
 			}
@@ -147,7 +150,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	// The admin API is for operators; mail service does not depend on it, so
 	// a port that cannot be bound is logged and serving goes on.
 	admin, err := listener.StartAdmin(cfg, listener.AdminOptions{
-		Queue: q, Mode: sch.Mode, Logger: log.With("component", "admin"),
+		Queue: q, Mode: sch.Mode, Logger: log.With("component", "admin"), Metrics: mets.handler(),
 		OnRemoved: func(r queue.Removal) {
 			if err := accounts.Write(delivery.RemovalRecord(r, time.Now())); err != nil {
 				log.Error("writing an accounting record failed", "err", err)

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ternmta/tern/delivery"
+	"github.com/ternmta/tern/delivery/bounce"
+	"github.com/ternmta/tern/queue"
+)
+
+// metrics are the daemon's Prometheus series, on their own registry (no
+// global default registry), served by the admin API at /metrics.
+type metrics struct {
+	reg       *prometheus.Registry
+	received  *prometheus.CounterVec
+	outcomes  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	handlerFn http.Handler
+}
+
+func newMetrics(q *queue.Queue) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tern_recipients_received_total", Help: "Recipients accepted (answered 250) by the SMTP listeners, by VMTA.",
+		}, []string{"vmta"}),
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tern_recipient_outcomes_total", Help: "Delivery outcomes by VMTA, outcome (delivered, deferred, bounced) and bounce category.",
+		}, []string{"vmta", "outcome", "category"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tern_time_in_queue_seconds",
+			Help:    "Time from acceptance to the final outcome (delivered or bounced), by VMTA.",
+			Buckets: []float64{0.1, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 4 * 3600, 24 * 3600, 5 * 24 * 3600},
+		}, []string{"vmta"}),
+	}
+	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tern_queue_recipients", Help: "Recipients in the queue (ready, deferred and leased)."},
+		func() float64 { return float64(q.Totals().Recipients) })
+	messages := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tern_queue_messages", Help: "Messages in the queue."},
+		func() float64 { return float64(q.Totals().Messages) })
+	m.reg.MustRegister(m.received, m.outcomes, m.latency, queued, messages,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	m.handlerFn = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	return m
+}
+
+func (m *metrics) handler() http.Handler { return m.handlerFn }
+
+func (m *metrics) accepted(msg *queue.Message) {
+	for _, rc := range msg.Recipients {
+		m.received.WithLabelValues(rc.VMTA).Inc()
+	}
+}
+
+func (m *metrics) outcome(ev delivery.Event) {
+	cat := ""
+	if ev.Kind != queue.Delivered {
+		cat = string(bounce.Classify(0, ev.Reply))
+	}
+	m.outcomes.WithLabelValues(ev.Recipient.VMTA, ev.Kind.String(), cat).Inc()
+	if ev.Kind.Final() && !ev.Envelope.Received.IsZero() {
+		m.latency.WithLabelValues(ev.Recipient.VMTA).Observe(ev.Time.Sub(ev.Envelope.Received).Seconds())
+	}
+}
