@@ -7,7 +7,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ternmta/tern/delivery"
-	"github.com/ternmta/tern/delivery/bounce"
 	"github.com/ternmta/tern/queue"
 )
 
@@ -54,12 +53,10 @@ func (m *metrics) accepted(msg *queue.Message) {
 	}
 }
 
-func (m *metrics) outcome(ev delivery.Event) {
-	cat := ""
-	if ev.Kind != queue.Delivered {
-		cat = string(bounce.Classify(0, ev.Reply))
-	}
-	m.outcomes.WithLabelValues(ev.Recipient.VMTA, ev.Kind.String(), cat).Inc()
+// outcome counts one recipient outcome; category is its bounce category
+// ("" for a delivery), already worked out for the accounting record.
+func (m *metrics) outcome(ev delivery.Event, category string) {
+	m.outcomes.WithLabelValues(ev.Recipient.VMTA, ev.Kind.String(), category).Inc()
 	if ev.Kind.Final() && !ev.Envelope.Received.IsZero() {
 		m.latency.WithLabelValues(ev.Recipient.VMTA).Observe(ev.Time.Sub(ev.Envelope.Received).Seconds())
 	}

@@ -110,8 +110,9 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Resolver: resolver,
 		Logger:   log.With("component", "delivery"),
 		OnOutcome: func(ev delivery.Event) {
-			mets.outcome(ev)
-			if err := accounts.Write(ev.AcctRecord()); err != nil {
+			rec := ev.AcctRecord() // classifies the reply once, for both uses
+			mets.outcome(ev, rec.BounceCat)
+			if err := accounts.Write(rec); err != nil {
 				log.Error("writing an accounting record failed", "err", err)
 			}
 		},
