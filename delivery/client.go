@@ -32,6 +32,7 @@ type outConn struct {
 	txns     int    // transactions sent on this connection
 	errs     int    // recipient errors on this connection
 	lastUsed time.Time
+	txnStart time.Time // when the current transaction began, for Event.Duration
 	broken   bool
 	// stale is set when a reused connection failed at MAIL: the server
 	// had closed it while it sat idle, and nothing of the transaction
@@ -229,6 +230,7 @@ type result struct {
 func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body []byte) []result {
 	oc.txns++
 	oc.lastUsed = time.Now()
+	oc.txnStart = oc.lastUsed
 	res := make([]result, len(rcpts))
 	for i, r := range rcpts {
 		res[i].rcpt = r

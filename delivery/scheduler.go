@@ -63,6 +63,9 @@ type Event struct {
 	TLSVersion uint16
 	// Size is the message size as sent.
 	Size int
+	// Duration is how long the transaction took, from MAIL FROM to the
+	// final reply, when one was attempted.
+	Duration time.Duration
 }
 
 // Scheduler runs the delivery of every queue key.
@@ -109,6 +112,7 @@ type runner struct {
 	skipUntil time.Time
 	conn      limiter
 	msg       limiter
+	act       activity // recent outcomes, for the admin API's queue views
 }
 
 // idler is a worker waiting for mail with its connection open.
@@ -387,7 +391,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 		pol := s.policy(reg, r, entry.Recipients[0].Pool)
 		now := s.opts.Now()
 		if age := now.Sub(entry.Envelope.Received); age >= pol.BounceAfter.Value {
-			s.reportAll(lease, entry, queue.Bounced,
+			s.reportAll(r, lease, entry, queue.Bounced,
 				fmt.Sprintf("5.4.7 message expired after %s in the queue (bounce-after %s)",
 					config.FormatDuration(age.Truncate(time.Second)), config.FormatDuration(pol.BounceAfter.Value)), nil)
 			continue
@@ -410,9 +414,9 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 				connErr = err
 				var perm *permanentError
 				if errors.As(err, &perm) {
-					s.reportAll(lease, entry, queue.Bounced, perm.Error(), nil)
+					s.reportAll(r, lease, entry, queue.Bounced, perm.Error(), nil)
 				} else {
-					s.reportAll(lease, entry, queue.Deferred, err.Error(), pol)
+					s.reportAll(r, lease, entry, queue.Deferred, err.Error(), pol)
 				}
 				continue
 			}
@@ -506,7 +510,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 				}
 			}
 			outs = append(outs, out)
-			ev := s.record(entry, res.rcpt, oc, out, len(body))
+			ev := s.record(r, entry, res.rcpt, oc, out, len(body))
 			if out.Kind == queue.Bounced {
 				bounced = append(bounced, ev)
 			}
@@ -520,7 +524,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 }
 
 // reportAll gives every live recipient of entry the same outcome.
-func (s *Scheduler) reportAll(lease *queue.Lease, entry queue.Entry, kind queue.Kind, reply string, pol *config.DomainSettings) {
+func (s *Scheduler) reportAll(r *runner, lease *queue.Lease, entry queue.Entry, kind queue.Kind, reply string, pol *config.DomainSettings) {
 	outs := make([]queue.Outcome, 0, len(entry.Recipients))
 	var bounced []Event
 	for _, rc := range entry.Recipients {
@@ -532,7 +536,7 @@ func (s *Scheduler) reportAll(lease *queue.Lease, entry queue.Entry, kind queue.
 			out.Until = s.nextAttempt(entry, rc, pol)
 		}
 		outs = append(outs, out)
-		if ev := s.record(entry, rc, nil, out, 0); kind == queue.Bounced {
+		if ev := s.record(r, entry, rc, nil, out, 0); kind == queue.Bounced {
 			bounced = append(bounced, ev)
 		}
 	}
@@ -631,12 +635,14 @@ func (s *Scheduler) vmtaLimiter(name string) *limiter {
 
 // record writes the one line per recipient attempt operators grep for and
 // hands the outcome to OnOutcome.
-func (s *Scheduler) record(entry queue.Entry, rc queue.RecipientState, oc *outConn, out queue.Outcome, size int) Event {
+func (s *Scheduler) record(r *runner, entry queue.Entry, rc queue.RecipientState, oc *outConn, out queue.Outcome, size int) Event {
 	ev := Event{Time: s.opts.Now(), ID: entry.ID, Envelope: entry.Envelope, Recipient: rc,
 		Kind: out.Kind, Reply: out.Reply, NextAttempt: out.Until, Size: size}
 	if oc != nil {
 		ev.SourceIP, ev.RemoteHost, ev.RemoteIP, ev.TLSVersion = oc.source, oc.target.host, oc.target.ip, oc.tls
+		ev.Duration = time.Since(oc.txnStart)
 	}
+	r.act.add(&ev)
 	if s.opts.OnOutcome != nil {
 		s.opts.OnOutcome(ev)
 	}

@@ -381,6 +381,7 @@ func (l *Lease) Report(outs ...Outcome) error {
 	nowNs := now.UnixNano()
 	was := k.leasable()
 	deferred := false
+	t := q.trafficLocked()
 	for _, p := range preps {
 		s := &l.slots[p.slot]
 		if s.state == slotGone {
@@ -392,9 +393,15 @@ func (l *Lease) Report(outs ...Outcome) error {
 		k.leased--
 		q.nLeased--
 		if p.kind != Deferred {
+			if p.kind == Delivered {
+				t.Delivered++
+			} else {
+				t.Bounced++
+			}
 			q.finalLocked(s.ref)
 			continue
 		}
+		t.Deferred++
 		q.kbuf = appendRecipientKey(q.kbuf[:0], s.m.id, int(s.n))
 		_ = q.pend.Set(q.kbuf, p.val, nil)
 		s.m.pend = q.pendGen

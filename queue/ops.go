@@ -238,6 +238,7 @@ func (q *Queue) remove(ctx context.Context, sel Selector, kind Kind, cutoff int6
 		for _, r := range chunk {
 			q.finalLocked(r)
 		}
+		q.trafficLocked().Removed += int64(len(chunk))
 		gen := q.pendGen
 		q.mu.Unlock()
 		q.kickCommitter()

@@ -87,6 +87,7 @@ type Queue struct {
 	nDeferred int
 	nLeased   int
 	bytes     int64
+	traffic   *trafficRing // counts for Traffic, guarded by mu
 
 	timer    Timer
 	timerAt  int64 // Unix nanoseconds the timer is armed for; 0 if none
@@ -166,6 +167,7 @@ func Open(opts Options) (*Queue, error) {
 		clock:      opts.Clock,
 		log:        opts.Logger,
 		keys:       make(map[Key]*keyQueue),
+		traffic:    new(trafficRing),
 		pendGen:    1,
 		durableCh:  make(chan struct{}),
 		kick:       make(chan struct{}, 1),
@@ -441,6 +443,9 @@ func (q *Queue) index(p *prepared) {
 	q.mu.Lock()
 	q.nMsgs++
 	q.bytes += int64(mi.size)
+	t := q.trafficLocked()
+	t.MessagesIn++
+	t.RecipientsIn += int64(len(p.rcpts))
 	for i := range p.rcpts {
 		k := q.getKeyLocked(p.rcpts[i].Key())
 		was := k.leasable()
@@ -623,6 +628,7 @@ func (q *Queue) finalLocked(r ref) {
 		_ = q.pend.Delete(q.kbuf, nil)
 		q.nMsgs--
 		q.bytes -= int64(m.size)
+		q.trafficLocked().MessagesOut++
 	}
 	m.pend = q.pendGen
 	q.pendOps++
