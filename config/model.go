@@ -251,36 +251,36 @@ type DomainKey struct {
 // DomainSettings are the directives of a <domain> block: the delivery policy
 // of a queue.
 type DomainSettings struct {
-	MaxSMTPOut                   Setting[int]
-	MaxMsgPerConnection          Setting[int]
-	MaxRcptPerTransaction        Setting[int]
-	MaxMsgRate                   Setting[Rate]
-	MaxConnectRate               Setting[Rate]
-	ConnectionIdleTimeout        Setting[time.Duration]
-	RetryAfter                   Setting[[]time.Duration]
-	BounceAfter                  Setting[time.Duration]
-	BounceUponNoMX               Setting[bool]
-	UseStartTLS                  Setting[bool]
-	RequireStartTLS              Setting[bool]
-	TLSVerifyCertificate         Setting[bool]
-	SMTPHosts                    Setting[HostList]
-	DefaultSMTPPort              Setting[int]
-	AuthUsername                 Setting[string]
-	AuthPassword                 Setting[string]
-	UseUnencryptedPlainAuth      Setting[bool]
-	ConnectTimeout               Setting[time.Duration]
-	SMTPGreetingTimeout          Setting[time.Duration]
-	DataSendTimeout              Setting[time.Duration]
-	MaxErrorsPerConnection       Setting[int]
-	QueuePriority                Setting[int]
-	SMTPPatternList              Setting[string]
-	BackoffMaxSMTPOut            Setting[int]
-	BackoffMaxMsgRate            Setting[Rate]
-	BackoffRetryAfter            Setting[[]time.Duration]
-	BackoffToNormalAfter         Setting[time.Duration]
-	BackoffToNormalAfterDelivery Setting[bool]
-	DKIMSign                     Setting[bool]
-	DomainKeys                   Setting[[]DomainKey]
+	MaxSMTPOut                   Setting[int]             `directive:"max-smtp-out"`
+	MaxMsgPerConnection          Setting[int]             `directive:"max-msg-per-connection"`
+	MaxRcptPerTransaction        Setting[int]             `directive:"max-rcpt-per-transaction"`
+	MaxMsgRate                   Setting[Rate]            `directive:"max-msg-rate"`
+	MaxConnectRate               Setting[Rate]            `directive:"max-connect-rate"`
+	ConnectionIdleTimeout        Setting[time.Duration]   `directive:"connection-idle-timeout"`
+	RetryAfter                   Setting[[]time.Duration] `directive:"retry-after"`
+	BounceAfter                  Setting[time.Duration]   `directive:"bounce-after"`
+	BounceUponNoMX               Setting[bool]            `directive:"bounce-upon-no-mx"`
+	UseStartTLS                  Setting[bool]            `directive:"use-starttls"`
+	RequireStartTLS              Setting[bool]            `directive:"require-starttls"`
+	TLSVerifyCertificate         Setting[bool]            `directive:"tls-verify-certificate"`
+	SMTPHosts                    Setting[HostList]        `directive:"smtp-hosts"`
+	DefaultSMTPPort              Setting[int]             `directive:"default-smtp-port"`
+	AuthUsername                 Setting[string]          `directive:"auth-username"`
+	AuthPassword                 Setting[string]          `directive:"auth-password"`
+	UseUnencryptedPlainAuth      Setting[bool]            `directive:"use-unencrypted-plain-auth"`
+	ConnectTimeout               Setting[time.Duration]   `directive:"connect-timeout"`
+	SMTPGreetingTimeout          Setting[time.Duration]   `directive:"smtp-greeting-timeout"`
+	DataSendTimeout              Setting[time.Duration]   `directive:"data-send-timeout"`
+	MaxErrorsPerConnection       Setting[int]             `directive:"max-errors-per-connection"`
+	QueuePriority                Setting[int]             `directive:"queue-priority"`
+	SMTPPatternList              Setting[string]          `directive:"smtp-pattern-list"`
+	BackoffMaxSMTPOut            Setting[int]             `directive:"backoff-max-smtp-out"`
+	BackoffMaxMsgRate            Setting[Rate]            `directive:"backoff-max-msg-rate"`
+	BackoffRetryAfter            Setting[[]time.Duration] `directive:"backoff-retry-after"`
+	BackoffToNormalAfter         Setting[time.Duration]   `directive:"backoff-to-normal-after"`
+	BackoffToNormalAfterDelivery Setting[bool]            `directive:"backoff-to-normal-after-delivery"`
+	DKIMSign                     Setting[bool]            `directive:"dkim-sign"`
+	DomainKeys                   Setting[[]DomainKey]     `directive:"domain-key"`
 }
 
 // DefaultDomainSettings returns the built-in delivery defaults, none of them
