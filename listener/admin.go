@@ -18,6 +18,7 @@ import (
 
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/queue"
+	"github.com/ternmta/tern/vmta"
 )
 
 // AdminOptions configure the admin HTTP API. Queue is required.
@@ -39,7 +40,30 @@ type AdminOptions struct {
 	// Metrics, if not nil, serves GET /metrics (Prometheus text format) to
 	// clients with monitor access.
 	Metrics http.Handler
-	Logger  *slog.Logger
+	// Registry, if not nil, returns the running configuration snapshot:
+	// the VMTAs view, effective settings, and which queues are orphaned.
+	Registry func() *vmta.Registry
+	// Activity, if not nil, reports a queue's connections, delivery rate,
+	// last error and up to events recent outcomes (from the scheduler).
+	Activity func(key queue.Key, events int) QueueActivity
+	// SetMode, if not nil, switches the queues sel matches to backoff or
+	// normal mode and returns how many changed.
+	SetMode func(sel queue.Selector, backoff bool) int
+	// Reload, if not nil, reloads the configuration file (POST
+	// /api/reload). It returns the new file's warnings, or an error (a
+	// *config.ErrorList for a refused file) when the running
+	// configuration stays.
+	Reload func() (warnings []config.Diagnostic, err error)
+	// InboundConnections and OutboundConnections, if not nil, count the
+	// open SMTP connections for GET /api/status.
+	InboundConnections  func() int
+	OutboundConnections func() int
+	// FreeSpace, if not nil, reports the free bytes where the spool lives.
+	FreeSpace func() (uint64, error)
+	// ConfigPath and Version are shown by GET /api/status.
+	ConfigPath string
+	Version    string
+	Logger     *slog.Logger
 }
 
 // Admin is the HTTP admin API on http-mgmt-port. Access follows
@@ -117,46 +141,6 @@ func (a *Admin) guard(level config.AccessLevel, h http.HandlerFunc) http.Handler
 	}
 }
 
-// queueView is one row of GET /api/queues.
-type queueView struct {
-	Queue        string     `json:"queue"`
-	VMTA         string     `json:"vmta"`
-	Domain       string     `json:"domain"`
-	Ready        int        `json:"ready"`
-	Deferred     int        `json:"deferred"`
-	Leased       int        `json:"leased"`
-	Paused       bool       `json:"paused"`
-	Mode         string     `json:"mode"`
-	BackoffSince *time.Time `json:"backoff_since,omitempty"`
-	Oldest       *time.Time `json:"oldest,omitempty"`
-	NextAttempt  *time.Time `json:"next_attempt,omitempty"`
-}
-
-// queues lists every non-empty queue, largest first; ?vmta= and ?domain=
-// filter.
-func (a *Admin) queues(w http.ResponseWriter, r *http.Request) {
-	sel := queue.Selector{VMTA: r.URL.Query().Get("vmta"), Domain: r.URL.Query().Get("domain")}
-	stats := a.opts.Queue.Keys(sel)
-	out := make([]queueView, 0, len(stats))
-	for _, st := range stats {
-		v := queueView{Queue: st.Key.String(), VMTA: st.Key.VMTA, Domain: st.Key.Domain,
-			Ready: st.Ready, Deferred: st.Deferred, Leased: st.Leased, Paused: st.Paused, Mode: "normal"}
-		if a.opts.Mode != nil {
-			if on, since := a.opts.Mode(st.Key); on {
-				v.Mode, v.BackoffSince = "backoff", &since
-			}
-		}
-		if !st.Oldest.IsZero() {
-			v.Oldest = &st.Oldest
-		}
-		if !st.NextAttempt.IsZero() {
-			v.NextAttempt = &st.NextAttempt
-		}
-		out = append(out, v)
-	}
-	writeJSON(w, http.StatusOK, out)
-}
-
 // writeError answers with a JSON {"error": msg}.
 func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
@@ -180,10 +164,16 @@ type adminRoute struct {
 var adminRoutes = []adminRoute{
 	{"GET", "/api/queues", config.AccessMonitor, (*Admin).queues},
 	{"GET", "/api/status", config.AccessMonitor, (*Admin).status},
+	{"GET", "/api/queue", config.AccessMonitor, (*Admin).queueOne},
+	{"GET", "/api/vmtas", config.AccessMonitor, (*Admin).vmtas},
+	{"GET", "/api/domains", config.AccessMonitor, (*Admin).domains},
+	{"GET", "/api/settings", config.AccessMonitor, (*Admin).settings},
 	{"POST", "/api/pause", config.AccessOperator, (*Admin).pause},
 	{"POST", "/api/resume", config.AccessOperator, (*Admin).resume},
 	{"POST", "/api/retry", config.AccessOperator, (*Admin).retry},
 	{"POST", "/api/delete", config.AccessOperator, (*Admin).delete},
+	{"POST", "/api/set-mode", config.AccessOperator, (*Admin).setMode},
+	{"POST", "/api/reload", config.AccessAdmin, (*Admin).reload},
 }
 
 // routes builds the handler of the admin API: the endpoints, 405 for a
@@ -211,45 +201,12 @@ func (a *Admin) routes() http.Handler {
 	return mux
 }
 
-// totalsView is the queue summary in GET /api/status.
-type totalsView struct {
-	Keys       int   `json:"queues"`
-	Messages   int   `json:"messages"`
-	Recipients int   `json:"recipients"`
-	Ready      int   `json:"ready"`
-	Deferred   int   `json:"deferred"`
-	Leased     int   `json:"leased"`
-	Bytes      int64 `json:"bytes"`
-}
-
-// statusView is the answer of GET /api/status.
-type statusView struct {
-	Started       time.Time  `json:"started"`
-	Uptime        string     `json:"uptime"`
-	UptimeSeconds int64      `json:"uptime_seconds"`
-	Spool         string     `json:"spool"`
-	Totals        totalsView `json:"totals"`
-}
-
-// status reports uptime, the queue totals and the spool directory.
-func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
-	up := time.Since(a.opts.Started)
-	t := a.opts.Queue.Totals()
-	writeJSON(w, http.StatusOK, statusView{
-		Started:       a.opts.Started,
-		Uptime:        up.Truncate(time.Second).String(),
-		UptimeSeconds: int64(up / time.Second),
-		Spool:         a.cfg.Load().Spool.Dir.Value,
-		Totals: totalsView{Keys: t.Keys, Messages: t.Messages, Recipients: t.Recipients,
-			Ready: t.Ready, Deferred: t.Deferred, Leased: t.Leased, Bytes: t.Bytes},
-	})
-}
-
 // opParams are the parameters of the POST operations, from the query
 // string or a JSON body (whose fields win).
 type opParams struct {
 	Queue string `json:"queue"`
 	Job   string `json:"job"`
+	Mode  string `json:"mode"`
 	All   bool   `json:"-"`
 }
 
@@ -260,7 +217,7 @@ const maxAdminBody = 64 << 10
 // in the query, yes/true or a JSON boolean in a body.
 func readParams(r *http.Request) (opParams, error) {
 	q := r.URL.Query()
-	p := opParams{Queue: q.Get("queue"), Job: q.Get("job"), All: isYes(q.Get("all"))}
+	p := opParams{Queue: q.Get("queue"), Job: q.Get("job"), Mode: q.Get("mode"), All: isYes(q.Get("all"))}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxAdminBody))
 	if err != nil {
 		return p, fmt.Errorf("reading the request body: %v", err)
@@ -271,18 +228,22 @@ func readParams(r *http.Request) (opParams, error) {
 	var j struct {
 		Queue *string          `json:"queue"`
 		Job   *string          `json:"job"`
+		Mode  *string          `json:"mode"`
 		All   *json.RawMessage `json:"all"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&j); err != nil {
-		return p, fmt.Errorf("the request body is not a JSON object of queue, job and all: %v", err)
+		return p, fmt.Errorf("the request body is not a JSON object of queue, job, mode and all: %v", err)
 	}
 	if j.Queue != nil {
 		p.Queue = *j.Queue
 	}
 	if j.Job != nil {
 		p.Job = *j.Job
+	}
+	if j.Mode != nil {
+		p.Mode = *j.Mode
 	}
 	if j.All != nil {
 		var b bool

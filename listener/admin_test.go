@@ -29,7 +29,8 @@ type adminEnv struct {
 
 // startAdminTest starts an admin API whose http-access gives 127.0.0.1 the
 // level, 127.0.0.2 monitor, and whose key is key (none when empty).
-func startAdminTest(t *testing.T, level config.AccessLevel, key string) *adminEnv {
+// Each of opts may set more AdminOptions.
+func startAdminTest(t *testing.T, level config.AccessLevel, key string, opts ...func(*AdminOptions)) *adminEnv {
 	t.Helper()
 	q, err := queue.Open(queue.Options{Dir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -48,12 +49,16 @@ func startAdminTest(t *testing.T, level config.AccessLevel, key string) *adminEn
 		t.Fatal(err)
 	}
 	e := &adminEnv{q: q}
-	e.a, err = StartAdmin(cfg, AdminOptions{Queue: q, Listener: ln, Logger: slog.New(slog.DiscardHandler),
+	o := AdminOptions{Queue: q, Listener: ln, Logger: slog.New(slog.DiscardHandler),
 		OnRemoved: func(r queue.Removal) {
 			e.mu.Lock()
 			e.removed = append(e.removed, r)
 			e.mu.Unlock()
-		}})
+		}}
+	for _, f := range opts {
+		f(&o)
+	}
+	e.a, err = StartAdmin(cfg, o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -375,6 +375,10 @@ func (g *gate) Accept() (net.Conn, error) {
 	}
 }
 
+// Connections is the number of open inbound SMTP connections over all
+// listeners.
+func (s *Server) Connections() int { return int(s.inbound.Load()) }
+
 // countedConn gives back its slot in the inbound count and leaves the
 // server's set of connections when closed.
 type countedConn struct {
