@@ -194,6 +194,7 @@ http-api-key k3y
 		}
 	}
 	waitRow("adm.test/mta1", "deferred", func(r map[string]any) bool { return r["deferred"] == float64(1) })
+	checkViews(t, base)
 
 	var op struct {
 		Count   int      `json:"count"`
@@ -263,5 +264,91 @@ http-api-key k3y
 	if found[col["dsnDiag"]] != "deleted by administrator" || found[col["jobId"]] != "doomed" {
 		t.Errorf("b record dsnDiag %q jobId %q, want deleted by administrator of job doomed",
 			found[col["dsnDiag"]], found[col["jobId"]])
+	}
+}
+
+// checkViews checks the read-only views and set-mode of the running
+// daemon of TestPipelineAdminOperations, whose adm.test/mta1 queue has one
+// recipient deferred because its sink is down: the scheduler's activity
+// reaches the API through tern serve's wiring.
+func checkViews(t *testing.T, base string) {
+	t.Helper()
+	var q struct {
+		Queue     string `json:"queue"`
+		LastError string `json:"last_error"`
+		Orphaned  bool   `json:"orphaned"`
+		Events    []struct {
+			Kind, Reply, Recipient string
+		} `json:"events"`
+	}
+	if code := adminCall(t, "GET", base+"queue?queue=adm.test/mta1", "k3y", &q); code != 200 {
+		t.Fatalf("GET /api/queue: %d", code)
+	}
+	if q.LastError == "" || q.Orphaned || len(q.Events) == 0 || q.Events[0].Kind != "deferred" || q.Events[0].Recipient != "p@adm.test" {
+		t.Errorf("queue detail = %+v, want a deferral of p@adm.test and its error", q)
+	}
+
+	var s struct {
+		Settings []struct {
+			Directive, Value string
+			Default          bool
+		} `json:"settings"`
+	}
+	if code := adminCall(t, "GET", base+"settings?queue=adm.test/mta1", "k3y", &s); code != 200 || len(s.Settings) == 0 {
+		t.Fatalf("GET /api/settings: %d %+v", code, s)
+	}
+	for _, d := range s.Settings {
+		if d.Directive == "default-smtp-port" && (d.Default || d.Value == "25") {
+			t.Errorf("default-smtp-port = %+v, want the sink's port set by the file", d)
+		}
+	}
+
+	var vs []struct {
+		Name       string `json:"name"`
+		Configured bool   `json:"configured"`
+		Recipients int    `json:"recipients"`
+	}
+	if code := adminCall(t, "GET", base+"vmtas", "k3y", &vs); code != 200 {
+		t.Fatalf("GET /api/vmtas: %d", code)
+	}
+	found := false
+	for _, v := range vs {
+		if v.Name == "mta1" {
+			found = v.Configured && v.Recipients == 2
+		}
+	}
+	if !found {
+		t.Errorf("vmtas = %+v, want mta1 configured with 2 recipients", vs)
+	}
+
+	var op struct {
+		Count int    `json:"count"`
+		Mode  string `json:"mode"`
+	}
+	if code := adminCall(t, "POST", base+"set-mode?queue=adm.test/mta1&mode=backoff", "k3y", &op); code != 200 || op.Count != 1 {
+		t.Fatalf("set-mode backoff: %d %+v", code, op)
+	}
+	var rows []map[string]any
+	adminCall(t, "GET", base+"queues?mode=backoff", "k3y", &rows)
+	if len(rows) != 1 || rows[0]["queue"] != "adm.test/mta1" {
+		t.Errorf("queues in backoff = %v", rows)
+	}
+	if code := adminCall(t, "POST", base+"set-mode?queue=adm.test/mta1&mode=normal", "k3y", &op); code != 200 || op.Count != 1 {
+		t.Fatalf("set-mode normal: %d %+v", code, op)
+	}
+
+	var st struct {
+		Traffic struct {
+			LastHour struct {
+				MessagesIn int `json:"messages_in"`
+				Deferred   int `json:"deferred"`
+			} `json:"last_hour"`
+		} `json:"traffic"`
+		SpoolFree *uint64 `json:"spool_free_bytes"`
+		Config    string  `json:"config"`
+	}
+	if code := adminCall(t, "GET", base+"status", "k3y", &st); code != 200 || st.Traffic.LastHour.MessagesIn != 2 ||
+		st.Traffic.LastHour.Deferred < 1 || st.SpoolFree == nil || !filepath.IsAbs(st.Config) {
+		t.Errorf("status: %d %+v", code, st)
 	}
 }

@@ -17,6 +17,7 @@ type metrics struct {
 	received  *prometheus.CounterVec
 	outcomes  *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
+	txnTime   *prometheus.HistogramVec
 	handlerFn http.Handler
 }
 
@@ -34,18 +35,34 @@ func newMetrics(q *queue.Queue) *metrics {
 			Help:    "Time from acceptance to the final outcome (delivered or bounced), by VMTA.",
 			Buckets: []float64{0.1, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 4 * 3600, 24 * 3600, 5 * 24 * 3600},
 		}, []string{"vmta"}),
+		txnTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tern_delivery_duration_seconds",
+			Help:    "Time of one outbound SMTP transaction, from MAIL FROM to the final reply, by VMTA and outcome.",
+			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180},
+		}, []string{"vmta", "outcome"}),
 	}
 	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tern_queue_recipients", Help: "Recipients in the queue (ready, deferred and leased)."},
 		func() float64 { return float64(q.Totals().Recipients) })
 	messages := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tern_queue_messages", Help: "Messages in the queue."},
 		func() float64 { return float64(q.Totals().Messages) })
-	m.reg.MustRegister(m.received, m.outcomes, m.latency, queued, messages,
+	m.reg.MustRegister(m.received, m.outcomes, m.latency, m.txnTime, queued, messages,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.handlerFn = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 	return m
 }
 
 func (m *metrics) handler() http.Handler { return m.handlerFn }
+
+// connections adds the open connection gauges; the listener and the
+// scheduler that count them exist only after the metrics do.
+func (m *metrics) connections(inbound, outbound func() int) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tern_smtp_connections_inbound", Help: "Open inbound SMTP connections."},
+			func() float64 { return float64(inbound()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tern_smtp_connections_outbound", Help: "Outbound SMTP connections open or being opened."},
+			func() float64 { return float64(outbound()) }),
+	)
+}
 
 func (m *metrics) accepted(msg *queue.Message) {
 	for _, rc := range msg.Recipients {
@@ -57,6 +74,9 @@ func (m *metrics) accepted(msg *queue.Message) {
 // ("" for a delivery), already worked out for the accounting record.
 func (m *metrics) outcome(ev delivery.Event, category string) {
 	m.outcomes.WithLabelValues(ev.Recipient.VMTA, ev.Kind.String(), category).Inc()
+	if ev.Duration > 0 {
+		m.txnTime.WithLabelValues(ev.Recipient.VMTA, ev.Kind.String()).Observe(ev.Duration.Seconds())
+	}
 	if ev.Kind.Final() && !ev.Envelope.Received.IsZero() {
 		m.latency.WithLabelValues(ev.Recipient.VMTA).Observe(ev.Time.Sub(ev.Envelope.Received).Seconds())
 	}

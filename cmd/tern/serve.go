@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -148,6 +150,8 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tern serve: %v\n", err)
 		return 1
 	}
+	mets.connections(srv.Connections, sch.Connections)
+	rl := &reloader{path: *path, srv: srv, sch: sch, current: &current, log: log}
 	// The admin API is for operators; mail service does not depend on it, so
 	// a port that cannot be bound is logged and serving goes on.
 	admin, err := listener.StartAdmin(cfg, listener.AdminOptions{
@@ -157,10 +161,20 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 				log.Error("writing an accounting record failed", "err", err)
 			}
 		},
+		Registry:            current.Load,
+		Activity:            func(k queue.Key, n int) listener.QueueActivity { return activityView(sch.Activity(k, n)) },
+		SetMode:             sch.SetMode,
+		Reload:              func() ([]config.Diagnostic, error) { return rl.reload("admin API") },
+		InboundConnections:  srv.Connections,
+		OutboundConnections: sch.Connections,
+		FreeSpace:           func() (uint64, error) { return freeSpace(spoolDir) },
+		ConfigPath:          absPath(*path),
+		Version:             version,
 	})
 	if err != nil {
 		log.Error("admin API not available", "err", err)
 	} else {
+		rl.setAdmin(admin)
 		defer func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			admin.Shutdown(ctx)
@@ -171,16 +185,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			if reg := reload(*path, srv, log); reg != nil {
-				current.Store(reg)
-				if admin != nil {
-					admin.SetConfig(reg.Config())
-				}
-				// Queues whose VMTA the reload brought back (or whose
-				// limits rose) have due mail but will not be notified
-				// again: start them now.
-				sch.Start()
-			}
+			rl.reload("SIGHUP")
 			continue
 		}
 		log.Info("shutting down", "signal", sig.String(), "drain_timeout", drainTimeout.String())
@@ -231,31 +236,93 @@ func loadConfig(path string, stderr io.Writer) (*config.Config, *vmta.Registry, 
 	return cfg, reg, true
 }
 
-// reload applies the file again and returns the new registry; a broken
-// file is refused (nil) and the running configuration stays.
-func reload(path string, srv *listener.Server, log *slog.Logger) *vmta.Registry {
-	cfg, err := config.Load(path, config.Options{})
+// reloader applies the configuration file again, for SIGHUP and for
+// POST /api/reload alike; one reload runs at a time.
+type reloader struct {
+	mu      sync.Mutex
+	path    string
+	srv     *listener.Server
+	sch     *delivery.Scheduler
+	current *atomic.Pointer[vmta.Registry]
+	admin   *listener.Admin // nil when the admin API could not start
+	log     *slog.Logger
+}
+
+// setAdmin tells the reloader about the admin API, whose access rules a
+// reload replaces.
+func (rl *reloader) setAdmin(a *listener.Admin) {
+	rl.mu.Lock()
+	rl.admin = a
+	rl.mu.Unlock()
+}
+
+// reload loads, validates and applies the file. A broken file is refused
+// with every error (a *config.ErrorList) and the running configuration
+// stays; otherwise the new registry replaces the old one atomically and
+// the file's warnings are returned.
+func (rl *reloader) reload(trigger string) ([]config.Diagnostic, error) {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	cfg, err := config.Load(rl.path, config.Options{})
 	if err != nil {
 		var list *config.ErrorList
 		if errors.As(err, &list) {
 			for _, d := range list.Errors {
-				log.Error("reload refused", "at", d.Pos.String(), "error", d.Message)
+				rl.log.Error("reload refused", "trigger", trigger, "at", d.Pos.String(), "error", d.Message)
 			}
 		} else {
-			log.Error("reload refused", "err", err)
+			rl.log.Error("reload refused", "trigger", trigger, "err", err)
 		}
-		return nil
+		return nil, err
 	}
 	reg, err := vmta.Build(cfg)
 	if err == nil {
-		err = srv.Apply(cfg, reg)
+		err = rl.srv.Apply(cfg, reg)
 	}
 	if err != nil {
-		log.Error("reload refused", "err", err)
-		return nil
+		rl.log.Error("reload refused", "trigger", trigger, "err", err)
+		return nil, err
 	}
-	log.Info("configuration reloaded", "file", path, "warnings", len(cfg.Warnings))
-	return reg
+	rl.current.Store(reg)
+	if rl.admin != nil {
+		rl.admin.SetConfig(cfg)
+	}
+	// Queues whose VMTA the reload brought back (or whose limits rose)
+	// have due mail but will not be notified again: start them now.
+	rl.sch.Start()
+	for _, w := range cfg.Warnings {
+		rl.log.Warn("config", "at", w.Pos.String(), "warning", w.Message)
+	}
+	rl.log.Info("configuration reloaded", "file", rl.path, "trigger", trigger, "warnings", len(cfg.Warnings))
+	return cfg.Warnings, nil
+}
+
+// activityView converts the scheduler's view of a queue for the admin API
+// (the listener does not import delivery).
+func activityView(a delivery.QueueActivity) listener.QueueActivity {
+	out := listener.QueueActivity{Connections: a.Connections, DeliveredLastMinute: a.DeliveredLastMinute,
+		LastError: a.LastError, LastErrorAt: a.LastErrorAt, Events: make([]listener.QueueEvent, 0, len(a.Events))}
+	for _, ev := range a.Events {
+		e := listener.QueueEvent{Time: ev.Time, ID: ev.ID.String(), Recipient: ev.Recipient, Kind: ev.Kind.String(),
+			Reply: ev.Reply, RemoteHost: ev.RemoteHost}
+		if ev.RemoteIP.IsValid() {
+			e.RemoteIP = ev.RemoteIP.String()
+		}
+		if ev.SourceIP.IsValid() {
+			e.SourceIP = ev.SourceIP.String()
+		}
+		out.Events = append(out.Events, e)
+	}
+	return out
+}
+
+// absPath is path made absolute, for messages that outlive the working
+// directory; path itself if that fails.
+func absPath(path string) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return path
 }
 
 // openLog returns the daemon's logger: log-file if set, else stderr.
