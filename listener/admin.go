@@ -190,6 +190,7 @@ func (a *Admin) routes() http.Handler {
 		mux.HandleFunc("GET /metrics", a.guard(config.AccessMonitor, a.opts.Metrics.ServeHTTP))
 		methods["/metrics"] = "GET"
 	}
+	mux.HandleFunc("GET /{$}", a.guardByAddress(config.AccessMonitor, a.statusPage))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if m, ok := methods[r.URL.Path]; ok {
 			w.Header().Set("Allow", m)
