@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -119,17 +118,7 @@ func (a *Admin) Shutdown(ctx context.Context) error { return a.srv.Shutdown(ctx)
 func (a *Admin) guard(level config.AccessLevel, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		cfg := a.cfg.Load()
-		ip := netip.Addr{}
-		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-			ip = ap.Addr().Unmap()
-		}
-		granted := config.AccessNone
-		for _, rule := range cfg.HTTPAccess {
-			if rule.Prefix.Contains(ip) {
-				granted = rule.Level
-				break
-			}
-		}
+		ip, granted := clientAccess(cfg, r)
 		key := cfg.HTTPAPIKey.Value
 		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if granted < level || (key != "" && subtle.ConstantTimeCompare([]byte(token), []byte(key)) != 1) {
@@ -174,6 +163,7 @@ var adminRoutes = []adminRoute{
 	{"POST", "/api/delete", config.AccessOperator, (*Admin).delete},
 	{"POST", "/api/set-mode", config.AccessOperator, (*Admin).setMode},
 	{"POST", "/api/reload", config.AccessAdmin, (*Admin).reload},
+	{"GET", "/debug/pprof/{name}", config.AccessAdmin, (*Admin).profile},
 }
 
 // routes builds the handler of the admin API: the endpoints, 405 for a
@@ -191,6 +181,7 @@ func (a *Admin) routes() http.Handler {
 		methods["/metrics"] = "GET"
 	}
 	mux.HandleFunc("GET /{$}", a.guardByAddress(config.AccessMonitor, a.statusPage))
+	methods["/"] = "GET"
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if m, ok := methods[r.URL.Path]; ok {
 			w.Header().Set("Allow", m)

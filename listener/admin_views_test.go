@@ -2,6 +2,8 @@ package listener
 
 import (
 	"errors"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -343,5 +345,33 @@ func TestAdminStatusCounts(t *testing.T) {
 	}
 	if tr := st.Traffic.LastMinute; tr.MessagesIn != 1 || tr.RecipientsIn != 2 || st.Traffic.LastHour != tr {
 		t.Errorf("traffic = %+v", st.Traffic)
+	}
+}
+
+func TestAdminProfiles(t *testing.T) {
+	e := startAdminTest(t, config.AccessAdmin, "")
+	for _, path := range []string{"/debug/pprof/allocs", "/debug/pprof/goroutine", "/debug/pprof/profile?seconds=1"} {
+		resp, err := http.Get(e.url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		// A profile is gzipped protobuf.
+		if resp.StatusCode != 200 || len(data) < 2 || data[0] != 0x1f || data[1] != 0x8b {
+			t.Errorf("GET %s: %s, %d bytes", path, resp.Status, len(data))
+		}
+	}
+	if code, _ := e.errorOf(t, nil, "GET", "/debug/pprof/nothing", "", ""); code != 404 {
+		t.Errorf("unknown profile: %d, want 404", code)
+	}
+	if code, _ := e.errorOf(t, nil, "GET", "/debug/pprof/profile?seconds=0", "", ""); code != 400 {
+		t.Errorf("seconds=0: %d, want 400", code)
+	}
+	if code, _ := e.errorOf(t, fromIP("127.0.0.2"), "GET", "/debug/pprof/heap", "", ""); code != 403 {
+		t.Errorf("monitor profile: %d, want 403", code)
+	}
+	if code, _ := e.errorOf(t, nil, "POST", "/", "", ""); code != 405 {
+		t.Errorf("POST /: %d, want 405", code)
 	}
 }

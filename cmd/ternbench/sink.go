@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// sink is Postfix's smtp-sink with its running message counter.
+type sink struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	msgs atomic.Int64
+	log  *os.File
+}
+
+// startSink runs smtp-sink on 127.0.0.1:port. With -c it prints
+// "sess=… quit=… mesg=N" after every message, which is how the messages
+// that arrived are counted.
+func startSink(bin string, port int, logPath string) (*sink, error) {
+	args := []string{"-c"}
+	if os.Geteuid() == 0 {
+		args = append(args, "-u", "nobody") // it refuses to run as root
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	args = append(args, addr, "1024")
+	s := &sink{cmd: exec.Command(bin, args...), done: make(chan struct{})}
+	out, err := s.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if s.log, err = os.Create(logPath); err != nil {
+		return nil, err
+	}
+	s.cmd.Stderr = s.log
+	if err := s.cmd.Start(); err != nil {
+		s.log.Close()
+		return nil, fmt.Errorf("smtp-sink: %w", err)
+	}
+	go func() {
+		s.read(out)
+		s.cmd.Wait()
+		close(s.done)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := waitDial(ctx, addr); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("smtp-sink: %w", err)
+	}
+	return s, nil
+}
+
+// read follows the counter lines, which smtp-sink ends with \r.
+func (s *sink) read(r io.Reader) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadBytes('\r')
+		if i := bytes.LastIndex(line, []byte("mesg=")); i >= 0 {
+			if n, perr := strconv.ParseInt(string(bytes.TrimSpace(line[i+5:])), 10, 64); perr == nil {
+				s.msgs.Store(n)
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (s *sink) count() int { return int(s.msgs.Load()) }
+
+// waitCount waits until n messages have arrived.
+func (s *sink) waitCount(ctx context.Context, n int) error {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for s.count() < n {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.done:
+			return fmt.Errorf("smtp-sink exited")
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+func (s *sink) stop() {
+	stopProcess(s.cmd, s.done, 5*time.Second)
+	s.log.Close()
+}
