@@ -180,10 +180,13 @@ func Open(opts Options) (*Queue, error) {
 	q.pend = db.NewBatch()
 	go q.commitLoop()
 	q.mu.Lock()
+	// Read under the lock: the timer armed here may promote due
+	// deferrals at once.
+	msgs, ready, deferred, keys := q.nMsgs, q.nReady, q.nDeferred, len(q.keys)
 	q.rearmLocked()
 	q.mu.Unlock()
-	q.log.Info("queue: spool open", "dir", opts.Dir, "messages", q.nMsgs,
-		"ready", q.nReady, "deferred", q.nDeferred, "keys", len(q.keys),
+	q.log.Info("queue: spool open", "dir", opts.Dir, "messages", msgs,
+		"ready", ready, "deferred", deferred, "keys", keys,
 		"elapsed", time.Since(start), "pebble", pebbleOpened)
 	return q, nil
 }
