@@ -6,6 +6,19 @@
 //	tern check FILE          validate a configuration and summarise it
 //	tern hash-password       read a password, print a bcrypt hash for password-hash
 //	tern version             print the version
+//
+// Operator commands over the admin API (http-mgmt-port), each with a table
+// for people and --json for scripts:
+//
+//	tern status              uptime, spool, queued mail, connections, traffic
+//	tern queues [QUEUE]      queues holding mail (filters), or one queue's events
+//	tern vmtas | domains     virtual MTAs; the domains holding the most mail
+//	tern settings DOMAIN/VMTA  the delivery settings in effect and where set
+//	tern pause|resume|retry QUEUE, delete QUEUE|--job JOB, set-mode QUEUE MODE
+//	tern reload              read the configuration again (errors: exit 1)
+//
+// and tern inject FILE|DIR... to submit .eml files over SMTP. Exit codes: 0
+// success, 1 refused or failed, 2 usage, 3 unreachable, 4 access denied.
 package main
 
 import (
@@ -34,6 +47,18 @@ func commands() []command {
 		{"serve", "run the daemon: tern serve -c FILE", runServe},
 		{"check", "validate a configuration file and print a summary", runCheck},
 		{"hash-password", "read a password and print a bcrypt hash for password-hash", runHashPassword},
+		{"status", "summary of the running server (admin API)", runStatus},
+		{"queues", "list the queues holding mail, or show one: queues [DOMAIN/VMTA]", runQueues},
+		{"vmtas", "list the virtual MTAs and the mail they hold", runVMTAs},
+		{"domains", "list the destination domains holding the most mail", runDomains},
+		{"settings", "delivery settings in effect for a queue: settings DOMAIN/VMTA", runSettings},
+		{"pause", "stop delivery from queues: pause QUEUE|--all", runPause},
+		{"resume", "resume delivery from paused queues: resume QUEUE|--all", runResume},
+		{"retry", "make deferred recipients due now: retry QUEUE|--all", runRetry},
+		{"delete", "delete queued recipients: delete QUEUE|--job JOB|--all", runDelete},
+		{"set-mode", "put queues in backoff mode or back: set-mode QUEUE backoff|normal", runSetMode},
+		{"reload", "make the server read its configuration again", runReload},
+		{"inject", "submit .eml files over SMTP: inject [flags] FILE|DIR...", runInject},
 		{"version", "print the version", func(_ []string, _ io.Reader, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "tern", version)
 			return 0
