@@ -1,30 +1,37 @@
 package delivery
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/queue"
 )
 
-// outConn is one outbound SMTP connection, from a VMTA source address to
-// one destination address.
+// outConn is one outbound SMTP session, from a VMTA source address to one
+// destination address. The client is Tern's own over net/textproto rather
+// than go-smtp's: go-smtp's client cannot STARTTLS after an EHLO with our
+// own name, and it does not pipeline (RFC 2920), which halves the round
+// trips of every transaction.
 type outConn struct {
-	c        *smtp.Client
-	raw      net.Conn
+	raw      net.Conn // the TCP connection
+	conn     net.Conn // raw, or the TLS connection over it
+	r        *textproto.Reader
+	w        *bufio.Writer
+	ext      map[string]string // EHLO keywords (upper case) and their parameters
 	target   target
 	source   netip.Addr
 	ehlo     string
@@ -38,7 +45,19 @@ type outConn struct {
 	// had closed it while it sat idle, and nothing of the transaction
 	// reached the server.
 	stale bool
+	// cmdTimeout bounds each command's reply; dataTimeout the message
+	// transfer and its final reply.
+	cmdTimeout, dataTimeout time.Duration
 }
+
+// reply is a negative SMTP reply: the code and the text as the server
+// wrote it (lines joined by newlines), enhanced status code included.
+type reply struct {
+	code int
+	text string
+}
+
+func (r *reply) Error() string { return fmt.Sprintf("%d %s", r.code, r.text) }
 
 // Dialer opens TCP connections; tests and the daemon use net.Dialer.
 type Dialer func(ctx context.Context, local netip.Addr, remote string, timeout time.Duration) (net.Conn, error)
@@ -82,43 +101,24 @@ func open(ctx context.Context, t target, o connOptions) (*outConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s (%s) from %s: %w", t.host, t.addr(), sourceName(o.source), err)
 	}
-	oc := &outConn{raw: raw, target: t, source: o.source, ehlo: o.ehlo}
+	oc := &outConn{raw: raw, conn: raw, target: t, source: o.source, ehlo: o.ehlo,
+		cmdTimeout: pol.SMTPGreetingTimeout.Value, dataTimeout: pol.DataSendTimeout.Value}
+	oc.attach(raw)
 	fail := func(err error) (*outConn, error) {
 		raw.Close()
 		return nil, err
 	}
-	raw.SetDeadline(time.Now().Add(pol.SMTPGreetingTimeout.Value))
-	tp := textproto.NewConn(raw)
-	if _, _, err := tp.ReadResponse(220); err != nil {
+	if _, _, err := oc.cmd(220, ""); err != nil {
 		return fail(&replyError{"greeting from " + t.host, err})
 	}
-	conn := raw
-	// What go-smtp's client reads first: the greeting we already consumed,
-	// and, when we already said EHLO and stay in plaintext, that EHLO's
-	// reply, so the client does not send a second EHLO (some servers
-	// refuse it with 503).
-	replay := []byte("220 ready\r\n")
-	swallow := 0
+	if err := oc.hello(); err != nil {
+		return fail(&replyError{"EHLO", err})
+	}
 	if o.wantTLS {
-		if err := tp.PrintfLine("EHLO %s", o.ehlo); err != nil {
-			return fail(err)
-		}
-		_, caps, err := tp.ReadResponse(250)
-		if err != nil {
-			return fail(&replyError{"EHLO", err})
-		}
-		offered := false
-		for _, line := range strings.Split(caps, "\n") {
-			if strings.EqualFold(strings.TrimSpace(line), "STARTTLS") {
-				offered = true
-			}
-		}
+		_, offered := oc.ext["STARTTLS"]
 		switch {
 		case offered:
-			if err := tp.PrintfLine("STARTTLS"); err != nil {
-				return fail(err)
-			}
-			if _, _, err := tp.ReadResponse(220); err != nil {
+			if _, _, err := oc.cmd(220, "STARTTLS"); err != nil {
 				return fail(&tlsError{fmt.Errorf("STARTTLS refused by %s: %w", t.host, err)})
 			}
 			tc := tls.Client(raw, &tls.Config{
@@ -128,85 +128,134 @@ func open(ctx context.Context, t target, o connOptions) (*outConn, error) {
 				InsecureSkipVerify: !pol.TLSVerifyCertificate.Value,
 				MinVersion:         tls.VersionTLS12,
 			})
+			raw.SetDeadline(time.Now().Add(oc.cmdTimeout))
 			if err := tc.HandshakeContext(ctx); err != nil {
 				return fail(&tlsError{fmt.Errorf("TLS handshake with %s failed: %w", t.host, err)})
 			}
 			oc.tls = tc.ConnectionState().Version
-			conn = tc
+			oc.attach(tc)
+			// RFC 3207: forget what the server said before TLS.
+			if err := oc.hello(); err != nil {
+				return fail(&replyError{"EHLO", err})
+			}
 		case pol.RequireStartTLS.Value:
 			return fail(&tlsError{fmt.Errorf("%s does not offer STARTTLS and require-starttls is set", t.host)})
-		default:
-			replay = append(replay, replyLines(250, caps)...)
-			swallow = 1
 		}
-	}
-	raw.SetDeadline(time.Time{})
-	// The greeting was read above; go-smtp's client expects one, so it
-	// reads a stand-in first.
-	oc.c = smtp.NewClient(&greeted{Conn: conn, pending: replay, swallow: swallow})
-	oc.c.CommandTimeout = pol.SMTPGreetingTimeout.Value
-	oc.c.SubmissionTimeout = pol.DataSendTimeout.Value
-	if err := oc.c.Hello(o.ehlo); err != nil {
-		return fail(&replyError{"EHLO", err})
 	}
 	if pol.AuthUsername.Set {
 		if oc.tls == 0 && !pol.UseUnencryptedPlainAuth.Value {
 			// Not a tlsError: retrying this host in plaintext cannot help.
 			return fail(fmt.Errorf("AUTH to %s needs TLS (set use-unencrypted-plain-auth to allow it in the clear)", t.host))
 		}
-		if err := oc.c.Auth(sasl.NewPlainClient("", pol.AuthUsername.Value, pol.AuthPassword.Value)); err != nil {
+		if err := oc.auth(sasl.NewPlainClient("", pol.AuthUsername.Value, pol.AuthPassword.Value)); err != nil {
 			return fail(&replyError{"AUTH", err})
 		}
 	}
+	raw.SetDeadline(time.Time{})
 	oc.lastUsed = time.Now()
 	return oc, nil
+}
+
+// attach makes c the connection commands go over (after STARTTLS, the TLS
+// connection).
+func (oc *outConn) attach(c net.Conn) {
+	oc.conn = c
+	oc.r = textproto.NewReader(bufio.NewReaderSize(c, 4096))
+	oc.w = bufio.NewWriterSize(c, 32<<10)
+}
+
+// cmd sends one command (none when line is empty) and reads its reply,
+// which must have code expect: anything else is a *reply error.
+func (oc *outConn) cmd(expect int, line string) (int, string, error) {
+	oc.raw.SetDeadline(time.Now().Add(oc.cmdTimeout))
+	if line != "" {
+		oc.w.WriteString(line)
+		oc.w.WriteString("\r\n")
+		if err := oc.w.Flush(); err != nil {
+			return 0, "", err
+		}
+	}
+	return oc.read(expect)
+}
+
+// read reads one reply, which must have code expect.
+func (oc *outConn) read(expect int) (int, string, error) {
+	code, msg, err := oc.r.ReadResponse(0)
+	if err != nil {
+		return 0, "", err // I/O, or a malformed reply
+	}
+	if code != expect {
+		return code, msg, &reply{code, msg}
+	}
+	return code, msg, nil
+}
+
+// hello sends EHLO (HELO if the server refuses it) and records the
+// extensions the server offers.
+func (oc *outConn) hello() error {
+	_, msg, err := oc.cmd(250, "EHLO "+oc.ehlo)
+	var r *reply
+	if errors.As(err, &r) && r.code >= 500 {
+		oc.ext = map[string]string{}
+		_, _, err = oc.cmd(250, "HELO "+oc.ehlo)
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	oc.ext = map[string]string{}
+	lines := strings.Split(msg, "\n")
+	for _, l := range lines[1:] { // the first line is the greeting
+		kw, params, _ := strings.Cut(strings.TrimSpace(l), " ")
+		oc.ext[strings.ToUpper(kw)] = params
+	}
+	return nil
+}
+
+// auth authenticates with the SASL client c.
+func (oc *outConn) auth(c sasl.Client) error {
+	mech, ir, err := c.Start()
+	if err != nil {
+		return err
+	}
+	line := "AUTH " + mech
+	if ir != nil {
+		line += " " + encodeSASL(ir)
+	}
+	for {
+		code, msg, err := oc.cmd(235, line)
+		if err == nil {
+			return nil
+		}
+		if code != 334 {
+			return err
+		}
+		challenge, derr := base64.StdEncoding.DecodeString(msg)
+		if derr != nil {
+			oc.cmd(0, "*")
+			return fmt.Errorf("AUTH: malformed challenge %q", msg)
+		}
+		resp, nerr := c.Next(challenge)
+		if nerr != nil {
+			oc.cmd(0, "*")
+			return nerr
+		}
+		line = encodeSASL(resp)
+	}
+}
+
+// encodeSASL is a SASL response as sent in AUTH: base64, "=" for empty.
+func encodeSASL(b []byte) string {
+	if len(b) == 0 {
+		return "="
+	}
+	return base64.StdEncoding.EncodeToString(b)
 }
 
 // tlsError is a failed TLS requirement or handshake.
 type tlsError struct{ err error }
 
 func (e *tlsError) Error() string { return e.err.Error() }
-
-// greeted replays what the prelude already read (the greeting, maybe an
-// EHLO reply) before the connection's own bytes, and swallows the writes
-// that replayed replies answer.
-type greeted struct {
-	net.Conn
-	pending []byte
-	swallow int
-}
-
-func (g *greeted) Write(p []byte) (int, error) {
-	if g.swallow > 0 {
-		g.swallow--
-		return len(p), nil
-	}
-	return g.Conn.Write(p)
-}
-
-// replyLines formats a reply as it came on the wire: code-text lines, the
-// last with a space.
-func replyLines(code int, msg string) []byte {
-	lines := strings.Split(msg, "\n")
-	var b []byte
-	for i, l := range lines {
-		sep := "-"
-		if i == len(lines)-1 {
-			sep = " "
-		}
-		b = fmt.Appendf(b, "%d%s%s\r\n", code, sep, l)
-	}
-	return b
-}
-
-func (g *greeted) Read(p []byte) (int, error) {
-	if len(g.pending) > 0 {
-		n := copy(p, g.pending)
-		g.pending = g.pending[n:]
-		return n, nil
-	}
-	return g.Conn.Read(p)
-}
 
 func sourceName(ip netip.Addr) string {
 	if !ip.IsValid() {
@@ -223,10 +272,11 @@ type result struct {
 	atRcpt bool   // the reply answered RCPT (bounce-rcpt applies only there)
 }
 
-// send runs one transaction: MAIL, a RCPT per recipient, DATA. Recipients
-// refused at RCPT keep that reply; the others get the DATA reply. A broken
-// connection leaves code 0 (deferred): nothing counts as delivered without
-// a 250.
+// send runs one transaction: MAIL, a RCPT per recipient, DATA. When the
+// server offers PIPELINING (RFC 2920) the commands up to DATA go out in one
+// write and their replies are read together. Recipients refused at RCPT
+// keep that reply; the others get the DATA reply. A broken connection
+// leaves code 0 (deferred): nothing counts as delivered without a 250.
 func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body []byte) []result {
 	oc.txns++
 	oc.lastUsed = time.Now()
@@ -243,31 +293,54 @@ func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body [
 		}
 		return res
 	}
-	mopts := &smtp.MailOptions{Size: int64(len(body))}
-	dsn, _ := oc.c.Extension("DSN")
-	if dsn {
-		mopts.EnvelopeID = env.EnvID
-		switch env.DSNRet {
-		case queue.RetFull:
-			mopts.Return = smtp.DSNReturnFull
-		case queue.RetHeaders:
-			mopts.Return = smtp.DSNReturnHeaders
+	_, dsn := oc.ext["DSN"]
+	_, pipelining := oc.ext["PIPELINING"]
+	oc.raw.SetDeadline(time.Now().Add(oc.cmdTimeout))
+	oc.writeMail(env, rcpts, body, dsn)
+	if !pipelining {
+		if err := oc.w.Flush(); err != nil {
+			oc.broken = true
+			oc.stale = oc.txns > 1
+			return setAll(err)
 		}
 	}
-	if err := oc.c.Mail(env.Sender, mopts); err != nil {
+	// rcptLine writes recipient i's command; sequential sessions send it
+	// after MAIL's reply, pipelined ones already wrote it.
+	rcptLine := func(i int) {
+		if !pipelining {
+			oc.raw.SetDeadline(time.Now().Add(oc.cmdTimeout))
+			oc.writeRcpt(rcpts[i], dsn)
+		}
+	}
+	if pipelining {
+		for i := range rcpts {
+			oc.writeRcpt(rcpts[i], dsn)
+		}
+		oc.w.WriteString("DATA\r\n")
+		if err := oc.w.Flush(); err != nil {
+			oc.broken = true
+			oc.stale = oc.txns > 1
+			return setAll(err)
+		}
+	}
+	if _, _, err := oc.read(250); err != nil {
 		oc.stale = oc.noteBroken(err) && oc.txns > 1
+		if pipelining && !oc.broken {
+			oc.drain(len(rcpts) + 1)
+		}
+		oc.reset()
 		return setAll(err)
 	}
 	accepted := 0
-	for i, r := range rcpts {
-		var ropts *smtp.RcptOptions
-		if dsn && (r.Notify != 0 || r.ORcpt != "") {
-			ropts = &smtp.RcptOptions{Notify: notifyOf(r.Notify)}
-			if r.ORcpt != "" {
-				ropts.OriginalRecipientType, ropts.OriginalRecipient = smtp.DSNAddressTypeRFC822, r.ORcpt
+	for i := range res {
+		rcptLine(i)
+		if !pipelining {
+			if err := oc.w.Flush(); err != nil {
+				oc.broken = true
+				return setAll(err)
 			}
 		}
-		if err := oc.c.Rcpt(r.Address, ropts); err != nil {
+		if _, _, err := oc.read(250); err != nil {
 			res[i].code, res[i].text = replyOf(err)
 			res[i].atRcpt = true
 			oc.errs++
@@ -279,39 +352,204 @@ func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body [
 		res[i].code = 250
 		accepted++
 	}
+	if !pipelining && accepted == 0 {
+		oc.reset()
+		return res
+	}
+	if !pipelining {
+		oc.raw.SetDeadline(time.Now().Add(oc.cmdTimeout))
+		oc.w.WriteString("DATA\r\n")
+		if err := oc.w.Flush(); err != nil {
+			oc.broken = true
+			return setAll(err)
+		}
+	}
+	if _, _, err := oc.read(354); err != nil {
+		if oc.noteBroken(err) || accepted > 0 {
+			return setAll(err)
+		}
+		oc.reset()
+		return res // every RCPT refused: the DATA refusal says nothing new
+	}
 	if accepted == 0 {
-		if err := oc.c.Reset(); err != nil {
+		// A server that took DATA with no recipient gets an empty
+		// message, which it cannot deliver to anyone.
+		oc.raw.SetDeadline(time.Now().Add(oc.dataTimeout))
+		oc.w.WriteString(".\r\n")
+		if err := oc.w.Flush(); err != nil {
+			oc.broken = true
+			return res
+		}
+		if _, _, err := oc.read(250); err != nil {
 			oc.noteBroken(err)
 		}
 		return res
 	}
-	w, err := oc.c.Data()
-	if err != nil {
-		oc.noteBroken(err)
-		return setAll(err)
-	}
-	if _, err := io.Copy(w, bytes.NewReader(body)); err != nil {
+	oc.raw.SetDeadline(time.Now().Add(oc.dataTimeout))
+	writeDotted(oc.w, body)
+	if err := oc.w.Flush(); err != nil {
 		oc.broken = true
 		return setAll(err)
 	}
-	resp, err := w.CloseWithResponse()
+	_, msg, err := oc.read(250)
 	if err != nil {
 		oc.noteBroken(err)
 		return setAll(err)
 	}
 	for i := range res {
 		if res[i].code/100 == 2 {
-			res[i].code, res[i].text = 250, "250 "+resp.StatusText
+			res[i].code, res[i].text = 250, "250 "+msg
 		}
 	}
 	return res
 }
 
+// writeMail buffers the MAIL command with the parameters the server
+// supports.
+func (oc *outConn) writeMail(env queue.Envelope, rcpts []queue.RecipientState, body []byte, dsn bool) {
+	w := oc.w
+	w.WriteString("MAIL FROM:<")
+	w.WriteString(env.Sender)
+	w.WriteString(">")
+	if _, ok := oc.ext["SIZE"]; ok {
+		w.WriteString(" SIZE=")
+		w.WriteString(strconv.Itoa(len(body)))
+	}
+	if _, ok := oc.ext["8BITMIME"]; ok && !isASCII(body) {
+		w.WriteString(" BODY=8BITMIME")
+	}
+	if _, ok := oc.ext["SMTPUTF8"]; ok && !addressesASCII(env.Sender, rcpts) {
+		w.WriteString(" SMTPUTF8")
+	}
+	if dsn {
+		switch env.DSNRet {
+		case queue.RetFull:
+			w.WriteString(" RET=FULL")
+		case queue.RetHeaders:
+			w.WriteString(" RET=HDRS")
+		}
+		if env.EnvID != "" {
+			w.WriteString(" ENVID=")
+			w.WriteString(xtext(env.EnvID))
+		}
+	}
+	w.WriteString("\r\n")
+}
+
+// writeRcpt buffers one RCPT command, with DSN parameters when supported.
+func (oc *outConn) writeRcpt(r queue.RecipientState, dsn bool) {
+	w := oc.w
+	w.WriteString("RCPT TO:<")
+	w.WriteString(r.Address)
+	w.WriteString(">")
+	if dsn {
+		if n := notifyOf(r.Notify); n != "" {
+			w.WriteString(" NOTIFY=")
+			w.WriteString(n)
+		}
+		if r.ORcpt != "" {
+			w.WriteString(" ORCPT=rfc822;")
+			w.WriteString(xtext(r.ORcpt))
+		}
+	}
+	w.WriteString("\r\n")
+}
+
+// drain reads n pipelined replies whose commands lost their meaning (after
+// MAIL was refused), so the next transaction reads its own replies. If
+// the server took the DATA, an empty message ends it.
+func (oc *outConn) drain(n int) {
+	for i := 0; i < n; i++ {
+		code, _, err := oc.read(250)
+		if err != nil && code == 0 {
+			oc.broken = true
+			return
+		}
+		if i == n-1 && code == 354 {
+			oc.w.WriteString(".\r\n")
+			oc.w.Flush()
+			oc.read(250)
+		}
+	}
+}
+
+// reset sends RSET after a failed transaction, so the next MAIL starts
+// clean; a failure here only marks the connection broken.
+func (oc *outConn) reset() {
+	if oc.broken {
+		return
+	}
+	if _, _, err := oc.cmd(250, "RSET"); err != nil {
+		oc.noteBroken(err)
+	}
+}
+
+// writeDotted buffers body with dot-stuffing (RFC 5321 4.5.2), lines ended
+// by CRLF whatever the spool holds, and the final dot.
+func writeDotted(w *bufio.Writer, body []byte) {
+	for len(body) > 0 {
+		if body[0] == '.' {
+			w.WriteByte('.')
+		}
+		i := bytes.IndexByte(body, '\n')
+		if i < 0 {
+			w.Write(body)
+			w.WriteString("\r\n")
+			break
+		}
+		line := body[:i]
+		if n := len(line); n > 0 && line[n-1] == '\r' {
+			line = line[:n-1]
+		}
+		w.Write(line)
+		w.WriteString("\r\n")
+		body = body[i+1:]
+	}
+	w.WriteString(".\r\n")
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func addressesASCII(sender string, rcpts []queue.RecipientState) bool {
+	if !isASCII([]byte(sender)) {
+		return false
+	}
+	for _, r := range rcpts {
+		if !isASCII([]byte(r.Address)) {
+			return false
+		}
+	}
+	return true
+}
+
+// xtext encodes s for ENVID and ORCPT (RFC 3461 4): "+", "=", controls,
+// spaces and non-ASCII bytes become +XX.
+func xtext(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '!' || c > '~' || c == '+' || c == '=' {
+			fmt.Fprintf(&b, "+%02X", c)
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
 // noteBroken marks the connection unusable after an error that is not an
-// SMTP reply (I/O, timeout) or that closes the session (421).
+// SMTP reply (I/O, timeout, a malformed reply) or that closes the session
+// (421).
 func (oc *outConn) noteBroken(err error) bool {
-	var se *smtp.SMTPError
-	if !errors.As(err, &se) || se.Code == 421 {
+	var r *reply
+	if !errors.As(err, &r) || r.code == 421 {
 		oc.broken = true
 	}
 	return oc.broken
@@ -320,38 +558,37 @@ func (oc *outConn) noteBroken(err error) bool {
 // replyOf turns an error into a reply code and text; 0 for a connection
 // failure, which defers.
 func replyOf(err error) (int, string) {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		if se.EnhancedCode != smtp.NoEnhancedCode && se.EnhancedCode != (smtp.EnhancedCode{}) {
-			return se.Code, fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
-		}
-		return se.Code, fmt.Sprintf("%d %s", se.Code, se.Message)
+	var r *reply
+	if errors.As(err, &r) {
+		return r.code, r.Error()
 	}
 	return 0, "connection failed: " + err.Error()
 }
 
-func notifyOf(n queue.Notify) []smtp.DSNNotify {
+// notifyOf is the NOTIFY parameter of a recipient's DSN request, "" when
+// it made none.
+func notifyOf(n queue.Notify) string {
 	if n&queue.NotifyNever != 0 {
-		return []smtp.DSNNotify{smtp.DSNNotifyNever}
+		return "NEVER"
 	}
-	var out []smtp.DSNNotify
+	var out []string
 	if n&queue.NotifySuccess != 0 {
-		out = append(out, smtp.DSNNotifySuccess)
+		out = append(out, "SUCCESS")
 	}
 	if n&queue.NotifyFailure != 0 {
-		out = append(out, smtp.DSNNotifyFailure)
+		out = append(out, "FAILURE")
 	}
 	if n&queue.NotifyDelay != 0 {
-		out = append(out, smtp.DSNNotifyDelayed)
+		out = append(out, "DELAY")
 	}
-	return out
+	return strings.Join(out, ",")
 }
 
 // close ends the session politely when it still works.
 func (oc *outConn) close() {
 	if !oc.broken {
 		oc.raw.SetDeadline(time.Now().Add(10 * time.Second))
-		oc.c.Quit()
+		oc.cmd(221, "QUIT")
 	}
-	oc.c.Close()
+	oc.conn.Close()
 }
