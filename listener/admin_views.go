@@ -183,12 +183,12 @@ func (a *Admin) queueOne(w http.ResponseWriter, r *http.Request) {
 		n = min(n, maxEvents)
 	}
 	st := a.opts.Queue.Stats(key)
-	act := a.activity(key, n)
+	act := a.activity(key, max(n, 1)) // one event at least, to tell an idle queue from none
 	if st.Total() == 0 && !st.Paused && len(act.Events) == 0 {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("queue %s holds no mail and has no recent deliveries", key))
 		return
 	}
-	d := queueDetail{queueView: a.view(st, act, a.registry(), time.Now()), Events: act.Events}
+	d := queueDetail{queueView: a.view(st, act, a.registry(), time.Now()), Events: act.Events[:min(n, len(act.Events))]}
 	if d.Events == nil {
 		d.Events = []QueueEvent{}
 	}
