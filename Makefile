@@ -20,7 +20,7 @@ TESTTIMEOUT ?= 4m
 # `spool ../var/spool`, relative to the config file.
 RUN_ARGS = serve -c $(CONFIG)
 
-.PHONY: build test fmt-check vet unit fuzz run bench lint clean help
+.PHONY: build test fmt-check vet unit fuzz run bench bench-tools bench-e2e bench-peer bench-backlog lint clean help
 
 ## build: compile the tern binary into bin/tern
 build:
@@ -63,6 +63,36 @@ run: build
 bench:
 	@mkdir -p bench/out
 	$(GO) test -run='^$$' -bench=. -benchmem -count=$(BENCHCOUNT) ./... | tee bench/out/bench.txt
+
+# Flags for ternbench (go run ./cmd/ternbench e2e -h lists them), e.g.
+# make bench-peer BENCH_ARGS='-n 5000 -rounds 1'.
+BENCH_ARGS ?=
+# Bound on a whole benchmark target; each pass has its own -timeout too.
+BENCH_TIMEOUT ?= 60m
+
+## bench-tools: install Postfix's smtp-source and smtp-sink if missing (Debian's postfix, preseeded so no system Postfix is set up)
+bench-tools:
+	@if [ ! -x /usr/sbin/smtp-sink ] || [ ! -x /usr/sbin/smtp-source ] || [ ! -x /usr/sbin/postfix ]; then \
+		echo "installing postfix (for smtp-source, smtp-sink and the peer benchmark)"; \
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+		apt-get update -q; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postfix; \
+	fi
+
+## bench-e2e: Tern alone on loopback: smtp-source (20 sessions, 20,000 x 4 KB) -> tern -> smtp-sink; one JSON line per pass
+bench-e2e: build bench-tools
+	@mkdir -p bench/out
+	timeout $(BENCH_TIMEOUT) $(GO) run ./cmd/ternbench e2e -tern bin/tern $(BENCH_ARGS) | tee bench/out/e2e.jsonl
+
+## bench-peer: the same load on a throw-away Postfix then Tern, 3 rounds; medians and Tern/Postfix ratios
+bench-peer: build bench-tools
+	@mkdir -p bench/out
+	timeout $(BENCH_TIMEOUT) $(GO) run ./cmd/ternbench peer -tern bin/tern $(BENCH_ARGS) | tee bench/out/peer.txt
+
+## bench-backlog: queue 1,000,000 recipients with the sink down and report Tern's peak RSS
+bench-backlog: build bench-tools
+	@mkdir -p bench/out
+	timeout $(BENCH_TIMEOUT) $(GO) run ./cmd/ternbench backlog -tern bin/tern $(BENCH_ARGS) | tee bench/out/backlog.jsonl
 
 ## lint: gofmt check, go vet, and staticcheck when it is installed
 lint: fmt-check vet

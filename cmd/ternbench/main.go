@@ -5,6 +5,8 @@
 //	ternbench e2e  [flags]   Tern alone: one JSON line per pass
 //	ternbench peer [flags]   Postfix then Tern, alternating, for -rounds
 //	                         rounds; each figure as a Tern/Postfix ratio
+//	ternbench backlog        queue -n recipients with the destination down;
+//	                         Tern's peak RSS, and its restart time with them
 //
 // Every process it starts is stopped by PID when it ends, also on a timeout
 // or an interrupt. Only 127.0.0.0/8 is used.
@@ -30,6 +32,7 @@ type options struct {
 	Size     int           // payload bytes per message
 	Sessions int           // parallel smtp-source sessions
 	Rounds   int           // peer rounds
+	Rcpts    int           // recipients per message (backlog)
 	Tern     string        // the tern binary
 	Timeout  time.Duration // bound on one pass
 	Passes   []string      // "new" (a connection per message) and/or "reuse"
@@ -47,15 +50,20 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "e2e" && args[0] != "peer") {
-		fmt.Fprintln(stderr, "usage: ternbench e2e|peer [flags]; ternbench e2e -h lists the flags")
+	if len(args) == 0 || (args[0] != "e2e" && args[0] != "peer" && args[0] != "backlog") {
+		fmt.Fprintln(stderr, "usage: ternbench e2e|peer|backlog [flags]; ternbench e2e -h lists the flags")
 		return 2
 	}
 	mode := args[0]
 	fs := flag.NewFlagSet(mode, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	o := options{Out: stdout, Log: stderr}
-	fs.IntVar(&o.N, "n", 20000, "messages per pass")
+	defN := 20000
+	if mode == "backlog" {
+		defN = 1000000
+	}
+	fs.IntVar(&o.N, "n", defN, "messages per pass (backlog: recipients to queue)")
+	fs.IntVar(&o.Rcpts, "rcpts", 100, "recipients per message (backlog)")
 	fs.IntVar(&o.Size, "size", 4096, "message payload in bytes")
 	fs.IntVar(&o.Sessions, "sessions", 20, "parallel injecting sessions")
 	fs.IntVar(&o.Rounds, "rounds", 3, "rounds of Postfix then Tern (peer)")
@@ -71,7 +79,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var err error
-	if o.Passes, err = parsePasses(*passes); err != nil || o.N < 1 || o.Size < 1 || o.Sessions < 1 || o.Rounds < 1 {
+	if o.Passes, err = parsePasses(*passes); err != nil || o.N < 1 || o.Size < 1 || o.Sessions < 1 || o.Rounds < 1 || o.Rcpts < 1 {
 		fmt.Fprintf(stderr, "ternbench: bad flags: %v\n", err)
 		return 2
 	}
@@ -89,10 +97,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// process started so far.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if mode == "e2e" {
+	switch mode {
+	case "e2e":
 		err = runE2E(ctx, o)
-	} else {
+	case "peer":
 		err = runPeer(ctx, o)
+	default:
+		err = runBacklog(ctx, o)
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "ternbench:", err)

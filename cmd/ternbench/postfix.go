@@ -32,7 +32,7 @@ alias_database =
 relayhost = [127.0.0.1]:%[2]d
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
-maillog_file = %[1]s/maillog
+#maillog_file = %[1]s/maillog
 maillog_file_prefixes = %[1]s
 `
 
@@ -49,6 +49,11 @@ func (p *postfixServer) start(ctx context.Context, dir string, port, sinkPort in
 		return fmt.Errorf("no postfix user (is Debian's postfix package installed?): %w", err)
 	}
 	p.dir, p.etc = dir, filepath.Join(dir, "etc")
+	// Postfix's daemons run as the postfix user and must reach their
+	// directories; a temporary directory is private to its creator.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
 	for _, d := range []string{p.etc, filepath.Join(dir, "queue"), filepath.Join(dir, "data")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
@@ -146,6 +151,9 @@ func (p *postfixServer) cpu() time.Duration {
 // deferred counts the deferrals Postfix logged.
 func (p *postfixServer) deferred() (int64, error) {
 	data, err := os.ReadFile(filepath.Join(p.dir, "maillog"))
+	if os.IsNotExist(err) {
+		return -1, nil
+	}
 	if err != nil {
 		return 0, err
 	}

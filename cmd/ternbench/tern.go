@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -42,16 +43,18 @@ http-access 127.0.0.1 admin
     use-starttls no
     max-smtp-out 20
     max-msg-per-connection 0
-    retry-after 10s
+    retry-after %[5]s
 </domain>
 `
 
 // ternServer is tern serve with the benchmark configuration.
 type ternServer struct {
 	bin     string
+	retry   string // retry-after; 10s when empty
 	cmd     *exec.Cmd
 	done    chan struct{}
 	admin   string
+	conf    string
 	cpuProf chan error
 }
 
@@ -61,13 +64,40 @@ func (t *ternServer) start(ctx context.Context, dir string, port, sinkPort int) 
 		return err
 	}
 	conf := filepath.Join(dir, "tern.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, ternConf, dir, port, adminPort, sinkPort), 0o644); err != nil {
+	retry := t.retry
+	if retry == "" {
+		retry = "10s"
+	}
+	if err := os.WriteFile(conf, fmt.Appendf(nil, ternConf, dir, port, adminPort, sinkPort, retry), 0o644); err != nil {
 		return err
 	}
-	out, err := os.Create(filepath.Join(dir, "tern.out"))
+	t.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	return t.launch(ctx, conf, port)
+}
+
+// startExisting runs tern serve again on the configuration a previous
+// start wrote in dir.
+func (t *ternServer) startExisting(ctx context.Context, dir string, port int) error {
+	conf := filepath.Join(dir, "tern.conf")
+	data, err := os.ReadFile(conf)
 	if err != nil {
 		return err
 	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "http-mgmt-port "); ok {
+			t.admin = "http://" + strings.TrimSpace(rest)
+		}
+	}
+	return t.launch(ctx, conf, port)
+}
+
+// launch starts tern serve -c conf and waits until port accepts.
+func (t *ternServer) launch(ctx context.Context, conf string, port int) error {
+	out, err := os.OpenFile(filepath.Join(filepath.Dir(conf), "tern.out"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	t.conf = conf
 	t.cmd = exec.Command(t.bin, "serve", "-c", conf)
 	t.cmd.Stdout, t.cmd.Stderr = out, out
 	if err := t.cmd.Start(); err != nil {
@@ -76,7 +106,6 @@ func (t *ternServer) start(ctx context.Context, dir string, port, sinkPort int) 
 	}
 	t.done = make(chan struct{})
 	go func() { t.cmd.Wait(); out.Close(); close(t.done) }()
-	t.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	return waitDial(wctx, fmt.Sprintf("127.0.0.1:%d", port))
