@@ -92,9 +92,8 @@ type connOptions struct {
 }
 
 // open connects to t and runs the prelude: greeting, EHLO, STARTTLS as the
-// policy says, AUTH for a smart host. go-smtp's client cannot send STARTTLS
-// after an EHLO with our own name, so the plaintext prelude is written here
-// and the client takes over once TLS (if any) is up.
+// policy says (and EHLO again over TLS), AUTH for a smart host. The
+// session is then ready for send.
 func open(ctx context.Context, t target, o connOptions) (*outConn, error) {
 	pol := o.pol
 	raw, err := o.dial(ctx, o.source, t.addr(), pol.ConnectTimeout.Value)

@@ -59,8 +59,10 @@ type AdminOptions struct {
 	OutboundConnections func() int
 	// FreeSpace, if not nil, reports the free bytes where the spool lives.
 	FreeSpace func() (uint64, error)
-	// ConfigPath and Version are shown by GET /api/status.
+	// ConfigPath and Version are shown by GET /api/status, with SpoolDir,
+	// the spool in use (a reload cannot move it), if set.
 	ConfigPath string
+	SpoolDir   string
 	Version    string
 	Logger     *slog.Logger
 }

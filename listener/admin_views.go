@@ -424,7 +424,7 @@ func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
 		UptimeSeconds: int64(up / time.Second),
 		Version:       a.opts.Version,
 		Config:        a.opts.ConfigPath,
-		Spool:         a.cfg.Load().Spool.Dir.Value,
+		Spool:         cmp.Or(a.opts.SpoolDir, a.cfg.Load().Spool.Dir.Value),
 		Totals: totalsView{Keys: t.Keys, Messages: t.Messages, Recipients: t.Recipients,
 			Ready: t.Ready, Deferred: t.Deferred, Leased: t.Leased, Bytes: t.Bytes},
 	}

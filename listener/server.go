@@ -1,6 +1,7 @@
 package listener
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -59,8 +60,12 @@ type Server struct {
 
 	// inbound counts open client connections over all listeners, for
 	// total-max-smtp-in.
-	inbound  atomic.Int64
-	closing  atomic.Bool
+	inbound atomic.Int64
+	closing atomic.Bool
+	// bufs are message buffers reused across DATA commands: a message is
+	// read, rewritten and spooled (Put copies it), then the buffers are
+	// free again.
+	bufs     sync.Pool
 	failures *failureLimiter
 
 	// conns are the open client connections, so that Shutdown can cut
@@ -372,6 +377,24 @@ func (g *gate) Accept() (net.Conn, error) {
 			}
 			counted.Close()
 		}()
+	}
+}
+
+// maxPooledBuf is the largest buffer kept for reuse; a rare huge message
+// does not pin its memory.
+const maxPooledBuf = 1 << 20
+
+func (s *Server) getBuf() *bytes.Buffer {
+	if b, ok := s.bufs.Get().(*bytes.Buffer); ok {
+		return b
+	}
+	return bytes.NewBuffer(make([]byte, 0, 16<<10))
+}
+
+func (s *Server) putBuf(b *bytes.Buffer) {
+	if b.Cap() <= maxPooledBuf {
+		b.Reset()
+		s.bufs.Put(b)
 	}
 }
 

@@ -277,7 +277,8 @@ func notifyFlags(n []smtp.DSNNotify) queue.Notify {
 // and spools the message; the 250 goes out only after Put returned.
 func (ss *session) Data(r io.Reader) error {
 	limit := ss.policy.MaxMessageSize
-	var buf bytes.Buffer
+	buf := ss.s.getBuf()
+	defer ss.s.putBuf(buf)
 	lr := io.Reader(r)
 	if limit != config.Unlimited {
 		lr = io.LimitReader(r, int64(limit)+1)
@@ -340,9 +341,10 @@ func (ss *session) Data(r io.Reader) error {
 		hdr.Add("Received", ss.received()) // Add puts a field on top, where a trace header belongs
 	}
 
-	var out bytes.Buffer
+	out := ss.s.getBuf()
+	defer ss.s.putBuf(out)
 	out.Grow(buf.Len() + 256)
-	if err := textproto.WriteHeader(&out, hdr); err != nil {
+	if err := textproto.WriteHeader(out, hdr); err != nil {
 		return errInternal
 	}
 	out.Write(buf.Bytes()[bodyStart:])

@@ -210,7 +210,7 @@ queue and its recent delivery events.
 	modeF := fs.String("mode", "", "only queues in this `mode`: normal or backoff")
 	pausedF := fs.String("paused", "", "only paused (yes) or unpaused (no) queues")
 	orphanedF := fs.String("orphaned", "", "only queues whose VMTA is (yes) or is not (no) missing from the running configuration")
-	events := fs.Int("events", 20, "with DOMAIN/VMTA, how many recent `events` to show (at most 200)")
+	events := fs.Int("events", 20, "with DOMAIN/VMTA, how many recent `events` to show (at most 100)")
 	c, code := startAPICommand(fs, f, args, 0, 1, stdout, stderr)
 	if c == nil {
 		return code
@@ -219,8 +219,8 @@ queue and its recent delivery events.
 		if err := checkQueueName(c.args[0], false); err != nil {
 			return usageError(fs, stderr, "%v", err)
 		}
-		if *events < 0 || *events > 200 {
-			return usageError(fs, stderr, "--events must be 0 to 200")
+		if *events < 0 || *events > 100 {
+			return usageError(fs, stderr, "--events must be 0 to 100")
 		}
 		return showQueue(c, c.args[0], *events)
 	}

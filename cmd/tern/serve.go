@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -126,10 +127,11 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	sch.Start()
 
 	spoolDir := cfg.Spool.Dir.Value
+	free := &freeSpaceCache{dir: spoolDir}
 	srv := listener.New(listener.Options{
 		Spool:     q,
 		Logger:    log.With("component", "smtp"),
-		FreeSpace: func() (uint64, error) { return freeSpace(spoolDir) },
+		FreeSpace: free.get,
 		OnAccepted: func(id queue.ID, m *queue.Message) {
 			mets.accepted(m)
 			if !accounts.Accepts(acct.TypeReceived) {
@@ -167,8 +169,9 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Reload:              func() ([]config.Diagnostic, error) { return rl.reload("admin API") },
 		InboundConnections:  srv.Connections,
 		OutboundConnections: sch.Connections,
-		FreeSpace:           func() (uint64, error) { return freeSpace(spoolDir) },
+		FreeSpace:           free.get,
 		ConfigPath:          absPath(*path),
+		SpoolDir:            spoolDir,
 		Version:             version,
 	})
 	if err != nil {
@@ -325,7 +328,10 @@ func absPath(path string) string {
 	return path
 }
 
-// openLog returns the daemon's logger: log-file if set, else stderr.
+// openLog returns the daemon's logger: log-file if set, else stderr. A log
+// file is written through a buffer flushed every logFlush (and when it
+// fills, and at close): at thousands of messages a second, a write per
+// line would cost more than the line.
 func openLog(cfg *config.Config, stderr io.Writer) (*slog.Logger, func(), error) {
 	if !cfg.LogFile.Set {
 		return slog.New(slog.NewTextHandler(stderr, nil)), func() {}, nil
@@ -334,7 +340,86 @@ func openLog(cfg *config.Config, stderr io.Writer) (*slog.Logger, func(), error)
 	if err != nil {
 		return nil, nil, fmt.Errorf("log-file: %w", err)
 	}
-	return slog.New(slog.NewTextHandler(f, nil)), func() { f.Close() }, nil
+	bw := newBufferedLog(f, logFlush)
+	return slog.New(slog.NewTextHandler(bw, nil)), func() { bw.Close() }, nil
+}
+
+// logFlush is how long a log line may wait in the buffer.
+const logFlush = 200 * time.Millisecond
+
+// bufferedLog is a log file behind a buffer that a background loop
+// flushes.
+type bufferedLog struct {
+	mu   sync.Mutex
+	w    *bufio.Writer
+	f    *os.File
+	stop chan struct{}
+	done chan struct{}
+}
+
+func newBufferedLog(f *os.File, every time.Duration) *bufferedLog {
+	b := &bufferedLog{w: bufio.NewWriterSize(f, 64<<10), f: f, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(b.done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-b.stop:
+				return
+			case <-t.C:
+				b.mu.Lock()
+				b.w.Flush()
+				b.mu.Unlock()
+			}
+		}
+	}()
+	return b
+}
+
+// Write buffers one record; slog's handler writes each record in one call.
+func (b *bufferedLog) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.w.Write(p)
+}
+
+// Close flushes what is buffered and closes the file.
+func (b *bufferedLog) Close() error {
+	close(b.stop)
+	<-b.done
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	err := b.w.Flush()
+	if cerr := b.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// freeSpaceCache answers the free space of the spool's disk, measured at
+// most every freeSpaceTTL: the listener asks at MAIL and at DATA of every
+// message, and a statfs per question is wasted at high rates.
+type freeSpaceCache struct {
+	dir  string
+	mu   sync.Mutex
+	at   time.Time
+	free uint64
+	err  error
+}
+
+// freeSpaceTTL bounds how stale the answer may be; a disk does not fill
+// from min-free-space to nothing in that time.
+const freeSpaceTTL = 250 * time.Millisecond
+
+func (c *freeSpaceCache) get() (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now := time.Now(); now.Sub(c.at) >= freeSpaceTTL {
+		c.free, c.err = freeSpace(c.dir)
+		c.at = now
+	}
+	return c.free, c.err
 }
 
 // freeSpace is the space left to unprivileged writers where dir lives.
