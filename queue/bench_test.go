@@ -110,7 +110,7 @@ func (q *Queue) bulkPut(msgs []Message, edit func(i int, p *prepared)) error {
 	}
 	_ = b.Close()
 	for _, p := range ps {
-		q.index(p)
+		q.index(p, nil)
 	}
 	return nil
 }

@@ -25,6 +25,19 @@ type msgInfo struct {
 	pend     uint64 // committer generation of the last write queued for this message
 	live     int32  // recipients not yet final
 	size     uint32 // Envelope.Size, for Totals.Bytes
+	// fresh holds what Put wrote, until the message's first lease takes
+	// it (guarded by Queue.mu): most messages are leased moments after
+	// they are spooled, and reading them back from pebble would cost more
+	// than keeping them.
+	fresh *freshMsg
+}
+
+// freshMsg is a spooled message's envelope, recipient records and body,
+// as Put wrote them.
+type freshMsg struct {
+	env   Envelope
+	rcpts []RecipientState
+	body  []byte
 }
 
 // ref names one recipient: its message and its index within it.

@@ -29,8 +29,11 @@ type Lease struct {
 
 	slots []leaseSlot     // the recipients in the order they were due
 	index map[slotKey]int // slot by recipient, for large leases
-	open  int             // slots still held; guarded by q.mu
-	done  bool            // all slots reported, gone or released; guarded by q.mu
+	// bodies are the bodies of fresh messages, taken from the index with
+	// their envelopes: Body serves them without reading the spool.
+	bodies map[ID][]byte
+	open   int  // slots still held; guarded by q.mu
+	done   bool // all slots reported, gone or released; guarded by q.mu
 }
 
 // Slot states, guarded by q.mu.
@@ -147,7 +150,39 @@ func (l *Lease) load() error {
 		off += counts[i]
 	}
 
-	// Read in key order.
+	// Messages still fresh from Put need no reads: take their copies
+	// (a message is fresh for its first lease only, as later outcomes
+	// change its records).
+	fresh := make([]*freshMsg, len(order))
+	nFresh := 0
+	q.mu.Lock()
+	for i, m := range order {
+		if fresh[i] = q.dropFreshLocked(m); fresh[i] != nil {
+			nFresh++
+		}
+	}
+	q.mu.Unlock()
+	envRead := make([]bool, len(order))
+	envOK := make([]bool, len(order))
+	found := make([]RecipientState, len(slots))
+	ok := make([]bool, len(slots))
+	if nFresh > 0 {
+		l.bodies = make(map[ID][]byte, nFresh)
+		for i, f := range fresh {
+			if f != nil {
+				l.Messages[i].Envelope = f.env
+				envRead[i], envOK[i] = true, true
+				l.bodies[order[i].id] = f.body
+			}
+		}
+		for si := range slots {
+			if f := fresh[groups[slots[si].m]]; f != nil && int(slots[si].n) < len(f.rcpts) {
+				found[si], ok[si] = f.rcpts[slots[si].n], true
+			}
+		}
+	}
+
+	// Read the others in key order.
 	byKey := make([]int, len(slots))
 	for i := range byKey {
 		byKey[i] = i
@@ -158,11 +193,17 @@ func (l *Lease) load() error {
 		}
 		return cmp.Compare(slots[a].n, slots[b].n)
 	})
-	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: []byte("m/"), UpperBound: []byte("m0")})
-	if err != nil {
-		return err
+	if nFresh == len(order) {
+		byKey = byKey[:0]
 	}
-	defer it.Close()
+	var it *pebble.Iterator
+	if len(byKey) > 0 {
+		var err error
+		if it, err = q.db.NewIter(&pebble.IterOptions{LowerBound: []byte("m/"), UpperBound: []byte("m0")}); err != nil {
+			return err
+		}
+		defer it.Close()
+	}
 	seek := func(key []byte) ([]byte, bool, error) {
 		if !it.SeekGE(key) || !bytes.Equal(it.Key(), key) {
 			return nil, false, it.Error()
@@ -170,14 +211,13 @@ func (l *Lease) load() error {
 		v, err := it.ValueAndErr()
 		return v, err == nil, err
 	}
-	envRead := make([]bool, len(order))
-	envOK := make([]bool, len(order))
-	found := make([]RecipientState, len(slots))
-	ok := make([]bool, len(slots))
 	kb := make([]byte, 0, rcptKeyLen)
 	for _, si := range byKey {
 		s := slots[si].ref
 		g := groups[s.m]
+		if fresh[g] != nil {
+			continue
+		}
 		if !envRead[g] {
 			envRead[g] = true
 			kb = append(append(kb[:0], prefixMessage, '/'), 0, 0, 0, 0, 0, 0, 0, 0)
@@ -285,8 +325,15 @@ func (l *Lease) find(id ID, n int) int {
 	return -1
 }
 
-// Body returns the body of message id; see Queue.Body.
-func (l *Lease) Body(id ID) ([]byte, error) { return l.q.Body(id) }
+// Body returns the body of message id; see Queue.Body. The body of a
+// message leased fresh from Put comes from memory and is shared by the
+// lease's callers: it must not be modified.
+func (l *Lease) Body(id ID) ([]byte, error) {
+	if b, ok := l.bodies[id]; ok {
+		return b, nil
+	}
+	return l.q.Body(id)
+}
 
 // Live reports whether the lease still holds recipient n of message id,
 // that is, its outcome is pending and no operator deleted it meanwhile. A

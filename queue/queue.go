@@ -88,6 +88,9 @@ type Queue struct {
 	nLeased   int
 	bytes     int64
 	traffic   *trafficRing // counts for Traffic, guarded by mu
+	// freshBytes is the size of the bodies held by msgInfo.fresh, kept
+	// under maxFreshBytes (guarded by mu).
+	freshBytes int64
 
 	timer    Timer
 	timerAt  int64 // Unix nanoseconds the timer is armed for; 0 if none
@@ -375,9 +378,14 @@ func (q *Queue) Put(ctx context.Context, m Message) (ID, error) {
 		q.fail(err)
 		return 0, fmt.Errorf("queue: put: %w", err)
 	}
-	q.index(p)
+	q.index(p, m.Body)
 	return p.id, nil
 }
+
+// maxFreshBytes bounds the bodies kept in memory for messages not leased
+// yet; past it (delivery slower than intake, a paused queue), leases read
+// from the spool.
+const maxFreshBytes = 64 << 20
 
 // prepared is a validated message on its way into the spool.
 type prepared struct {
@@ -433,8 +441,9 @@ func (p *prepared) write(b *pebble.Batch, body []byte) {
 	_ = b.Merge(hwKey, binary.BigEndian.AppendUint64(buf[:0], uint64(p.id)), nil)
 }
 
-// index adds a committed message to the ready index.
-func (q *Queue) index(p *prepared) {
+// index adds a committed message to the ready index, keeping it fresh for
+// its first lease when body (nil: never) fits.
+func (q *Queue) index(p *prepared, body []byte) {
 	mi := &msgInfo{
 		id:       p.id,
 		received: p.env.Received.UnixNano(),
@@ -442,8 +451,19 @@ func (q *Queue) index(p *prepared) {
 		live:     int32(len(p.rcpts)),
 		size:     uint32(min(max(p.env.Size, 0), 1<<32-1)),
 	}
+	var f *freshMsg
+	if body != nil {
+		// Cloned before the lock; Put's caller may reuse its buffer.
+		f = &freshMsg{env: p.env, rcpts: p.rcpts, body: bytes.Clone(body)}
+		// The time as the spool gives it back, without a monotonic reading.
+		f.env.Received = time.Unix(0, f.env.Received.UnixNano())
+	}
 	var ready []Key
 	q.mu.Lock()
+	if f != nil && q.freshBytes+int64(len(f.body)) <= maxFreshBytes {
+		mi.fresh = f
+		q.freshBytes += int64(len(f.body))
+	}
 	q.nMsgs++
 	q.bytes += int64(mi.size)
 	t := q.trafficLocked()
@@ -632,9 +652,20 @@ func (q *Queue) finalLocked(r ref) {
 		q.nMsgs--
 		q.bytes -= int64(m.size)
 		q.trafficLocked().MessagesOut++
+		q.dropFreshLocked(m)
 	}
 	m.pend = q.pendGen
 	q.pendOps++
+}
+
+// dropFreshLocked forgets m's fresh copy; q.mu must be held.
+func (q *Queue) dropFreshLocked(m *msgInfo) *freshMsg {
+	f := m.fresh
+	if f != nil {
+		m.fresh = nil
+		q.freshBytes -= int64(len(f.body))
+	}
+	return f
 }
 
 // Close waits for operations in progress, commits the outcomes reported so
