@@ -100,7 +100,7 @@ func (sc *scripted) wait(t *testing.T) {
 }
 
 // dialScripted opens an outConn to sc with the default policy.
-func dialScripted(t *testing.T, sc *scripted) *outConn {
+func dialScripted(t testing.TB, sc *scripted) *outConn {
 	t.Helper()
 	pol := config.DefaultDomainSettings()
 	pol.UseStartTLS.Value = false
