@@ -395,15 +395,18 @@ type totalsView struct {
 
 // statusView is the answer of GET /api/status.
 type statusView struct {
-	Started        time.Time  `json:"started"`
-	Uptime         string     `json:"uptime"`
-	UptimeSeconds  int64      `json:"uptime_seconds"`
-	Version        string     `json:"version,omitempty"`
-	Config         string     `json:"config,omitempty"`
-	Spool          string     `json:"spool"`
-	SpoolFreeBytes *uint64    `json:"spool_free_bytes,omitempty"`
-	Totals         totalsView `json:"totals"`
-	Connections    struct {
+	Started        time.Time `json:"started"`
+	Uptime         string    `json:"uptime"`
+	UptimeSeconds  int64     `json:"uptime_seconds"`
+	Version        string    `json:"version,omitempty"`
+	Config         string    `json:"config,omitempty"`
+	Spool          string    `json:"spool"`
+	SpoolFreeBytes *uint64   `json:"spool_free_bytes,omitempty"`
+	// SpoolError is set once a spool write failed: the queue then refuses
+	// all mail (451) until tern serve is restarted.
+	SpoolError  string     `json:"spool_error,omitempty"`
+	Totals      totalsView `json:"totals"`
+	Connections struct {
 		Inbound  int `json:"inbound"`
 		Outbound int `json:"outbound"`
 	} `json:"connections"`
@@ -427,6 +430,9 @@ func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
 		Spool:         cmp.Or(a.opts.SpoolDir, a.cfg.Load().Spool.Dir.Value),
 		Totals: totalsView{Keys: t.Keys, Messages: t.Messages, Recipients: t.Recipients,
 			Ready: t.Ready, Deferred: t.Deferred, Leased: t.Leased, Bytes: t.Bytes},
+	}
+	if err := a.opts.Queue.Failed(); err != nil {
+		v.SpoolError = err.Error() + "; mail is refused until tern serve is restarted"
 	}
 	if a.opts.FreeSpace != nil {
 		if free, err := a.opts.FreeSpace(); err == nil {

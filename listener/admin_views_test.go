@@ -1,13 +1,18 @@
 package listener
 
 import (
+	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/queue"
@@ -373,5 +378,35 @@ func TestAdminProfiles(t *testing.T) {
 	}
 	if code, _ := e.errorOf(t, nil, "POST", "/", "", ""); code != 405 {
 		t.Errorf("POST /: %d, want 405", code)
+	}
+}
+
+// After a failed spool write the status says so, since every message is
+// then refused until a restart.
+func TestAdminStatusSpoolFailure(t *testing.T) {
+	inj := &errorfs.Toggle{Injector: errorfs.InjectorFunc(func(op errorfs.Op) error {
+		switch op.Kind {
+		case errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo:
+			return errorfs.ErrInjected
+		}
+		return nil
+	})}
+	q, err := queue.Open(queue.Options{Dir: "spool", FS: errorfs.Wrap(vfs.NewMem(), inj), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	e := startAdminTest(t, config.AccessMonitor, "", func(o *AdminOptions) { o.Queue = q })
+	var st statusView
+	if e.do(t, nil, "GET", "/api/status", "", "", &st); st.SpoolError != "" {
+		t.Fatalf("spool_error %q before any failure", st.SpoolError)
+	}
+	inj.On()
+	if _, err := q.Put(context.Background(), queue.Message{Envelope: queue.Envelope{Sender: "s@example.org"},
+		Recipients: []queue.Recipient{{Address: "a@x.test", VMTA: "mta1"}}, Body: []byte("x\r\n")}); err == nil {
+		t.Fatal("Put with a failing sync succeeded")
+	}
+	if e.do(t, nil, "GET", "/api/status", "", "", &st); !strings.Contains(st.SpoolError, "restarted") {
+		t.Errorf("spool_error = %q, want the failure and what to do", st.SpoolError)
 	}
 }

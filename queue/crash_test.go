@@ -333,9 +333,15 @@ func TestSyncFailure(t *testing.T) {
 		}
 		good = append(good, id)
 	}
+	if err := q.Failed(); err != nil {
+		t.Fatalf("Failed() = %v before any failure", err)
+	}
 	inj.On()
 	if _, err := q.Put(ctx, threeRcpt("failed")); !errors.Is(err, errorfs.ErrInjected) {
 		t.Fatalf("Put with a failing sync: err = %v, want the injected error", err)
+	}
+	if err := q.Failed(); !errors.Is(err, errorfs.ErrInjected) {
+		t.Fatalf("Failed() = %v after the failed sync, want the injected error", err)
 	}
 	if _, err := q.Put(ctx, threeRcpt("after")); err == nil {
 		t.Fatal("Put after a failed sync succeeded")

@@ -350,6 +350,16 @@ func (q *Queue) failLocked(err error) {
 	q.durableCh = make(chan struct{})
 }
 
+// Failed returns the error that made the queue refuse writes (a failed
+// commit, after which pebble's log is in an unknown state), or nil while
+// it works. Only reopening the spool clears it.
+func (q *Queue) Failed() error {
+	if f := q.failed.Load(); f != nil {
+		return f.err
+	}
+	return nil
+}
+
 // Put stores m and returns its queue ID once the envelope, body and
 // recipients are durable (a synced pebble commit). ctx is checked before
 // the commit starts; a commit in progress cannot be abandoned. Put fills in

@@ -45,7 +45,15 @@ func newMetrics(q *queue.Queue) *metrics {
 		func() float64 { return float64(q.Totals().Recipients) })
 	messages := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tern_queue_messages", Help: "Messages in the queue."},
 		func() float64 { return float64(q.Totals().Messages) })
-	m.reg.MustRegister(m.received, m.outcomes, m.latency, m.txnTime, queued, messages,
+	failed := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tern_spool_failed",
+		Help: "1 once a spool write failed: all mail is refused until tern serve is restarted."},
+		func() float64 {
+			if q.Failed() != nil {
+				return 1
+			}
+			return 0
+		})
+	m.reg.MustRegister(m.received, m.outcomes, m.latency, m.txnTime, queued, messages, failed,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.handlerFn = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 	return m
