@@ -69,6 +69,10 @@ type session struct {
 	hasFrom  bool
 	mailOpts smtp.MailOptions
 	rcpts    []queue.Recipient
+
+	// hdr reads the header of each message of the session; reused, as a
+	// bufio.Reader costs a 4 KB allocation.
+	hdr *bufio.Reader
 }
 
 var _ smtp.AuthSession = (*session)(nil)
@@ -295,7 +299,12 @@ func (ss *session) Data(r io.Reader) error {
 		return ss.refuse(errTooBig, "data", "limit", int64(limit))
 	}
 
-	br := bufio.NewReader(bytes.NewReader(buf.Bytes()))
+	if ss.hdr == nil {
+		ss.hdr = bufio.NewReader(nil)
+	}
+	br := ss.hdr
+	br.Reset(bytes.NewReader(buf.Bytes()))
+	defer br.Reset(nil) // let go of the pooled buffer
 	hdr, err := textproto.ReadHeader(br)
 	if err != nil {
 		return ss.refuse(errBadHeader, "data", "err", err.Error())
