@@ -129,19 +129,10 @@ func (s *Scheduler) Connections() int {
 // the mode follows its rules from then on.
 func (s *Scheduler) SetMode(sel queue.Selector, backoff bool) int {
 	n := 0
-	why := "set by an operator"
 	for _, st := range s.opts.Queue.Keys(sel) {
-		s.mu.Lock()
-		r := s.runners[st.Key]
-		if r == nil {
-			r = &runner{key: st.Key}
-			s.runners[st.Key] = r
-		}
-		s.mu.Unlock()
-		if r.mode.on.Load() != backoff {
+		if s.setMode(s.runnerFor(st.Key), backoff, "set by an operator") {
 			n++
 		}
-		s.setMode(r, backoff, why)
 	}
 	return n
 }

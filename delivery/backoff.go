@@ -44,10 +44,11 @@ func (s *Scheduler) withMode(r *runner, p *config.DomainSettings) *config.Domain
 	return &c
 }
 
-// setMode switches the queue's mode and logs the change.
-func (s *Scheduler) setMode(r *runner, backoff bool, why string) {
+// setMode switches the queue's mode and logs the change; it reports
+// whether the mode changed.
+func (s *Scheduler) setMode(r *runner, backoff bool, why string) bool {
 	if r.mode.on.Swap(backoff) == backoff {
-		return
+		return false
 	}
 	mode := "normal"
 	if backoff {
@@ -57,6 +58,7 @@ func (s *Scheduler) setMode(r *runner, backoff bool, why string) {
 		r.mode.after.Store(0)
 	}
 	s.log.Info("queue mode changed", "queue", r.key.String(), "mode", mode, "reason", why)
+	return true
 }
 
 // Mode reports whether the queue key is in backoff mode, and since when.

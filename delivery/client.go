@@ -39,7 +39,8 @@ type outConn struct {
 	txns     int    // transactions sent on this connection
 	errs     int    // recipient errors on this connection
 	lastUsed time.Time
-	txnStart time.Time // when the current transaction began, for Event.Duration
+	txnStart time.Time     // when the current transaction began
+	txnDur   time.Duration // how long the last transaction took, for Event.Duration
 	broken   bool
 	// stale is set when a reused connection failed at MAIL: the server
 	// had closed it while it sat idle, and nothing of the transaction
@@ -166,19 +167,36 @@ func (oc *outConn) attach(c net.Conn) {
 // cmd sends one command (none when line is empty) and reads its reply,
 // which must have code expect: anything else is a *reply error.
 func (oc *outConn) cmd(expect int, line string) (int, string, error) {
-	oc.raw.SetDeadline(time.Now().Add(oc.cmdTimeout))
 	if line != "" {
 		oc.w.WriteString(line)
 		oc.w.WriteString("\r\n")
-		if err := oc.w.Flush(); err != nil {
+		if err := oc.flushWithin(oc.cmdTimeout); err != nil {
 			return 0, "", err
 		}
 	}
 	return oc.read(expect)
 }
 
-// read reads one reply, which must have code expect.
+// flushWithin sends what is buffered within d; a failure breaks the
+// connection.
+func (oc *outConn) flushWithin(d time.Duration) error {
+	oc.raw.SetWriteDeadline(time.Now().Add(d))
+	if err := oc.w.Flush(); err != nil {
+		oc.broken = true
+		return err
+	}
+	return nil
+}
+
+// read reads one reply within the command timeout (each reply of a
+// pipelined group gets its own), which must have code expect.
 func (oc *outConn) read(expect int) (int, string, error) {
+	return oc.readWithin(expect, oc.cmdTimeout)
+}
+
+// readWithin reads one reply within d, which must have code expect.
+func (oc *outConn) readWithin(expect int, d time.Duration) (int, string, error) {
+	oc.raw.SetReadDeadline(time.Now().Add(d))
 	code, msg, err := oc.r.ReadResponse(0)
 	if err != nil {
 		return 0, "", err // I/O, or a malformed reply
@@ -276,10 +294,12 @@ type result struct {
 // write and their replies are read together. Recipients refused at RCPT
 // keep that reply; the others get the DATA reply. A broken connection
 // leaves code 0 (deferred): nothing counts as delivered without a 250.
+// After a failed transaction the connection is RSET for the next one.
 func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body []byte) []result {
 	oc.txns++
 	oc.lastUsed = time.Now()
 	oc.txnStart = oc.lastUsed
+	defer func() { oc.txnDur = time.Since(oc.txnStart) }()
 	res := make([]result, len(rcpts))
 	for i, r := range rcpts {
 		res[i].rcpt = r
@@ -294,33 +314,17 @@ func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body [
 	}
 	_, dsn := oc.ext["DSN"]
 	_, pipelining := oc.ext["PIPELINING"]
-	oc.raw.SetDeadline(time.Now().Add(oc.cmdTimeout))
+
 	oc.writeMail(env, rcpts, body, dsn)
-	if !pipelining {
-		if err := oc.w.Flush(); err != nil {
-			oc.broken = true
-			oc.stale = oc.txns > 1
-			return setAll(err)
-		}
-	}
-	// rcptLine writes recipient i's command; sequential sessions send it
-	// after MAIL's reply, pipelined ones already wrote it.
-	rcptLine := func(i int) {
-		if !pipelining {
-			oc.raw.SetDeadline(time.Now().Add(oc.cmdTimeout))
-			oc.writeRcpt(rcpts[i], dsn)
-		}
-	}
 	if pipelining {
 		for i := range rcpts {
 			oc.writeRcpt(rcpts[i], dsn)
 		}
 		oc.w.WriteString("DATA\r\n")
-		if err := oc.w.Flush(); err != nil {
-			oc.broken = true
-			oc.stale = oc.txns > 1
-			return setAll(err)
-		}
+	}
+	if err := oc.flushWithin(oc.cmdTimeout); err != nil {
+		oc.stale = oc.txns > 1
+		return setAll(err)
 	}
 	if _, _, err := oc.read(250); err != nil {
 		oc.stale = oc.noteBroken(err) && oc.txns > 1
@@ -332,10 +336,9 @@ func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body [
 	}
 	accepted := 0
 	for i := range res {
-		rcptLine(i)
 		if !pipelining {
-			if err := oc.w.Flush(); err != nil {
-				oc.broken = true
+			oc.writeRcpt(rcpts[i], dsn)
+			if err := oc.flushWithin(oc.cmdTimeout); err != nil {
 				return setAll(err)
 			}
 		}
@@ -351,46 +354,44 @@ func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body [
 		res[i].code = 250
 		accepted++
 	}
-	if !pipelining && accepted == 0 {
-		oc.reset()
-		return res
-	}
 	if !pipelining {
-		oc.raw.SetDeadline(time.Now().Add(oc.cmdTimeout))
+		if accepted == 0 {
+			oc.reset()
+			return res
+		}
 		oc.w.WriteString("DATA\r\n")
-		if err := oc.w.Flush(); err != nil {
-			oc.broken = true
+		if err := oc.flushWithin(oc.cmdTimeout); err != nil {
 			return setAll(err)
 		}
 	}
 	if _, _, err := oc.read(354); err != nil {
-		if oc.noteBroken(err) || accepted > 0 {
+		if oc.noteBroken(err) {
 			return setAll(err)
 		}
+		// Servers keep the transaction after refusing DATA: without RSET
+		// the next MAIL would be refused as nested.
 		oc.reset()
-		return res // every RCPT refused: the DATA refusal says nothing new
+		if accepted == 0 {
+			return res // every RCPT refused: the DATA refusal says nothing new
+		}
+		return setAll(err)
 	}
 	if accepted == 0 {
 		// A server that took DATA with no recipient gets an empty
 		// message, which it cannot deliver to anyone.
-		oc.raw.SetDeadline(time.Now().Add(oc.dataTimeout))
 		oc.w.WriteString(".\r\n")
-		if err := oc.w.Flush(); err != nil {
-			oc.broken = true
-			return res
-		}
-		if _, _, err := oc.read(250); err != nil {
-			oc.noteBroken(err)
+		if oc.flushWithin(oc.dataTimeout) == nil {
+			if _, _, err := oc.readWithin(250, oc.dataTimeout); err != nil {
+				oc.noteBroken(err)
+			}
 		}
 		return res
 	}
-	oc.raw.SetDeadline(time.Now().Add(oc.dataTimeout))
 	writeDotted(oc.w, body)
-	if err := oc.w.Flush(); err != nil {
-		oc.broken = true
+	if err := oc.flushWithin(oc.dataTimeout); err != nil {
 		return setAll(err)
 	}
-	_, msg, err := oc.read(250)
+	_, msg, err := oc.readWithin(250, oc.dataTimeout)
 	if err != nil {
 		oc.noteBroken(err)
 		return setAll(err)
@@ -466,8 +467,9 @@ func (oc *outConn) drain(n int) {
 		}
 		if i == n-1 && code == 354 {
 			oc.w.WriteString(".\r\n")
-			oc.w.Flush()
-			oc.read(250)
+			if oc.flushWithin(oc.dataTimeout) == nil {
+				oc.readWithin(250, oc.dataTimeout)
+			}
 		}
 	}
 }
@@ -583,11 +585,17 @@ func notifyOf(n queue.Notify) string {
 	return strings.Join(out, ",")
 }
 
+// quitTimeout bounds the goodbye: a slow QUIT must not hold a connection
+// slot.
+const quitTimeout = 10 * time.Second
+
 // close ends the session politely when it still works.
 func (oc *outConn) close() {
 	if !oc.broken {
-		oc.raw.SetDeadline(time.Now().Add(10 * time.Second))
-		oc.cmd(221, "QUIT")
+		oc.w.WriteString("QUIT\r\n")
+		if oc.flushWithin(quitTimeout) == nil {
+			oc.readWithin(221, quitTimeout)
+		}
 	}
 	oc.conn.Close()
 }

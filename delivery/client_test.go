@@ -380,3 +380,44 @@ func TestClientHeloFallback(t *testing.T) {
 	}
 	sc.wait(t)
 }
+
+// DATA refused after an accepted RCPT: the recipients get DATA's reply
+// and the connection is RSET, so the next transaction is not refused as
+// a nested MAIL.
+func TestClientDataRefusedResets(t *testing.T) {
+	sc := startScripted(t, func(s *serverConn) error {
+		if err := greet(s, "PIPELINING"); err != nil {
+			return err
+		}
+		for _, cmd := range []string{"MAIL", "RCPT", "DATA"} {
+			if _, err := s.expect(cmd); err != nil {
+				return err
+			}
+		}
+		s.say("250 ok", "250 ok", "451 4.3.0 try DATA later")
+		if _, err := s.expect("RSET"); err != nil {
+			return err
+		}
+		s.say("250 reset")
+		for _, cmd := range []string{"MAIL", "RCPT", "DATA"} {
+			if _, err := s.expect(cmd); err != nil {
+				return err
+			}
+		}
+		s.say("250 ok", "250 ok", "354 go")
+		if _, err := s.data(); err != nil {
+			return err
+		}
+		s.say("250 2.0.0 ok")
+		return nil
+	})
+	oc := dialScripted(t, sc)
+	res := oc.send(queue.Envelope{Sender: "s@example.org"}, rcpts("a@x.test"), []byte("x\r\n"))
+	if res[0].code != 451 || res[0].text != "451 4.3.0 try DATA later" || oc.broken {
+		t.Fatalf("first transaction: %+v, broken %v", res[0], oc.broken)
+	}
+	if res = oc.send(queue.Envelope{Sender: "s@example.org"}, rcpts("b@x.test"), []byte("x\r\n")); res[0].code != 250 {
+		t.Errorf("second transaction: %+v", res[0])
+	}
+	sc.wait(t)
+}

@@ -181,14 +181,19 @@ func (s *Scheduler) Start() {
 // Notify tells the scheduler that key has due recipients. It is the queue's
 // OnReady hook; it never blocks.
 func (s *Scheduler) Notify(key queue.Key) {
+	s.kick(s.runnerFor(key))
+}
+
+// runnerFor returns the runner of key, made on first use.
+func (s *Scheduler) runnerFor(key queue.Key) *runner {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	r := s.runners[key]
 	if r == nil {
 		r = &runner{key: key}
 		s.runners[key] = r
 	}
-	s.mu.Unlock()
-	s.kick(r)
+	return r
 }
 
 // Stop stops starting transactions, lets those in flight finish until ctx
@@ -640,7 +645,7 @@ func (s *Scheduler) record(r *runner, entry queue.Entry, rc queue.RecipientState
 		Kind: out.Kind, Reply: out.Reply, NextAttempt: out.Until, Size: size}
 	if oc != nil {
 		ev.SourceIP, ev.RemoteHost, ev.RemoteIP, ev.TLSVersion = oc.source, oc.target.host, oc.target.ip, oc.tls
-		ev.Duration = time.Since(oc.txnStart)
+		ev.Duration = oc.txnDur
 	}
 	r.act.add(&ev)
 	if s.opts.OnOutcome != nil {

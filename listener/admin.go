@@ -49,10 +49,10 @@ type AdminOptions struct {
 	// normal mode and returns how many changed.
 	SetMode func(sel queue.Selector, backoff bool) int
 	// Reload, if not nil, reloads the configuration file (POST
-	// /api/reload). It returns the new file's warnings, or an error (a
-	// *config.ErrorList for a refused file) when the running
+	// /api/reload). It returns the new configuration and its warnings, or
+	// an error (a *config.ErrorList for a refused file) when the running
 	// configuration stays.
-	Reload func() (warnings []config.Diagnostic, err error)
+	Reload func() (cfg *config.Config, warnings []config.Diagnostic, err error)
 	// InboundConnections and OutboundConnections, if not nil, count the
 	// open SMTP connections for GET /api/status.
 	InboundConnections  func() int
@@ -185,7 +185,11 @@ func (a *Admin) routes() http.Handler {
 	mux.HandleFunc("GET /{$}", a.guardByAddress(config.AccessMonitor, a.statusPage))
 	methods["/"] = "GET"
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		if m, ok := methods[r.URL.Path]; ok {
+		m, ok := methods[r.URL.Path]
+		if !ok && strings.HasPrefix(r.URL.Path, "/debug/pprof/") {
+			m, ok = "GET", true
+		}
+		if ok {
 			w.Header().Set("Allow", m)
 			writeError(w, http.StatusMethodNotAllowed, "method not allowed; use "+m)
 			return
@@ -281,6 +285,16 @@ func parseQueue(s string, all bool) (queue.Selector, error) {
 		return sel, errors.New("queue */* selects every queue; add all=yes to mean it")
 	}
 	return sel, nil
+}
+
+// parseExactQueue reads the name of one queue, domain/vmta, without
+// wildcards.
+func parseExactQueue(s string) (queue.Key, error) {
+	sel, err := parseQueue(s, true)
+	if err != nil || sel.Domain == "" || sel.VMTA == "" {
+		return queue.Key{}, fmt.Errorf("queue %q: want domain/vmta", s)
+	}
+	return queue.Key{VMTA: sel.VMTA, Domain: sel.Domain}, nil
 }
 
 // selectorOf reads the queue selector of an operation; job is allowed only

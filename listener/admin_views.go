@@ -167,13 +167,11 @@ const maxEvents = 100
 
 // queueOne is one queue with its recent outcomes (GET /api/queue).
 func (a *Admin) queueOne(w http.ResponseWriter, r *http.Request) {
-	name := r.URL.Query().Get("queue")
-	key, err := queue.ParseKey(name)
-	if err != nil || key.VMTA == "*" || key.Domain == "*" {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("queue %q: want domain/vmta", name))
+	key, err := parseExactQueue(r.URL.Query().Get("queue"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	key.Domain = strings.ToLower(key.Domain)
 	n := 20
 	if s := r.URL.Query().Get("events"); s != "" {
 		if n, err = strconv.Atoi(s); err != nil || n < 0 {
@@ -323,10 +321,9 @@ type settingsView struct {
 // directive, its value, and the line that set it (GET
 // /api/settings?queue=domain/vmta[&pool=P]).
 func (a *Admin) settings(w http.ResponseWriter, r *http.Request) {
-	name := r.URL.Query().Get("queue")
-	key, err := queue.ParseKey(name)
-	if err != nil || key.VMTA == "*" || key.Domain == "*" {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("queue %q: want domain/vmta", name))
+	key, err := parseExactQueue(r.URL.Query().Get("queue"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	reg := a.registry()
@@ -344,8 +341,7 @@ func (a *Admin) settings(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pol := reg.Policy(key.VMTA, pool, key.Domain)
-	out := settingsView{Queue: strings.ToLower(key.Domain) + "/" + key.VMTA, VMTA: key.VMTA,
-		Domain: strings.ToLower(key.Domain), Pool: pool, Blocks: []string{}}
+	out := settingsView{Queue: key.String(), VMTA: key.VMTA, Domain: key.Domain, Pool: pool, Blocks: []string{}}
 	for _, m := range pol.Matched {
 		where := "top level"
 		switch m.Level {
@@ -491,7 +487,7 @@ func (a *Admin) reload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.opts.Logger.Info("admin reload", "client", r.RemoteAddr)
-	warnings, err := a.opts.Reload()
+	cfg, warnings, err := a.opts.Reload()
 	v := reloadView{File: a.opts.ConfigPath, Warnings: diagStrings(warnings)}
 	if err != nil {
 		v.Error = "configuration refused"
@@ -505,6 +501,12 @@ func (a *Admin) reload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v.Reloaded = true
+	if cfg != nil {
+		// The reloader applies the new access rules too, but only once it
+		// knows this API; a reload in the moment after start must not
+		// leave the old rules in place.
+		a.SetConfig(cfg)
+	}
 	writeJSON(w, http.StatusOK, v)
 }
 

@@ -85,11 +85,12 @@ func (f *fakeDelivery) options(t *testing.T) func(*AdminOptions) {
 			}
 			return n
 		}
-		o.Reload = func() ([]config.Diagnostic, error) {
+		o.Reload = func() (*config.Config, []config.Diagnostic, error) {
 			f.mu.Lock()
 			f.reloads++
 			f.mu.Unlock()
-			return f.reloadFn()
+			w, err := f.reloadFn()
+			return nil, w, err
 		}
 		o.InboundConnections = func() int { return 4 }
 		o.OutboundConnections = func() int { return 7 }
@@ -186,7 +187,7 @@ func TestAdminQueueDetail(t *testing.T) {
 	if code, msg := e.errorOf(t, nil, "GET", "/api/queue?queue=empty.test/mta1", "", ""); code != 404 || !strings.Contains(msg, "empty.test/mta1") {
 		t.Errorf("unknown queue: %d %q, want 404 naming it", code, msg)
 	}
-	for _, q := range []string{"", "?queue=slow.test", "?queue=*/mta1", "?queue=slow.test/mta1&events=-1", "?queue=slow.test/mta1&events=x"} {
+	for _, q := range []string{"", "?queue=slow.test", "?queue=*/mta1", "?queue=slow.test/", "?queue=slow.test/mta1&events=-1", "?queue=slow.test/mta1&events=x"} {
 		if code, _ := e.errorOf(t, nil, "GET", "/api/queue"+q, "", ""); code != 400 {
 			t.Errorf("GET /api/queue%s: %d, want 400", q, code)
 		}
@@ -378,6 +379,9 @@ func TestAdminProfiles(t *testing.T) {
 	}
 	if code, _ := e.errorOf(t, nil, "POST", "/", "", ""); code != 405 {
 		t.Errorf("POST /: %d, want 405", code)
+	}
+	if code, _ := e.errorOf(t, nil, "POST", "/debug/pprof/heap", "", ""); code != 405 {
+		t.Errorf("POST /debug/pprof/heap: %d, want 405", code)
 	}
 }
 

@@ -461,19 +461,24 @@ func (q *Queue) index(p *prepared, body []byte) {
 		live:     int32(len(p.rcpts)),
 		size:     uint32(min(max(p.env.Size, 0), 1<<32-1)),
 	}
+	// Room for the fresh copy is reserved first, so a backlog at the
+	// bound costs no copy; the copy is made outside the lock.
 	var f *freshMsg
-	if body != nil {
-		// Cloned before the lock; Put's caller may reuse its buffer.
-		f = &freshMsg{env: p.env, rcpts: p.rcpts, body: bytes.Clone(body)}
+	q.mu.Lock()
+	if body != nil && q.freshBytes+int64(len(body)) <= maxFreshBytes {
+		q.freshBytes += int64(len(body))
+		f = &freshMsg{}
+	}
+	q.mu.Unlock()
+	if f != nil {
+		// Put's caller may reuse its buffer.
+		f.env, f.rcpts, f.body = p.env, p.rcpts, bytes.Clone(body)
 		// The time as the spool gives it back, without a monotonic reading.
 		f.env.Received = time.Unix(0, f.env.Received.UnixNano())
+		mi.fresh = f
 	}
 	var ready []Key
 	q.mu.Lock()
-	if f != nil && q.freshBytes+int64(len(f.body)) <= maxFreshBytes {
-		mi.fresh = f
-		q.freshBytes += int64(len(f.body))
-	}
 	q.nMsgs++
 	q.bytes += int64(mi.size)
 	t := q.trafficLocked()

@@ -166,7 +166,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Registry:            current.Load,
 		Activity:            func(k queue.Key, n int) listener.QueueActivity { return activityView(sch.Activity(k, n)) },
 		SetMode:             sch.SetMode,
-		Reload:              func() ([]config.Diagnostic, error) { return rl.reload("admin API") },
+		Reload:              func() (*config.Config, []config.Diagnostic, error) { return rl.reload("admin API") },
 		InboundConnections:  srv.Connections,
 		OutboundConnections: sch.Connections,
 		FreeSpace:           free.get,
@@ -262,8 +262,8 @@ func (rl *reloader) setAdmin(a *listener.Admin) {
 // reload loads, validates and applies the file. A broken file is refused
 // with every error (a *config.ErrorList) and the running configuration
 // stays; otherwise the new registry replaces the old one atomically and
-// the file's warnings are returned.
-func (rl *reloader) reload(trigger string) ([]config.Diagnostic, error) {
+// the new configuration and its warnings are returned.
+func (rl *reloader) reload(trigger string) (*config.Config, []config.Diagnostic, error) {
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
 	cfg, err := config.Load(rl.path, config.Options{})
@@ -276,7 +276,7 @@ func (rl *reloader) reload(trigger string) ([]config.Diagnostic, error) {
 		} else {
 			rl.log.Error("reload refused", "trigger", trigger, "err", err)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	reg, err := vmta.Build(cfg)
 	if err == nil {
@@ -284,7 +284,7 @@ func (rl *reloader) reload(trigger string) ([]config.Diagnostic, error) {
 	}
 	if err != nil {
 		rl.log.Error("reload refused", "trigger", trigger, "err", err)
-		return nil, err
+		return nil, nil, err
 	}
 	rl.current.Store(reg)
 	if rl.admin != nil {
@@ -297,7 +297,7 @@ func (rl *reloader) reload(trigger string) ([]config.Diagnostic, error) {
 		rl.log.Warn("config", "at", w.Pos.String(), "warning", w.Message)
 	}
 	rl.log.Info("configuration reloaded", "file", rl.path, "trigger", trigger, "warnings", len(cfg.Warnings))
-	return cfg.Warnings, nil
+	return cfg, cfg.Warnings, nil
 }
 
 // activityView converts the scheduler's view of a queue for the admin API
