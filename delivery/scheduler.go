@@ -80,6 +80,9 @@ type Scheduler struct {
 	runners map[queue.Key]*runner
 	total   int            // open connections, for total-max-smtp-out
 	perVMTA map[string]int // open connections per VMTA, for its max-smtp-out
+	// perPool counts connection workers by the pool of the mail they
+	// carry, for the pool's max-smtp-out.
+	perPool map[string]int
 	// waiting are runners that wanted a connection while a VMTA-wide or
 	// global cap was full; freed slots go to the highest queue-priority.
 	waiting map[*runner]bool
@@ -88,6 +91,7 @@ type Scheduler struct {
 	// its slot.
 	idlers   map[*idler]bool
 	vmtaRate map[string]*limiter
+	poolRate map[string]*limiter
 	sources  map[string]*atomic.Uint64 // round robin over a VMTA's source hosts
 }
 
@@ -113,11 +117,16 @@ type runner struct {
 	conn      limiter
 	msg       limiter
 	act       activity // recent outcomes, for the admin API's queue views
+	// poolBlocked is the pool whose max-smtp-out stopped the queue's last
+	// worker (guarded by Scheduler.mu): no worker starts until that pool
+	// has a free slot.
+	poolBlocked string
 }
 
 // idler is a worker waiting for mail with its connection open.
 type idler struct {
 	vmta  string
+	pool  string             // the pool it is counted under, "" for none
 	close context.CancelFunc // ends its wait: the worker leaves
 }
 
@@ -163,8 +172,8 @@ func New(opts Options) *Scheduler {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Scheduler{
 		opts: opts, log: opts.Logger, ctx: ctx, stop: cancel,
-		runners: map[queue.Key]*runner{}, perVMTA: map[string]int{}, waiting: map[*runner]bool{}, idlers: map[*idler]bool{},
-		vmtaRate: map[string]*limiter{}, sources: map[string]*atomic.Uint64{},
+		runners: map[queue.Key]*runner{}, perVMTA: map[string]int{}, perPool: map[string]int{}, waiting: map[*runner]bool{}, idlers: map[*idler]bool{},
+		vmtaRate: map[string]*limiter{}, poolRate: map[string]*limiter{}, sources: map[string]*atomic.Uint64{},
 	}
 }
 
@@ -252,15 +261,18 @@ func (s *Scheduler) kick(r *runner) {
 		// until its connection-idle-timeout: it closes, and its release
 		// hands the slot to the waiting queues.
 		vmtaFull := v.MaxSMTPOut > 0 && s.perVMTA[v.Name] >= v.MaxSMTPOut
-		for id := range s.idlers {
-			if !vmtaFull || id.vmta == v.Name {
-				delete(s.idlers, id)
-				id.close()
-				break
-			}
-		}
+		s.closeIdlerLocked(func(id *idler) bool { return !vmtaFull || id.vmta == v.Name })
 		s.mu.Unlock()
 		return
+	}
+	if pb := r.poolBlocked; pb != "" {
+		if p, ok := reg.Pool(pb); ok && p.MaxSMTPOut > 0 && s.perPool[pb] >= p.MaxSMTPOut {
+			s.waiting[r] = true
+			s.closeIdlerLocked(func(id *idler) bool { return id.pool == pb })
+			s.mu.Unlock()
+			return
+		}
+		r.poolBlocked = ""
 	}
 	delete(s.waiting, r)
 	r.workers++
@@ -310,6 +322,11 @@ func (s *Scheduler) release(r *runner, vmtaName string) {
 func (s *Scheduler) work(r *runner, vmtaName string) {
 	defer s.wg.Done()
 	defer s.release(r, vmtaName)
+	// poolSlot is the pool this worker is counted under: that of the mail
+	// it carries now. It is given back after the connection closes and
+	// before release hands slots on.
+	poolSlot := ""
+	defer func() { s.movePoolSlot(poolSlot, "") }()
 	var oc *outConn
 	defer func() {
 		if oc != nil {
@@ -346,9 +363,17 @@ func (s *Scheduler) work(r *runner, vmtaName string) {
 			if oc == nil {
 				return
 			}
+			s.mu.Lock()
+			waiters := len(s.waiting) > 0
+			s.mu.Unlock()
+			if waiters {
+				// A queue held back by a cap gets this slot now rather
+				// than after connection-idle-timeout.
+				return
+			}
 			// Keep the connection for a while in case more mail comes.
 			ctx, cancel := context.WithTimeout(s.ctx, pol.ConnectionIdleTimeout.Value)
-			id := &idler{vmta: vmtaName, close: cancel}
+			id := &idler{vmta: vmtaName, pool: poolSlot, close: cancel}
 			s.mu.Lock()
 			r.idle++
 			s.idlers[id] = true
@@ -365,9 +390,19 @@ func (s *Scheduler) work(r *runner, vmtaName string) {
 			continue
 		}
 		if n := len(lease.Messages); n > 0 && len(lease.Messages[0].Recipients) > 0 {
+			p := lease.Messages[0].Recipients[0].Pool
 			s.mu.Lock()
-			r.pool = lease.Messages[0].Recipients[0].Pool
+			r.pool = p
 			s.mu.Unlock()
+			if p != poolSlot {
+				if !s.takePoolSlot(reg, r, poolSlot, p) {
+					// The pool is at its max-smtp-out: the mail waits for
+					// one of its connections to end.
+					lease.Release()
+					return
+				}
+				poolSlot = p
+			}
 		}
 		if leaseSize(lease) >= pol.MaxRcptPerTransaction.Value {
 			s.kick(r) // a full lease: likely more due, open another connection
@@ -431,8 +466,13 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 			if err := r.msg.wait(s.ctx, pol.MaxMsgRate.Value); err != nil {
 				return oc
 			}
-			if err := s.vmtaLimiter(v.Name).wait(s.ctx, v.MaxSMTPMsgRate); err != nil {
+			if err := limiterFor(s, s.vmtaRate, v.Name).wait(s.ctx, v.MaxSMTPMsgRate); err != nil {
 				return oc
+			}
+			if p, ok := reg.Pool(entry.Recipients[0].Pool); ok && !p.MaxSMTPMsgRate.Unlimited() {
+				if err := limiterFor(s, s.poolRate, p.Name).wait(s.ctx, p.MaxSMTPMsgRate); err != nil {
+					return oc
+				}
 			}
 		}
 		body, err := lease.Body(entry.ID)
@@ -627,15 +667,65 @@ func (s *Scheduler) nextSource(v *vmta.VMTA) vmta.SourceHost {
 	return v.SourceHosts[int(c.Add(1)-1)%len(v.SourceHosts)]
 }
 
-func (s *Scheduler) vmtaLimiter(name string) *limiter {
+// limiterFor returns the rate limiter of name in m (a VMTA's or a pool's),
+// made on first use.
+func limiterFor(s *Scheduler, m map[string]*limiter, name string) *limiter {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	l := s.vmtaRate[name]
+	l := m[name]
 	if l == nil {
 		l = &limiter{}
-		s.vmtaRate[name] = l
+		m[name] = l
 	}
 	return l
+}
+
+// takePoolSlot moves a worker of r from pool from to pool to, unless to is
+// at its max-smtp-out: then r waits (poolBlocked) and false is returned,
+// with the worker still counted under from (its caller leaves and gives
+// that back).
+func (s *Scheduler) takePoolSlot(reg *vmta.Registry, r *runner, from, to string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := reg.Pool(to); ok && p.MaxSMTPOut > 0 && s.perPool[to] >= p.MaxSMTPOut {
+		r.poolBlocked = to
+		s.waiting[r] = true
+		s.closeIdlerLocked(func(id *idler) bool { return id.pool == to })
+		return false
+	}
+	s.movePoolSlotLocked(from, to)
+	return true
+}
+
+// closeIdlerLocked ends the wait of one idle worker that match accepts,
+// so that its slot goes to a queue held back by a cap; s.mu must be held.
+func (s *Scheduler) closeIdlerLocked(match func(*idler) bool) {
+	for id := range s.idlers {
+		if match(id) {
+			delete(s.idlers, id)
+			id.close()
+			return
+		}
+	}
+}
+
+// movePoolSlot moves one worker's count from pool from to pool to ("" is
+// no pool).
+func (s *Scheduler) movePoolSlot(from, to string) {
+	s.mu.Lock()
+	s.movePoolSlotLocked(from, to)
+	s.mu.Unlock()
+}
+
+func (s *Scheduler) movePoolSlotLocked(from, to string) {
+	if from != "" {
+		if s.perPool[from]--; s.perPool[from] <= 0 {
+			delete(s.perPool, from)
+		}
+	}
+	if to != "" {
+		s.perPool[to]++
+	}
 }
 
 // record writes the one line per recipient attempt operators grep for and
