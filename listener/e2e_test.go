@@ -1268,3 +1268,58 @@ func TestNullSenderIsAccepted(t *testing.T) {
 		t.Errorf("Sender = %q, want the null sender", m.Envelope.Sender)
 	}
 }
+
+// log-commands logs the commands and replies of the sessions of its source
+// (a refused RCPT with its reply, DATA with the queue id), and nothing for
+// other sources; AUTH shows the user name, never the password.
+func TestLogCommands(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, `
+smtp-server-tls-certificate {{.CertFile}} {{.KeyFile}}
+smtp-listener 127.0.0.1:{{.Port2525}}
+<smtp-user demo>
+    password-hash {{.PasswordHash "demo-secret"}}
+</smtp-user>
+<source 127.0.0.1>
+    always-allow-relaying yes
+    log-commands yes
+</source>
+<source 127.0.0.9>
+    always-allow-relaying yes
+</source>`)
+	c := dialStartTLS(t, ts.Addr("2525"), nil)
+	if err := c.Auth(sasl.NewPlainClient("", "demo", "demo-secret")); err != nil {
+		t.Fatal(err)
+	}
+	id := mustSend(t, c, "a@b.example", []string{"x@example.com"}, message())
+	if err := c.Mail("a@b.example", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("x@bad..example", nil); err == nil {
+		t.Fatal("a bad RCPT was accepted")
+	}
+	mustSend(t, dialFrom(t, "127.0.0.9", ts.Addr("2525")), "quiet@b.example", []string{"y@example.com"}, message())
+	c.Quit()
+
+	logs := ts.Logs()
+	for _, want := range []string{
+		`command="AUTH as \"demo\"" reply="235 2.7.0 Authentication succeeded"`,
+		`command="MAIL FROM:<a@b.example>" reply="250 2.0.0 OK"`,
+		`command="RCPT TO:<x@example.com>" reply="250 2.0.0 OK"`,
+		`command=DATA reply="250 2.0.0 OK ` + id.String() + `"`,
+		`command="RCPT TO:<x@bad..example>" reply="5`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %s", want)
+		}
+	}
+	if strings.Contains(logs, "demo-secret") {
+		t.Error("the password is in the log")
+	}
+	if strings.Contains(logs, "quiet@b.example>\" reply") {
+		t.Error("a source without log-commands was logged")
+	}
+	if t.Failed() {
+		t.Logf("log:\n%s", logs)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -81,7 +82,32 @@ func (ss *session) Reset() {
 	ss.from, ss.hasFrom, ss.mailOpts, ss.rcpts = "", false, smtp.MailOptions{}, nil
 }
 
-func (ss *session) Logout() error { return nil }
+func (ss *session) Logout() error {
+	if ss.policy.LogCommands {
+		ss.log.Info("smtp command", "command", "end of session (QUIT, disconnect or STARTTLS)", "user", ss.userName())
+	}
+	return nil
+}
+
+// logCommand writes a command of the session and the reply it got, when
+// the source (after AUTH, the user's source) has log-commands: the
+// operator's view of what a client sends. Call it deferred with the
+// method's named error result; ok is the reply when that is nil.
+func (ss *session) logCommand(command, ok string, err *error) {
+	if !ss.policy.LogCommands {
+		return
+	}
+	reply := ok
+	var se *smtp.SMTPError
+	switch {
+	case *err == nil:
+	case errors.As(*err, &se):
+		reply = fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+	default:
+		reply = "connection error: " + (*err).Error()
+	}
+	ss.log.Info("smtp command", "command", command, "reply", reply, "user", ss.userName())
+}
 
 // refuse logs a refused command and returns its reply.
 func (ss *session) refuse(err *smtp.SMTPError, what string, args ...any) error {
@@ -157,7 +183,9 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 // authResult switches the session to the user's source on success and
 // counts a failure otherwise; past smtp-max-auth-failure-rate the client
 // is told 421 and disconnected.
-func (ss *session) authResult(username string, u *vmta.User, ok bool) error {
+func (ss *session) authResult(username string, u *vmta.User, ok bool) (err error) {
+	// The password never reaches the log; the name the client gave does.
+	defer ss.logCommand("AUTH as "+strconv.Quote(username), "235 2.7.0 Authentication succeeded", &err)
 	if !ok {
 		if ss.s.failures.fail(ss.ip, ss.policy.SMTPMaxAuthFailureRate) {
 			ss.hangUp()
@@ -192,7 +220,8 @@ func (ss *session) hangUp() {
 	c.SetReadDeadline(time.Now())
 }
 
-func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
+	defer ss.logCommand("MAIL FROM:<"+from+">", "250 2.0.0 OK", &err)
 	if ss.policy.RequireStartTLS && !ss.tls {
 		return ss.refuse(errTLSRequired, "mail", "from", from)
 	}
@@ -222,7 +251,8 @@ func exceeds(n int64, limit config.Size) bool {
 	return limit != config.Unlimited && n > int64(limit)
 }
 
-func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
+	defer ss.logCommand("RCPT TO:<"+to+">", "250 2.0.0 OK", &err)
 	if !validAddress(to) {
 		return ss.refuse(errBadAddress, "rcpt", "to", to)
 	}
@@ -279,7 +309,8 @@ func notifyFlags(n []smtp.DSNNotify) queue.Notify {
 
 // Data reads the message, applies the source's header rules, picks the VMTA
 // and spools the message; the 250 goes out only after Put returned.
-func (ss *session) Data(r io.Reader) error {
+func (ss *session) Data(r io.Reader) (err error) {
+	defer ss.logCommand("DATA", "", &err) // it always returns its reply
 	limit := ss.policy.MaxMessageSize
 	buf := ss.s.getBuf()
 	defer ss.s.putBuf(buf)
