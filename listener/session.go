@@ -91,20 +91,18 @@ func (ss *session) Logout() error {
 
 // logCommand writes a command of the session and the reply it got, when
 // the source (after AUTH, the user's source) has log-commands: the
-// operator's view of what a client sends. Call it deferred with the
-// method's named error result; ok is the reply when that is nil.
-func (ss *session) logCommand(command, ok string, err *error) {
-	if !ss.policy.LogCommands {
-		return
-	}
+// operator's view of what a client sends. Callers check LogCommands
+// first, so that no command line is built for nothing; ok is the reply
+// when err is nil.
+func (ss *session) logCommand(command, ok string, err error) {
 	reply := ok
 	var se *smtp.SMTPError
 	switch {
-	case *err == nil:
-	case errors.As(*err, &se):
+	case err == nil:
+	case errors.As(err, &se):
 		reply = fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
 	default:
-		reply = "connection error: " + (*err).Error()
+		reply = "connection error: " + err.Error()
 	}
 	ss.log.Info("smtp command", "command", command, "reply", reply, "user", ss.userName())
 }
@@ -185,7 +183,11 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 // is told 421 and disconnected.
 func (ss *session) authResult(username string, u *vmta.User, ok bool) (err error) {
 	// The password never reaches the log; the name the client gave does.
-	defer ss.logCommand("AUTH as "+strconv.Quote(username), "235 2.7.0 Authentication succeeded", &err)
+	defer func() {
+		if ss.policy.LogCommands {
+			ss.logCommand("AUTH as "+strconv.Quote(username), "235 2.7.0 Authentication succeeded", err)
+		}
+	}()
 	if !ok {
 		if ss.s.failures.fail(ss.ip, ss.policy.SMTPMaxAuthFailureRate) {
 			ss.hangUp()
@@ -221,7 +223,11 @@ func (ss *session) hangUp() {
 }
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
-	defer ss.logCommand("MAIL FROM:<"+from+">", "250 2.0.0 OK", &err)
+	defer func() {
+		if ss.policy.LogCommands {
+			ss.logCommand("MAIL FROM:<"+from+">", "250 2.0.0 OK", err)
+		}
+	}()
 	if ss.policy.RequireStartTLS && !ss.tls {
 		return ss.refuse(errTLSRequired, "mail", "from", from)
 	}
@@ -252,7 +258,11 @@ func exceeds(n int64, limit config.Size) bool {
 }
 
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
-	defer ss.logCommand("RCPT TO:<"+to+">", "250 2.0.0 OK", &err)
+	defer func() {
+		if ss.policy.LogCommands {
+			ss.logCommand("RCPT TO:<"+to+">", "250 2.0.0 OK", err)
+		}
+	}()
 	if !validAddress(to) {
 		return ss.refuse(errBadAddress, "rcpt", "to", to)
 	}
@@ -310,7 +320,11 @@ func notifyFlags(n []smtp.DSNNotify) queue.Notify {
 // Data reads the message, applies the source's header rules, picks the VMTA
 // and spools the message; the 250 goes out only after Put returned.
 func (ss *session) Data(r io.Reader) (err error) {
-	defer ss.logCommand("DATA", "", &err) // it always returns its reply
+	defer func() {
+		if ss.policy.LogCommands {
+			ss.logCommand("DATA", "", err) // Data always returns its reply
+		}
+	}()
 	limit := ss.policy.MaxMessageSize
 	buf := ss.s.getBuf()
 	defer ss.s.putBuf(buf)
