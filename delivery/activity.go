@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"maps"
 	"net/netip"
 	"strings"
 	"sync"
@@ -121,6 +122,13 @@ func (s *Scheduler) Connections() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.total
+}
+
+// ConnectionsByVMTA counts the connection workers of each VMTA.
+func (s *Scheduler) ConnectionsByVMTA() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.perVMTA)
 }
 
 // SetMode puts every existing queue sel matches into backoff mode (or back

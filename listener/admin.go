@@ -57,6 +57,10 @@ type AdminOptions struct {
 	// open SMTP connections for GET /api/status.
 	InboundConnections  func() int
 	OutboundConnections func() int
+	// VMTAConnections, if not nil, counts the outbound connections per
+	// VMTA for GET /api/vmtas; without it they are summed over the queues
+	// that hold mail.
+	VMTAConnections func() map[string]int
 	// FreeSpace, if not nil, reports the free bytes where the spool lives.
 	FreeSpace func() (uint64, error)
 	// ConfigPath and Version are shown by GET /api/status, with SpoolDir,

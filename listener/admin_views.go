@@ -237,7 +237,18 @@ func (a *Admin) vmtas(w http.ResponseWriter, r *http.Request) {
 		}
 		row.Queues++
 		row.Recipients += st.Total()
-		row.Connections += a.activity(st.Key, 0).Connections
+		if a.opts.VMTAConnections == nil {
+			row.Connections += a.activity(st.Key, 0).Connections
+		}
+	}
+	if a.opts.VMTAConnections != nil {
+		// Counted by the scheduler, so that connections kept open for a
+		// queue that has just emptied count too.
+		for name, n := range a.opts.VMTAConnections() {
+			if row := rows[name]; row != nil {
+				row.Connections = n
+			}
+		}
 	}
 	out := make([]*vmtaView, 0, len(rows))
 	for _, row := range rows {

@@ -414,3 +414,23 @@ func TestAdminStatusSpoolFailure(t *testing.T) {
 		t.Errorf("spool_error = %q, want the failure and what to do", st.SpoolError)
 	}
 }
+
+// With the scheduler's per-VMTA counts, /api/vmtas shows every open
+// connection, also those kept for a queue that has just emptied.
+func TestAdminVMTAConnections(t *testing.T) {
+	f := newFake()
+	f.act[queue.Key{VMTA: "mta1", Domain: "slow.test"}] = QueueActivity{Connections: 1}
+	e := startAdminTest(t, config.AccessMonitor, "", f.options(t), func(o *AdminOptions) {
+		o.VMTAConnections = func() map[string]int { return map[string]int{"mta1": 4, "mta2": 2} }
+	})
+	e.put(t, "", "a@slow.test mta1")
+	var vs []vmtaView
+	e.do(t, nil, "GET", "/api/vmtas", "", "", &vs)
+	got := map[string]int{}
+	for _, v := range vs {
+		got[v.Name] = v.Connections
+	}
+	if got["mta1"] != 4 || got["mta2"] != 2 {
+		t.Errorf("connections = %v, want mta1 4 and mta2 2", got)
+	}
+}

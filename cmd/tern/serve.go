@@ -169,6 +169,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Reload:              func() (*config.Config, []config.Diagnostic, error) { return rl.reload("admin API") },
 		InboundConnections:  srv.Connections,
 		OutboundConnections: sch.Connections,
+		VMTAConnections:     sch.ConnectionsByVMTA,
 		FreeSpace:           free.get,
 		ConfigPath:          absPath(*path),
 		SpoolDir:            spoolDir,
