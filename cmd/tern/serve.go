@@ -172,7 +172,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		VMTAConnections:     sch.ConnectionsByVMTA,
 		FreeSpace:           free.get,
 		ConfigPath:          absPath(*path),
-		SpoolDir:            spoolDir,
+		SpoolDir:            absPath(spoolDir),
 		Version:             version,
 	})
 	if err != nil {
