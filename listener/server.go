@@ -295,6 +295,16 @@ func (s *Server) Addrs() []net.Addr {
 // will retry it.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
+	// Sessions between transactions would hold the drain until ctx ends
+	// (programs keep injection connections open): hang them up now. Busy
+	// ones are hung up when their transaction ends (session.Reset).
+	s.connMu.Lock()
+	for c := range s.conns {
+		if !c.busy.Load() {
+			c.hangUp()
+		}
+	}
+	s.connMu.Unlock()
 	s.mu.Lock()
 	var all []*running
 	for key, r := range s.listeners {
@@ -408,6 +418,20 @@ type countedConn struct {
 	net.Conn
 	s    *Server
 	once sync.Once
+	// busy is set while a transaction is open (from an accepted MAIL to
+	// its end): Shutdown waits for those, and hangs up the others.
+	busy atomic.Bool
+}
+
+// hangUp ends the session after the reply being written, if any: closing
+// the read side lets go-smtp write it, then its next read fails and it
+// closes the connection.
+func (c *countedConn) hangUp() {
+	if cr, ok := c.Conn.(interface{ CloseRead() error }); ok {
+		cr.CloseRead()
+		return
+	}
+	c.Conn.SetReadDeadline(time.Now())
 }
 
 // track adds c, already counted in inbound, to the open connections.

@@ -80,9 +80,11 @@ var _ smtp.AuthSession = (*session)(nil)
 
 func (ss *session) Reset() {
 	ss.from, ss.hasFrom, ss.mailOpts, ss.rcpts = "", false, smtp.MailOptions{}, nil
+	ss.setBusy(false)
 }
 
 func (ss *session) Logout() error {
+	ss.setBusy(false)
 	if ss.policy.LogCommands {
 		ss.log.Info("smtp command", "command", "end of session (QUIT, disconnect or STARTTLS)", "user", ss.userName())
 	}
@@ -201,25 +203,39 @@ func (ss *session) authResult(username string, u *vmta.User, ok bool) (err error
 	return nil
 }
 
+// counted is the session's connection as the server tracks it (under TLS
+// when there is TLS), or nil.
+func (ss *session) counted() *countedConn {
+	c := ss.conn.Conn()
+	if t, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = t.NetConn()
+	}
+	cc, _ := c.(*countedConn)
+	return cc
+}
+
 // hangUp ends the session after the current reply: closing the read side
 // lets go-smtp write the reply, then its next read fails and it closes.
 func (ss *session) hangUp() {
-	c := ss.conn.Conn()
-	type netConner interface{ NetConn() net.Conn }
-	if t, ok := c.(netConner); ok {
-		c = t.NetConn()
-	}
-	if cr, ok := c.(interface{ CloseRead() error }); ok {
-		cr.CloseRead()
+	if cc := ss.counted(); cc != nil {
+		cc.hangUp()
 		return
 	}
-	if cc, ok := c.(*countedConn); ok {
-		if cr, ok := cc.Conn.(interface{ CloseRead() error }); ok {
-			cr.CloseRead()
-			return
-		}
+	ss.conn.Conn().SetReadDeadline(time.Now())
+}
+
+// setBusy marks the session's connection inside a transaction or not.
+// Once the server shuts down, a session whose transaction ended is hung
+// up, so that the drain waits only for transactions in progress.
+func (ss *session) setBusy(busy bool) {
+	cc := ss.counted()
+	if cc == nil {
+		return
 	}
-	c.SetReadDeadline(time.Now())
+	cc.busy.Store(busy)
+	if !busy && ss.s.closing.Load() {
+		cc.hangUp()
+	}
 }
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
@@ -250,6 +266,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	if opts != nil {
 		ss.mailOpts = *opts
 	}
+	ss.setBusy(true)
 	return nil
 }
 
