@@ -178,22 +178,10 @@ http-api-key k3y
 		}
 		return nil
 	}
-	// waitRow waits until the row of name satisfies ok.
-	waitRow := func(name, what string, ok func(map[string]any) bool) {
-		t.Helper()
-		deadline := time.Now().Add(deliverTimeout)
-		for {
-			r := row(name)
-			if r != nil && ok(r) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("queue %s never %s: %v", name, what, r)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	waitRow("adm.test/mta1", "deferred", func(r map[string]any) bool { return r["deferred"] == float64(1) })
+	waitUntil(t, deliverTimeout, "adm.test/mta1 deferred", func() bool {
+		r := row("adm.test/mta1")
+		return r != nil && r["deferred"] == float64(1)
+	})
 	checkViews(t, base)
 
 	var op struct {

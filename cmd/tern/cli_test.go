@@ -152,8 +152,7 @@ func (s *cliServer) run(t *testing.T, args ...string) cliResult {
 // waitQueues waits until the queue view satisfies ok.
 func (s *cliServer) waitQueues(t *testing.T, what string, ok func(map[string]queueRow) bool) {
 	t.Helper()
-	deadline := time.Now().Add(deliverTimeout)
-	for {
+	waitUntil(t, deliverTimeout, "queues "+what, func() bool {
 		var rows []queueRow
 		if code := adminCall(t, "GET", s.apiURL+"/api/queues", "k3y", &rows); code != 200 {
 			t.Fatalf("GET /api/queues: %d", code)
@@ -162,14 +161,8 @@ func (s *cliServer) waitQueues(t *testing.T, what string, ok func(map[string]que
 		for _, r := range rows {
 			byName[r.Queue] = r
 		}
-		if ok(byName) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the queues never became %s: %+v", what, rows)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return ok(byName)
+	})
 }
 
 // TestCLIViewsAndOperations drives every view and operation of the CLI
