@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image/png"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/queue"
@@ -287,6 +291,9 @@ func TestStatusPageChromium(t *testing.T) {
 	if strings.Contains(dom, `id="alert" role="alert">`) { // no hidden attribute
 		t.Errorf("the page shows an error:\n%s", domText(dom, "alert"))
 	}
+	if strings.Contains(dom, `id="spool-alert" role="alert">`) {
+		t.Errorf("the page reports a spool failure:\n%s", domText(dom, "spool-alert"))
+	}
 
 	shot := filepath.Join(t.TempDir(), "status.png")
 	if _, err := runChromium(t, bin, "--virtual-time-budget=5000", "--window-size=1280,900", "--screenshot="+shot, url); err != nil {
@@ -330,5 +337,35 @@ func TestStatusPageChromiumKeyRefused(t *testing.T) {
 	}
 	if strings.Contains(dom, `id="key-form" hidden`) {
 		t.Error("the key form stays hidden after a 403")
+	}
+}
+
+// TestStatusPageChromiumSpoolFailure: after a failed spool write the page
+// says on top that mail is refused until a restart.
+func TestStatusPageChromiumSpoolFailure(t *testing.T) {
+	bin := chromiumBinary(t)
+	inj := &errorfs.Toggle{Injector: errorfs.InjectorFunc(func(op errorfs.Op) error {
+		switch op.Kind {
+		case errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo:
+			return errorfs.ErrInjected
+		}
+		return nil
+	})}
+	q, err := queue.Open(queue.Options{Dir: "spool", FS: errorfs.Wrap(vfs.NewMem(), inj), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	inj.On()
+	if _, err := q.Put(context.Background(), queue.Message{Envelope: queue.Envelope{Sender: "s@example.org"},
+		Recipients: []queue.Recipient{{Address: "a@x.test", VMTA: "mta1"}}, Body: []byte("x\r\n")}); err == nil {
+		t.Fatal("Put with a failing sync succeeded")
+	}
+	e := startAdminTest(t, config.AccessMonitor, "", func(o *AdminOptions) { o.Queue = q })
+	dom := dumpDOMUntil(t, bin, e.url+"/?refresh=1", func(dom string) bool {
+		return strings.HasPrefix(domText(dom, "spool-alert"), "The spool failed")
+	})
+	if got := domText(dom, "spool-alert"); !strings.Contains(got, "restarted") {
+		t.Errorf("#spool-alert: %q, want what to do about it", got)
 	}
 }
