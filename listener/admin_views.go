@@ -409,6 +409,7 @@ type statusView struct {
 	Config         string    `json:"config,omitempty"`
 	Spool          string    `json:"spool"`
 	SpoolFreeBytes *uint64   `json:"spool_free_bytes,omitempty"`
+	SpoolDiskBytes uint64    `json:"spool_disk_bytes"`
 	// SpoolError is set once a spool write failed: the queue then refuses
 	// all mail (451) until tern serve is restarted.
 	SpoolError  string     `json:"spool_error,omitempty"`
@@ -438,6 +439,7 @@ func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
 		Totals: totalsView{Keys: t.Keys, Messages: t.Messages, Recipients: t.Recipients,
 			Ready: t.Ready, Deferred: t.Deferred, Leased: t.Leased, Bytes: t.Bytes},
 	}
+	v.SpoolDiskBytes = a.opts.Queue.DiskUsage()
 	if err := a.opts.Queue.Failed(); err != nil {
 		v.SpoolError = err.Error() + "; mail is refused until tern serve is restarted"
 	}

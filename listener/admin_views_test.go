@@ -349,6 +349,9 @@ func TestAdminStatusCounts(t *testing.T) {
 		st.Config != "/etc/tern/tern.conf" || st.Version != "test" {
 		t.Errorf("status = %+v", st)
 	}
+	if st.SpoolDiskBytes == 0 {
+		t.Error("spool_disk_bytes is 0 with mail in the spool")
+	}
 	if tr := st.Traffic.LastMinute; tr.MessagesIn != 1 || tr.RecipientsIn != 2 || st.Traffic.LastHour != tr {
 		t.Errorf("traffic = %+v", st.Traffic)
 	}

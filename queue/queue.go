@@ -350,6 +350,17 @@ func (q *Queue) failLocked(err error) {
 	q.durableCh = make(chan struct{})
 }
 
+// DiskUsage is the space the spool takes on disk: pebble's tables, logs
+// and other files, which can exceed the queued messages' bytes (deleted
+// data waits for compaction).
+func (q *Queue) DiskUsage() uint64 {
+	if err := q.enter(); err != nil {
+		return 0
+	}
+	defer q.leave()
+	return q.db.Metrics().DiskSpaceUsage()
+}
+
 // Failed returns the error that made the queue refuse writes (a failed
 // commit, after which pebble's log is in an unknown state), or nil while
 // it works. Only reopening the spool clears it.

@@ -41,6 +41,8 @@ type statusAnswer struct {
 	Config         string    `json:"config"`
 	Spool          string    `json:"spool"`
 	SpoolFreeBytes *int64    `json:"spool_free_bytes"`
+	SpoolDiskBytes *int64    `json:"spool_disk_bytes"`
+	SpoolError     string    `json:"spool_error"`
 	Totals         struct {
 		Queues     int   `json:"queues"`
 		Messages   int   `json:"messages"`
@@ -89,10 +91,16 @@ func printStatus(w io.Writer, st *statusAnswer) {
 		t.row("config", st.Config)
 	}
 	spool := st.Spool
+	if st.SpoolDiskBytes != nil {
+		spool += fmt.Sprintf(", %s on disk", size(*st.SpoolDiskBytes))
+	}
 	if st.SpoolFreeBytes != nil {
 		spool += fmt.Sprintf(" (%s free)", size(*st.SpoolFreeBytes))
 	}
 	t.row("spool", spool)
+	if st.SpoolError != "" {
+		t.row("SPOOL FAILED", st.SpoolError)
+	}
 	tot := st.Totals
 	t.row("queued", fmt.Sprintf("%s in %s (%s), %s", plural(tot.Recipients, "recipient"), plural(tot.Messages, "message"),
 		size(tot.Bytes), plural(tot.Queues, "queue")))
