@@ -71,7 +71,7 @@ func runBacklog(ctx context.Context, o options) error {
 	if err := waitQueued(ctx, t.admin, res.Recipients); err != nil {
 		return err
 	}
-	res.PeakRSSMB = round(float64(samp.stop())/(1<<20), 1)
+	res.PeakRSSMB = round(float64(max(samp.stop(), procPeakRSS(t.cmd.Process.Pid)))/(1<<20), 1)
 	res.SpoolMB = round(float64(dirSize(filepath.Join(dir, "spool")))/(1<<20), 1)
 
 	// Restart: the spool is recovered into the ready index.
@@ -90,7 +90,7 @@ func runBacklog(ctx context.Context, o options) error {
 		return err
 	}
 	res.QueuedAtStart = n
-	res.RestartRSSMB = round(float64(samp2.stop())/(1<<20), 1)
+	res.RestartRSSMB = round(float64(max(samp2.stop(), procPeakRSS(t2.cmd.Process.Pid)))/(1<<20), 1)
 	b, _ := json.Marshal(res)
 	fmt.Fprintln(o.Out, string(b))
 	if n != res.Recipients {

@@ -139,8 +139,10 @@ type result struct {
 	EndToEndSecs float64 `json:"end_to_end_s"`
 	Delivered    int     `json:"delivered"`
 	Deferred     int64   `json:"deferred"`
-	PeakRSSMB    float64 `json:"peak_rss_mb"`
-	CPUSecs      float64 `json:"cpu_s"`
+	// PeakRSSMB is the peak resident memory: for one process (tern serve)
+	// its VmHWM, for a group (Postfix) the peak of the sum of their PSS.
+	PeakRSSMB float64 `json:"peak_rss_mb"`
+	CPUSecs   float64 `json:"cpu_s"`
 }
 
 func (r result) print(w io.Writer) {

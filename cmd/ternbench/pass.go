@@ -101,6 +101,12 @@ func onePass(ctx context.Context, o options, mk newMTA, pass, profile string) (r
 	}
 	res.CPUSecs = (srv.cpu() - cpu0).Seconds()
 	res.PeakRSSMB = float64(sampler.stop()) / (1 << 20)
+	if pids := srv.pids(); len(pids) == 1 {
+		// One process: its own high-water mark is exact.
+		if hwm := procPeakRSS(pids[0]); hwm > 0 {
+			res.PeakRSSMB = float64(hwm) / (1 << 20)
+		}
+	}
 	// Anything delivered twice would show up now.
 	settle := time.NewTimer(time.Second)
 	select {

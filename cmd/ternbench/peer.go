@@ -39,7 +39,7 @@ func runPeer(ctx context.Context, o options) error {
 		}{
 			{"accepted/s", func(r result) float64 { return r.AcceptedPerS }},
 			{"delivered/s", func(r result) float64 { return r.DeliveredPS }},
-			{"peak RSS MB", func(r result) float64 { return r.PeakRSSMB }},
+			{"peak memory MB", func(r result) float64 { return r.PeakRSSMB }},
 			{"CPU s", func(r result) float64 { return r.CPUSecs }},
 		} {
 			a, b := median(pf, fig.get), median(tn, fig.get)

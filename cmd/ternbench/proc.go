@@ -40,20 +40,37 @@ func procCPU(pid int, children bool) time.Duration {
 	return time.Duration(ticks) * clockTick
 }
 
-// procRSS is the resident set of pid in bytes.
-func procRSS(pid int) int64 {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+// procField reads one "Name:   N kB" field of a /proc/PID file, in bytes.
+func procField(pid int, file, name string) int64 {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/" + file)
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, name+":"); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			return kb << 10
 		}
 	}
 	return 0
 }
+
+// procRSS is the resident set of pid in bytes.
+func procRSS(pid int) int64 { return procField(pid, "status", "VmRSS") }
+
+// procPSS is pid's proportional share of its resident set: pages shared
+// with other processes count in part, so the PSS of a group of processes
+// adds up to their real memory, where their RSS would count shared pages
+// once per process.
+func procPSS(pid int) int64 {
+	if n := procField(pid, "smaps_rollup", "Pss"); n > 0 {
+		return n
+	}
+	return procRSS(pid)
+}
+
+// procPeakRSS is the peak resident set of pid (VmHWM).
+func procPeakRSS(pid int) int64 { return procField(pid, "status", "VmHWM") }
 
 // childrenOf lists the processes whose parent is pid.
 func childrenOf(pid int) []int {
@@ -76,7 +93,7 @@ func childrenOf(pid int) []int {
 	return out
 }
 
-// sampler follows the summed RSS of a set of processes every 100 ms and
+// sampler follows the summed PSS of a set of processes every 100 ms and
 // keeps the peak.
 type sampler struct {
 	once sync.Once
@@ -93,7 +110,7 @@ func startSampler(pids func() []int) *sampler {
 		for {
 			var sum int64
 			for _, p := range pids() {
-				sum += procRSS(p)
+				sum += procPSS(p)
 			}
 			peak = max(peak, sum)
 			select {
