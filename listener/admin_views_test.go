@@ -388,9 +388,10 @@ func TestAdminProfiles(t *testing.T) {
 	}
 }
 
-// After a failed spool write the status says so, since every message is
-// then refused until a restart.
-func TestAdminStatusSpoolFailure(t *testing.T) {
+// failedQueue is a queue whose spool write has failed: it refuses all
+// mail until reopened.
+func failedQueue(t *testing.T) *queue.Queue {
+	t.Helper()
 	inj := &errorfs.Toggle{Injector: errorfs.InjectorFunc(func(op errorfs.Op) error {
 		switch op.Kind {
 		case errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo:
@@ -403,16 +404,23 @@ func TestAdminStatusSpoolFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Close() })
-	e := startAdminTest(t, config.AccessMonitor, "", func(o *AdminOptions) { o.Queue = q })
-	var st statusView
-	if e.do(t, nil, "GET", "/api/status", "", "", &st); st.SpoolError != "" {
-		t.Fatalf("spool_error %q before any failure", st.SpoolError)
-	}
 	inj.On()
 	if _, err := q.Put(context.Background(), queue.Message{Envelope: queue.Envelope{Sender: "s@example.org"},
 		Recipients: []queue.Recipient{{Address: "a@x.test", VMTA: "mta1"}}, Body: []byte("x\r\n")}); err == nil {
 		t.Fatal("Put with a failing sync succeeded")
 	}
+	return q
+}
+
+// After a failed spool write the status says so, since every message is
+// then refused until a restart.
+func TestAdminStatusSpoolFailure(t *testing.T) {
+	e := startAdminTest(t, config.AccessMonitor, "")
+	var st statusView
+	if e.do(t, nil, "GET", "/api/status", "", "", &st); st.SpoolError != "" {
+		t.Fatalf("spool_error %q before any failure", st.SpoolError)
+	}
+	e = startAdminTest(t, config.AccessMonitor, "", func(o *AdminOptions) { o.Queue = failedQueue(t) })
 	if e.do(t, nil, "GET", "/api/status", "", "", &st); !strings.Contains(st.SpoolError, "restarted") {
 		t.Errorf("spool_error = %q, want the failure and what to do", st.SpoolError)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"image/png"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,9 +15,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/queue"
@@ -344,23 +340,7 @@ func TestStatusPageChromiumKeyRefused(t *testing.T) {
 // says on top that mail is refused until a restart.
 func TestStatusPageChromiumSpoolFailure(t *testing.T) {
 	bin := chromiumBinary(t)
-	inj := &errorfs.Toggle{Injector: errorfs.InjectorFunc(func(op errorfs.Op) error {
-		switch op.Kind {
-		case errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo:
-			return errorfs.ErrInjected
-		}
-		return nil
-	})}
-	q, err := queue.Open(queue.Options{Dir: "spool", FS: errorfs.Wrap(vfs.NewMem(), inj), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.Close() })
-	inj.On()
-	if _, err := q.Put(context.Background(), queue.Message{Envelope: queue.Envelope{Sender: "s@example.org"},
-		Recipients: []queue.Recipient{{Address: "a@x.test", VMTA: "mta1"}}, Body: []byte("x\r\n")}); err == nil {
-		t.Fatal("Put with a failing sync succeeded")
-	}
+	q := failedQueue(t)
 	e := startAdminTest(t, config.AccessMonitor, "", func(o *AdminOptions) { o.Queue = q })
 	dom := dumpDOMUntil(t, bin, e.url+"/?refresh=1", func(dom string) bool {
 		return strings.HasPrefix(domText(dom, "spool-alert"), "The spool failed")
