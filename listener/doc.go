@@ -4,8 +4,9 @@
 // and spools it. A message is answered 250 only after queue.Put returned,
 // which is after a synced commit: an acknowledged message survives a crash.
 //
-// The package builds on go-smtp's server. One go-smtp Server runs per
-// smtp-listener; a wrapper around its net.Listener refuses connections
-// before the greeting when the source has smtp-service no or the inbound
-// connection cap is reached, as PowerMTA does.
+// The SMTP protocol engine is the package's own (smtpd.go): it reads and
+// checks commands and calls the session (session.go), which makes every
+// policy decision. A wrapper around each listener's socket refuses
+// connections before the greeting when the source has smtp-service no or
+// the inbound connection cap is reached, as PowerMTA does.
 package listener

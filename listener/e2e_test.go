@@ -1105,7 +1105,7 @@ func TestSwaksAuthPlainOverStartTLS(t *testing.T) {
 		}
 		t.Fatalf("swaks exit code %d, want 0\n%s", code, out)
 	}
-	for _, want := range []string{"STARTTLS", "AUTH PLAIN", "235 2.0.0"} {
+	for _, want := range []string{"STARTTLS", "AUTH PLAIN", "235 2.7.0"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("swaks output lacks %q:\n%s", want, out)
 		}
@@ -1304,8 +1304,8 @@ smtp-listener 127.0.0.1:{{.Port2525}}
 	logs := ts.Logs()
 	for _, want := range []string{
 		`command="AUTH as \"demo\"" reply="235 2.7.0 Authentication succeeded"`,
-		`command="MAIL FROM:<a@b.example>" reply="250 2.0.0 OK"`,
-		`command="RCPT TO:<x@example.com>" reply="250 2.0.0 OK"`,
+		`command="MAIL FROM:<a@b.example>" reply="250 2.1.0 Sender OK"`,
+		`command="RCPT TO:<x@example.com>" reply="250 2.1.5 Recipient OK"`,
 		`command=DATA reply="250 2.0.0 OK ` + id.String() + `"`,
 		`command="RCPT TO:<x@bad..example>" reply="5`,
 	} {

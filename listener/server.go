@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/queue"
 	"github.com/ternmta/tern/vmta"
@@ -68,11 +66,13 @@ type Server struct {
 	bufs     sync.Pool
 	failures *failureLimiter
 
-	// conns are the open client connections, so that Shutdown can cut
-	// those left at its deadline: go-smtp's Close does nothing once its
-	// Shutdown has begun.
+	// conns are the open client connections, so that Shutdown can hang
+	// up idle ones and cut those left at its deadline.
 	connMu sync.Mutex
 	conns  map[*countedConn]struct{}
+	// sessions counts the goroutines serving connections; Shutdown waits
+	// for them.
+	sessions sync.WaitGroup
 }
 
 // snapshot is the configuration a session works with, taken when the
@@ -82,8 +82,7 @@ type snapshot struct {
 	reg *vmta.Registry
 	tls *tls.Config
 	// maxSize is the largest max-message-size of any source, advertised in
-	// SIZE and enforced by go-smtp; smaller per-source limits are enforced
-	// by the session.
+	// SIZE (0: no limit); each session enforces its own source's limit.
 	maxSize int64
 	// cramMD5 is offered only when some user has a plaintext password: the
 	// mechanism needs the secret itself, which a bcrypt hash cannot give.
@@ -92,22 +91,23 @@ type snapshot struct {
 
 // running is one open listener. cur is its current smtp-listener line: a
 // reload that changes only what sessions read (source=) swaps it and keeps
-// the socket; baked says what the socket and go-smtp server were built
-// with, and a change there reopens the listener.
+// the socket; baked says what the socket was opened for, and a change
+// there reopens the listener.
 type running struct {
-	cur   atomic.Pointer[config.Listener]
-	baked string
-	srv   *smtp.Server
-	ln    net.Listener
-	done  chan struct{}
+	cur    atomic.Pointer[config.Listener]
+	baked  string
+	ln     net.Listener
+	tlsCfg *tls.Config
+	done   chan struct{}
 }
 
-// bakedInto describes what a listener's socket and go-smtp server are built
-// with: implicit TLS, whether STARTTLS is offered, the SIZE cap and the
-// banner name. The certificate itself is not in it: it is read per
-// handshake, so a renewed certificate needs no reopen.
-func bakedInto(l *config.Listener, snap *snapshot) string {
-	return fmt.Sprintf("%v|%v|%d|%s", l.TLS, snap.tls != nil, snap.maxSize, snap.cfg.HostName.Value)
+// bakedInto describes what a listener's socket is opened for: implicit
+// TLS or not. Everything else a client sees (banner, STARTTLS, AUTH,
+// SIZE) comes from the configuration when it connects, and the
+// certificate is looked up per handshake, so a reload changes them
+// without reopening the socket.
+func bakedInto(l *config.Listener, _ *snapshot) string {
+	return fmt.Sprintf("implicit-tls=%v", l.TLS)
 }
 
 // New returns a Server with no listener open; Apply opens them.
@@ -242,40 +242,50 @@ func (s *Server) open(l *config.Listener, snap *snapshot) (*running, error) {
 	r.cur.Store(l)
 	// The certificate is looked up per handshake, so a reload that renews
 	// it applies to the next client without reopening the socket.
-	var tlsCfg *tls.Config
-	if snap.tls != nil {
-		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			if cur := s.snap.Load(); cur != nil && cur.tls != nil {
-				return cur.tls, nil
-			}
-			return snap.tls, nil
-		}}
-	}
-	var ln net.Listener = &gate{Listener: raw, s: s, r: r}
-	if l.TLS {
-		ln = tls.NewListener(ln, tlsCfg)
-	}
-	srv := smtp.NewServer(&backend{s: s, r: r})
-	srv.Network = l.Network
-	srv.Addr = l.Addr
-	srv.Domain = snap.cfg.HostName.Value
-	srv.TLSConfig = tlsCfg
-	srv.MaxMessageBytes = snap.maxSize
-	srv.AllowInsecureAuth = true // the session decides, per source (AuthMechanisms)
-	srv.EnableSMTPUTF8 = true
-	srv.EnableDSN = true
-	srv.ReadTimeout = s.opts.CommandTimeout
-	srv.WriteTimeout = s.opts.WriteTimeout
-	srv.ErrorLog = slogLogger{s.log}
-	r.srv, r.ln = srv, ln
+	r.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		if cur := s.snap.Load(); cur != nil && cur.tls != nil {
+			return cur.tls, nil
+		}
+		return nil, errors.New("no tls-certificate configured")
+	}}
+	r.ln = &gate{Listener: raw, s: s, r: r}
 	return r, nil
 }
 
+// serve accepts connections until the listener is closed, each served by
+// its own goroutine.
 func (r *running) serve(s *Server) {
 	defer close(r.done)
-	if err := r.srv.Serve(r.ln); err != nil && !errors.Is(err, net.ErrClosed) {
-		s.log.Error("smtp listener failed", "addr", r.cur.Load().Addr, "err", err)
+	var backoff time.Duration
+	for {
+		c, err := r.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait and retry
+			// rather than give up the listener.
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("smtp accept failed; retrying", "addr", r.cur.Load().Addr, "err", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			s.log.Error("smtp listener failed", "addr", r.cur.Load().Addr, "err", err)
+			return
+		}
+		backoff = 0
+		s.sessions.Add(1)
+		go s.serveConn(r, c.(*countedConn))
 	}
+}
+
+// isTemporary reports an accept error worth retrying (EMFILE, ENFILE,
+// ECONNABORTED…), which net reports through the deprecated Temporary.
+func isTemporary(err error) bool {
+	t, ok := err.(interface{ Temporary() bool })
+	return ok && t.Temporary()
 }
 
 // Addrs returns the addresses of the open listeners.
@@ -312,40 +322,34 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		delete(s.listeners, key)
 	}
 	s.mu.Unlock()
-	var wg sync.WaitGroup
 	for _, r := range all {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// go-smtp's Shutdown closes the listener and waits for every
-			// connection to end or ctx to be done.
-			_ = r.srv.Shutdown(ctx)
-			// It closes only listeners its Serve has registered: when Apply
-			// just started serve, Serve may not have run yet and would then
-			// accept forever. Closing ours makes that Serve return at once.
-			r.ln.Close()
-			<-r.done
-		}()
+		r.ln.Close()
+		<-r.done // no new session starts after this
 	}
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		// Cut what is left. go-smtp's Close cannot: after its Shutdown it
-		// returns ErrServerClosed without touching the connections.
-		s.connMu.Lock()
-		left := make([]*countedConn, 0, len(s.conns))
-		for c := range s.conns {
-			left = append(left, c)
-		}
-		s.connMu.Unlock()
-		for _, c := range left {
-			c.Close()
-		}
-		return err
+	done := make(chan struct{})
+	go func() {
+		s.sessions.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
 	}
-	return nil
+	// Cut what is left.
+	s.connMu.Lock()
+	left := make([]*countedConn, 0, len(s.conns))
+	for c := range s.conns {
+		left = append(left, c)
+	}
+	s.connMu.Unlock()
+	for _, c := range left {
+		c.Close()
+	}
+	return ctx.Err()
 }
 
-// gate refuses connections before go-smtp greets them: when shutting down,
+// gate refuses connections before they are greeted: when shutting down,
 // over total-max-smtp-in, or from a source with smtp-service no.
 type gate struct {
 	net.Listener
@@ -423,9 +427,9 @@ type countedConn struct {
 	busy atomic.Bool
 }
 
-// hangUp ends the session after the reply being written, if any: closing
-// the read side lets go-smtp write it, then its next read fails and it
-// closes the connection.
+// hangUp ends the session after the replies queued: closing the read side
+// lets the engine write them, then its next read fails and it closes the
+// connection.
 func (c *countedConn) hangUp() {
 	if cr, ok := c.Conn.(interface{ CloseRead() error }); ok {
 		cr.CloseRead()
@@ -459,12 +463,3 @@ func remoteIP(c net.Conn) netip.Addr {
 	}
 	return netip.Addr{}
 }
-
-// slogLogger adapts go-smtp's error log to slog.
-type slogLogger struct{ l *slog.Logger }
-
-func (l slogLogger) Printf(format string, v ...any) {
-	l.l.Warn("smtp server: " + fmt.Sprintf(format, v...))
-}
-
-func (l slogLogger) Println(v ...any) { l.l.Warn("smtp server: " + fmt.Sprint(v...)) }

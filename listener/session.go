@@ -6,9 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -24,40 +22,38 @@ import (
 	"github.com/ternmta/tern/vmta/dkim"
 )
 
-// backend makes a session per client for one listener.
-type backend struct {
-	s *Server
-	r *running
-}
-
-// NewSession runs at the client's first EHLO/HELO (and again after
-// STARTTLS), so the TLS state is known.
-func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	snap := b.s.snap.Load()
-	lst := b.r.cur.Load() // source= may change with a reload; the socket stays
-	ip := remoteIP(c.Conn())
-	_, tlsOn := c.TLSConnectionState()
+// newSession runs at the client's first EHLO/HELO (and again after
+// STARTTLS), so the TLS state is known. It takes the configuration of the
+// moment: a reload applies to the next session.
+func newSession(c *inConn) *session {
+	snap := c.s.snap.Load()
+	lst := c.r.cur.Load() // source= may change with a reload; the socket stays
+	ip := remoteIP(c.cc)
 	ss := &session{
-		s:      b.s,
+		s:      c.s,
 		snap:   snap,
-		conn:   c,
+		cc:     c.cc,
+		helo:   c.helo,
 		lst:    lst,
 		ip:     ip,
-		tls:    tlsOn,
+		tls:    c.tls,
 		policy: snap.reg.Source(ip, lst.Source),
 	}
-	ss.log = b.s.log.With("client", ip.String(), "listener", lst.Addr)
+	ss.log = c.s.log.With("client", ip.String(), "listener", lst.Addr)
 	if ss.policy.LogConnections {
-		ss.log.Info("smtp session", "helo", c.Hostname(), "tls", tlsOn)
+		ss.log.Info("smtp session", "helo", c.helo, "tls", c.tls)
 	}
-	return ss, nil
+	return ss
 }
 
-// session is one client connection's state (between STARTTLS resets).
+// session is one client connection's state (between STARTTLS resets): the
+// policy decisions on each command. The protocol engine (smtpd.go) calls
+// it once a command is well formed and in sequence.
 type session struct {
 	s      *Server
 	snap   *snapshot
-	conn   *smtp.Conn
+	cc     *countedConn
+	helo   string
 	lst    *config.Listener
 	log    *slog.Logger
 	ip     netip.Addr
@@ -74,9 +70,10 @@ type session struct {
 	// hdr reads the header of each message of the session; reused, as a
 	// bufio.Reader costs a 4 KB allocation.
 	hdr *bufio.Reader
+	// hungUp is set when the session decided to end the connection
+	// after its reply (too many AUTH failures).
+	hungUp bool
 }
-
-var _ smtp.AuthSession = (*session)(nil)
 
 func (ss *session) Reset() {
 	ss.from, ss.hasFrom, ss.mailOpts, ss.rcpts = "", false, smtp.MailOptions{}, nil
@@ -203,35 +200,17 @@ func (ss *session) authResult(username string, u *vmta.User, ok bool) (err error
 	return nil
 }
 
-// counted is the session's connection as the server tracks it (under TLS
-// when there is TLS), or nil.
-func (ss *session) counted() *countedConn {
-	c := ss.conn.Conn()
-	if t, ok := c.(interface{ NetConn() net.Conn }); ok {
-		c = t.NetConn()
-	}
-	cc, _ := c.(*countedConn)
-	return cc
-}
-
-// hangUp ends the session after the current reply: closing the read side
-// lets go-smtp write the reply, then its next read fails and it closes.
+// hangUp ends the session after the current reply.
 func (ss *session) hangUp() {
-	if cc := ss.counted(); cc != nil {
-		cc.hangUp()
-		return
-	}
-	ss.conn.Conn().SetReadDeadline(time.Now())
+	ss.hungUp = true
+	ss.cc.hangUp()
 }
 
 // setBusy marks the session's connection inside a transaction or not.
 // Once the server shuts down, a session whose transaction ended is hung
 // up, so that the drain waits only for transactions in progress.
 func (ss *session) setBusy(busy bool) {
-	cc := ss.counted()
-	if cc == nil {
-		return
-	}
+	cc := ss.cc
 	cc.busy.Store(busy)
 	if !busy && ss.s.closing.Load() {
 		cc.hangUp()
@@ -241,7 +220,7 @@ func (ss *session) setBusy(busy bool) {
 func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	defer func() {
 		if ss.policy.LogCommands {
-			ss.logCommand("MAIL FROM:<"+from+">", "250 2.0.0 OK", err)
+			ss.logCommand("MAIL FROM:<"+from+">", "250 2.1.0 Sender OK", err)
 		}
 	}()
 	if ss.policy.RequireStartTLS && !ss.tls {
@@ -277,7 +256,7 @@ func exceeds(n int64, limit config.Size) bool {
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 	defer func() {
 		if ss.policy.LogCommands {
-			ss.logCommand("RCPT TO:<"+to+">", "250 2.0.0 OK", err)
+			ss.logCommand("RCPT TO:<"+to+">", "250 2.1.5 Recipient OK", err)
 		}
 	}()
 	if !validAddress(to) {
@@ -334,44 +313,27 @@ func notifyFlags(n []smtp.DSNNotify) queue.Notify {
 	return f
 }
 
-// Data reads the message, applies the source's header rules, picks the VMTA
-// and spools the message; the 250 goes out only after Put returned.
-func (ss *session) Data(r io.Reader) (err error) {
+// Data takes the whole message (read within the source's size limit by
+// the engine), applies the source's header rules, picks the VMTA and
+// spools the message; the 250 goes out only after Put returned. It
+// returns the reply, an *smtp.SMTPError, whatever the outcome.
+func (ss *session) Data(raw []byte) (err error) {
 	defer func() {
 		if ss.policy.LogCommands {
-			ss.logCommand("DATA", "", err) // Data always returns its reply
+			ss.logCommand("DATA", "", err)
 		}
 	}()
-	limit := ss.policy.MaxMessageSize
-	buf := ss.s.getBuf()
-	defer ss.s.putBuf(buf)
-	lr := io.Reader(r)
-	if limit != config.Unlimited {
-		lr = io.LimitReader(r, int64(limit)+1)
-	}
-	if _, err := buf.ReadFrom(lr); err != nil {
-		io.Copy(io.Discard, r)
-		if errors.Is(err, smtp.ErrDataTooLarge) {
-			return ss.refuse(errTooBig, "data")
-		}
-		return err // the connection broke; go-smtp ends the session
-	}
-	if exceeds(int64(buf.Len()), limit) {
-		io.Copy(io.Discard, r) // go-smtp needs r consumed
-		return ss.refuse(errTooBig, "data", "limit", int64(limit))
-	}
-
 	if ss.hdr == nil {
 		ss.hdr = bufio.NewReader(nil)
 	}
 	br := ss.hdr
-	br.Reset(bytes.NewReader(buf.Bytes()))
+	br.Reset(bytes.NewReader(raw))
 	defer br.Reset(nil) // let go of the pooled buffer
 	hdr, err := textproto.ReadHeader(br)
 	if err != nil {
 		return ss.refuse(errBadHeader, "data", "err", err.Error())
 	}
-	bodyStart := buf.Len() - br.Buffered()
+	bodyStart := len(raw) - br.Buffered()
 
 	sel := vmta.SelectInput{Source: ss.policy}
 	if hdr.Has("X-Virtual-MTA") {
@@ -414,11 +376,11 @@ func (ss *session) Data(r io.Reader) (err error) {
 
 	out := ss.s.getBuf()
 	defer ss.s.putBuf(out)
-	out.Grow(buf.Len() + 256)
+	out.Grow(len(raw) + 256)
 	if err := textproto.WriteHeader(out, hdr); err != nil {
 		return errInternal
 	}
-	out.Write(buf.Bytes()[bodyStart:])
+	out.Write(raw[bodyStart:])
 
 	if err := ss.checkSpace(); err != nil {
 		return ss.refuse(err, "data")
@@ -479,7 +441,7 @@ func (ss *session) received() string {
 	}
 	from := ""
 	if !ss.policy.HideMessageSource {
-		from = fmt.Sprintf("from %s ([%s]) ", ss.conn.Hostname(), ss.ip)
+		from = fmt.Sprintf("from %s ([%s]) ", ss.helo, ss.ip)
 	}
 	return fmt.Sprintf("%sby %s (Tern) with %s; %s", from, ss.snap.cfg.HostName.Value, with,
 		ss.s.opts.Now().Format(time.RFC1123Z))
