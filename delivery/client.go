@@ -49,6 +49,18 @@ type outConn struct {
 	// cmdTimeout bounds each command's reply; dataTimeout the message
 	// transfer and its final reply.
 	cmdTimeout, dataTimeout time.Duration
+	// ahead is the transaction whose MAIL, RCPT and DATA went out behind
+	// the previous message's body, in the same write (RFC 2920 §3.1 lets
+	// message content start a group); its own send reads their replies.
+	ahead *txn
+}
+
+// txn is one message's transaction: its envelope, the recipients it goes
+// to and the message.
+type txn struct {
+	env   queue.Envelope
+	rcpts []queue.RecipientState
+	body  []byte
 }
 
 // reply is a negative SMTP reply: the code and the text as the server
@@ -296,6 +308,27 @@ type result struct {
 // leaves code 0 (deferred): nothing counts as delivered without a 250.
 // After a failed transaction the connection is RSET for the next one.
 func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body []byte) []result {
+	return oc.sendTxn(&txn{env: env, rcpts: rcpts, body: body}, nil)
+}
+
+// sendTxn is send for t. When the server pipelines and next gives the
+// transaction that will follow t on this connection, its commands go out
+// in the same write as t's message: one round trip per message instead of
+// two. next is asked only once t's message is about to be sent; whatever
+// it returns must be the next sendTxn on this connection, unless the
+// connection breaks (then nothing of it was acknowledged).
+func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
+	env, rcpts, body := t.env, t.rcpts, t.body
+	sent := false // t's commands are already on the wire
+	if oc.ahead != nil {
+		if oc.ahead != t {
+			// A caller bug: the replies waiting are not this message's.
+			oc.broken = true
+			oc.ahead = nil
+			return errorResults(rcpts, errors.New("pipelined transaction out of order"))
+		}
+		oc.ahead, sent = nil, true
+	}
 	oc.txns++
 	oc.lastUsed = time.Now()
 	oc.txnStart = oc.lastUsed
@@ -315,16 +348,12 @@ func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body [
 	_, dsn := oc.ext["DSN"]
 	_, pipelining := oc.ext["PIPELINING"]
 
-	oc.writeMail(env, rcpts, body, dsn)
-	if pipelining {
-		for i := range rcpts {
-			oc.writeRcpt(rcpts[i], dsn)
+	if !sent {
+		oc.writeEnvelope(env, rcpts, body, dsn, pipelining)
+		if err := oc.flushWithin(oc.cmdTimeout); err != nil {
+			oc.stale = oc.txns > 1
+			return setAll(err)
 		}
-		oc.w.WriteString("DATA\r\n")
-	}
-	if err := oc.flushWithin(oc.cmdTimeout); err != nil {
-		oc.stale = oc.txns > 1
-		return setAll(err)
 	}
 	if _, _, err := oc.read(250); err != nil {
 		oc.stale = oc.noteBroken(err) && oc.txns > 1
@@ -388,18 +417,48 @@ func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body [
 		return res
 	}
 	writeDotted(oc.w, body)
+	if pipelining && next != nil {
+		if n := next(); n != nil {
+			oc.writeEnvelope(n.env, n.rcpts, n.body, dsn, true)
+			oc.ahead = n
+		}
+	}
 	if err := oc.flushWithin(oc.dataTimeout); err != nil {
+		oc.ahead = nil
 		return setAll(err)
 	}
 	_, msg, err := oc.readWithin(250, oc.dataTimeout)
 	if err != nil {
-		oc.noteBroken(err)
+		if oc.noteBroken(err) {
+			oc.ahead = nil
+		}
 		return setAll(err)
 	}
 	for i := range res {
 		if res[i].code/100 == 2 {
 			res[i].code, res[i].text = 250, "250 "+msg
 		}
+	}
+	return res
+}
+
+// writeEnvelope buffers MAIL, and with pipelining the RCPTs and DATA.
+func (oc *outConn) writeEnvelope(env queue.Envelope, rcpts []queue.RecipientState, body []byte, dsn, pipelining bool) {
+	oc.writeMail(env, rcpts, body, dsn)
+	if pipelining {
+		for i := range rcpts {
+			oc.writeRcpt(rcpts[i], dsn)
+		}
+		oc.w.WriteString("DATA\r\n")
+	}
+}
+
+// errorResults gives every recipient the reply err stands for.
+func errorResults(rcpts []queue.RecipientState, err error) []result {
+	res := make([]result, len(rcpts))
+	for i, r := range rcpts {
+		res[i].rcpt = r
+		res[i].code, res[i].text = replyOf(err)
 	}
 	return res
 }
@@ -591,7 +650,9 @@ const quitTimeout = 10 * time.Second
 
 // close ends the session politely when it still works.
 func (oc *outConn) close() {
-	if !oc.broken {
+	// With a transaction pipelined ahead the server is reading a message:
+	// a QUIT would be content, and its reply would never come.
+	if !oc.broken && oc.ahead == nil {
 		oc.w.WriteString("QUIT\r\n")
 		if oc.flushWithin(quitTimeout) == nil {
 			oc.readWithin(221, quitTimeout)

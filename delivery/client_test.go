@@ -421,3 +421,158 @@ func TestClientDataRefusedResets(t *testing.T) {
 	}
 	sc.wait(t)
 }
+
+// envelopeOf reads MAIL, RCPT and DATA of one transaction and checks the
+// sender.
+func envelopeOf(s *serverConn, sender string) error {
+	if _, err := s.expect("MAIL FROM:<" + sender + ">"); err != nil {
+		return err
+	}
+	if _, err := s.expect("RCPT TO:"); err != nil {
+		return err
+	}
+	_, err := s.expect("DATA")
+	return err
+}
+
+// The next transaction's commands go out with the previous message: the
+// server reads them before it has answered the message, which a client
+// waiting for that answer would never send (the script would time out).
+func TestClientPipelinesNextTransactionBehindMessage(t *testing.T) {
+	sc := startScripted(t, func(s *serverConn) error {
+		if err := greet(s, "PIPELINING"); err != nil {
+			return err
+		}
+		if err := envelopeOf(s, "a@example.org"); err != nil {
+			return err
+		}
+		s.say("250 ok", "250 ok", "354 go")
+		if _, err := s.data(); err != nil {
+			return err
+		}
+		if err := envelopeOf(s, "b@example.org"); err != nil {
+			return err
+		}
+		s.say("554 5.6.0 a refused", "250 ok", "250 ok", "354 go")
+		if _, err := s.data(); err != nil {
+			return err
+		}
+		s.say("250 2.0.0 b queued")
+		if _, err := s.expect("QUIT"); err != nil {
+			return err
+		}
+		s.say("221 bye")
+		return nil
+	})
+	oc := dialScripted(t, sc)
+	a := &txn{env: queue.Envelope{Sender: "a@example.org"}, rcpts: rcpts("a@x.test"), body: []byte("a\r\n")}
+	b := &txn{env: queue.Envelope{Sender: "b@example.org"}, rcpts: rcpts("b@x.test"), body: []byte("b\r\n")}
+	asked := 0
+	res := oc.sendTxn(a, func() *txn { asked++; return b })
+	if asked != 1 || res[0].code != 554 || oc.ahead != b || oc.broken {
+		t.Fatalf("first transaction: %+v, next asked %d times, ahead %v, broken %v", res[0], asked, oc.ahead != nil, oc.broken)
+	}
+	// A refused message ends its transaction; the one behind it stands.
+	if res = oc.sendTxn(b, nil); res[0].code != 250 || res[0].text != "250 2.0.0 b queued" || oc.ahead != nil {
+		t.Fatalf("second transaction: %+v", res[0])
+	}
+	oc.close()
+	sc.wait(t)
+}
+
+// When the connection breaks before the message's reply, neither message
+// counts as sent: the first is deferred and nothing is left ahead, so the
+// second goes out anew on another connection. Closing does not wait for
+// a QUIT reply the server would never send.
+func TestClientPipelinedNextIsDroppedWhenTheConnectionBreaks(t *testing.T) {
+	sc := startScripted(t, func(s *serverConn) error {
+		if err := greet(s, "PIPELINING"); err != nil {
+			return err
+		}
+		if err := envelopeOf(s, "a@example.org"); err != nil {
+			return err
+		}
+		s.say("250 ok", "250 ok", "354 go")
+		if _, err := s.data(); err != nil {
+			return err
+		}
+		if err := envelopeOf(s, "b@example.org"); err != nil {
+			return err
+		}
+		return nil // hang up without a word
+	})
+	oc := dialScripted(t, sc)
+	a := &txn{env: queue.Envelope{Sender: "a@example.org"}, rcpts: rcpts("a@x.test"), body: []byte("a\r\n")}
+	b := &txn{env: queue.Envelope{Sender: "b@example.org"}, rcpts: rcpts("b@x.test"), body: []byte("b\r\n")}
+	res := oc.sendTxn(a, func() *txn { return b })
+	sc.wait(t)
+	if res[0].code != 0 || !oc.broken || oc.ahead != nil {
+		t.Fatalf("after a hang-up: %+v, broken %v, ahead %v", res[0], oc.broken, oc.ahead != nil)
+	}
+	oc.close()
+}
+
+// A connection with a transaction ahead is closed without QUIT: the
+// server is reading that transaction's message, so QUIT would be content.
+func TestClientCloseWithTransactionAheadSkipsQuit(t *testing.T) {
+	sc := startScripted(t, func(s *serverConn) error {
+		if err := greet(s, "PIPELINING"); err != nil {
+			return err
+		}
+		if err := envelopeOf(s, "a@example.org"); err != nil {
+			return err
+		}
+		s.say("250 ok", "250 ok", "354 go")
+		if _, err := s.data(); err != nil {
+			return err
+		}
+		if err := envelopeOf(s, "b@example.org"); err != nil {
+			return err
+		}
+		s.say("250 2.0.0 a queued", "250 ok", "250 ok", "354 go")
+		if l, err := s.line(); err == nil {
+			return fmt.Errorf("got %q after the pipelined DATA, want the connection closed", l)
+		}
+		return nil
+	})
+	oc := dialScripted(t, sc)
+	a := &txn{env: queue.Envelope{Sender: "a@example.org"}, rcpts: rcpts("a@x.test"), body: []byte("a\r\n")}
+	b := &txn{env: queue.Envelope{Sender: "b@example.org"}, rcpts: rcpts("b@x.test"), body: []byte("b\r\n")}
+	if res := oc.sendTxn(a, func() *txn { return b }); res[0].code != 250 {
+		t.Fatalf("first transaction: %+v", res[0])
+	}
+	oc.close()
+	sc.wait(t)
+}
+
+// Sending some other transaction than the one ahead is refused and breaks
+// the connection, rather than read another message's replies.
+func TestClientOutOfOrderTransactionBreaksTheConnection(t *testing.T) {
+	sc := startScripted(t, func(s *serverConn) error {
+		if err := greet(s, "PIPELINING"); err != nil {
+			return err
+		}
+		if err := envelopeOf(s, "a@example.org"); err != nil {
+			return err
+		}
+		s.say("250 ok", "250 ok", "354 go")
+		if _, err := s.data(); err != nil {
+			return err
+		}
+		if err := envelopeOf(s, "b@example.org"); err != nil {
+			return err
+		}
+		s.say("250 2.0.0 a queued", "250 ok", "250 ok", "354 go")
+		return nil
+	})
+	oc := dialScripted(t, sc)
+	a := &txn{env: queue.Envelope{Sender: "a@example.org"}, rcpts: rcpts("a@x.test"), body: []byte("a\r\n")}
+	b := &txn{env: queue.Envelope{Sender: "b@example.org"}, rcpts: rcpts("b@x.test"), body: []byte("b\r\n")}
+	oc.sendTxn(a, func() *txn { return b })
+	sc.wait(t)
+	c := &txn{env: queue.Envelope{Sender: "c@example.org"}, rcpts: rcpts("c@x.test"), body: []byte("c\r\n")}
+	if res := oc.sendTxn(c, nil); res[0].code != 0 || !oc.broken {
+		t.Fatalf("out-of-order transaction: %+v, broken %v", res[0], oc.broken)
+	}
+	oc.close()
+}

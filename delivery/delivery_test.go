@@ -573,3 +573,64 @@ func TestSmartHostAuth(t *testing.T) {
 		t.Errorf("%d authenticated plaintext connections, want 1", authed)
 	}
 }
+
+// Messages of one lease go out pipelined one behind the other on one
+// connection (each message's MAIL, RCPT and DATA in the write of the
+// message before). Every message is answered on its own: a refused one
+// in the middle bounces or defers alone, and every other arrives exactly
+// once.
+func TestPipelinedMessagesOfALease(t *testing.T) {
+	t.Parallel()
+	sink := startSink(t, mx1, 0, smtptest.Options{Reply: func(ev smtptest.Event) *smtptest.Reply {
+		if ev.Stage != smtptest.StageData {
+			return nil
+		}
+		switch {
+		case slices.Contains(ev.Rcpts, "m10@chain.test"):
+			r := smtptest.R(554, "content rejected")
+			return &r
+		case slices.Contains(ev.Rcpts, "m20@chain.test"):
+			r := smtptest.R(452, "try later")
+			return &r
+		}
+		return nil
+	}})
+	dials := &dialCounter{}
+	h := newHarness(t, baseConfig(sink.Port(), `
+<domain chain.test>
+    max-smtp-out 1
+</domain>
+`), dnstest.Zones{"chain.test": {A: []string{mx1}}}, dials.option)
+	const n = 30
+	for i := range n {
+		h.put("mta1", fmt.Sprintf("m%02d@chain.test", i))
+	}
+	h.run()
+	for i := range n {
+		h.waitOutcome(fmt.Sprintf("m%02d@chain.test", i), 1)
+	}
+	checkAttempt(t, h, "m10@chain.test", "bounced", "554", "content rejected")
+	checkAttempt(t, h, "m20@chain.test", "deferred", "452", "try later")
+	seen := map[string]int{}
+	for _, m := range sink.Messages() {
+		for _, r := range m.Rcpts {
+			seen[r]++
+		}
+	}
+	for i := range n {
+		r := fmt.Sprintf("m%02d@chain.test", i)
+		want := 1
+		if i == 10 || i == 20 {
+			want = 0
+		}
+		if seen[r] != want {
+			t.Errorf("%s arrived %d times, want %d", r, seen[r], want)
+		}
+		if i != 10 && i != 20 {
+			checkAttempt(t, h, r, "delivered", "250")
+		}
+	}
+	if _, _, total := dials.stats(); total != 1 {
+		t.Errorf("%d connections for one lease, want 1", total)
+	}
+}

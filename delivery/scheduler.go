@@ -427,10 +427,15 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 	// connErr is the failure to reach the destination: once every host
 	// failed, the rest of the lease shares that fate without more dialing.
 	var connErr error
-	for _, entry := range lease.Messages {
+	// ahead is the next entry's transaction, prepared when its commands
+	// went out behind the previous message (outConn.sendTxn).
+	var ahead *txn
+	for i, entry := range lease.Messages {
 		pol := s.policy(reg, r, entry.Recipients[0].Pool)
 		now := s.opts.Now()
-		if age := now.Sub(entry.Envelope.Received); age >= pol.BounceAfter.Value {
+		pre := ahead
+		ahead = nil
+		if age := now.Sub(entry.Envelope.Received); pre == nil && age >= pol.BounceAfter.Value {
 			s.reportAll(r, lease, entry, queue.Bounced,
 				fmt.Sprintf("5.4.7 message expired after %s in the queue (bounce-after %s)",
 					config.FormatDuration(age.Truncate(time.Second)), config.FormatDuration(pol.BounceAfter.Value)), nil)
@@ -461,35 +466,35 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 				continue
 			}
 		}
-		// Rates count recipients attempted, so wait once the connection is up.
-		for range entry.Recipients {
-			if err := r.msg.wait(s.ctx, pol.MaxMsgRate.Value); err != nil {
+		t := pre
+		if t == nil {
+			var stop bool
+			if t, stop = s.prepare(reg, v, r, lease, entry, pol, true); stop {
 				return oc
 			}
-			if err := limiterFor(s, s.vmtaRate, v.Name).wait(s.ctx, v.MaxSMTPMsgRate); err != nil {
-				return oc
-			}
-			if p, ok := reg.Pool(entry.Recipients[0].Pool); ok && !p.MaxSMTPMsgRate.Unlimited() {
-				if err := limiterFor(s, s.poolRate, p.Name).wait(s.ctx, p.MaxSMTPMsgRate); err != nil {
-					return oc
-				}
+			if t == nil {
+				continue
 			}
 		}
-		body, err := lease.Body(entry.ID)
-		if err != nil {
-			s.log.Error("reading a queued body failed", "id", entry.ID.String(), "err", err)
-			continue // released with the lease: tried again later
-		}
-		live := entry.Recipients[:0:0]
-		for _, rc := range entry.Recipients {
-			if lease.Live(entry.ID, rc.N) { // an operator may have deleted it meanwhile
-				live = append(live, rc)
+		// next offers the following entry to go out behind this message
+		// when nothing has to happen between the two: no rate to wait
+		// for, no reason to change connections, nothing expired.
+		next := func() *txn {
+			if i+1 >= len(lease.Messages) || connErr != nil || oc.broken {
+				return nil
 			}
+			ne := lease.Messages[i+1]
+			npol := s.policy(reg, r, ne.Recipients[0].Pool)
+			if (npol.MaxMsgPerConnection.Value > 0 && oc.txns >= npol.MaxMsgPerConnection.Value) ||
+				(npol.MaxErrorsPerConnection.Value > 0 && oc.errs >= npol.MaxErrorsPerConnection.Value) ||
+				s.opts.Now().Sub(ne.Envelope.Received) >= npol.BounceAfter.Value {
+				return nil
+			}
+			ahead, _ = s.prepare(reg, v, r, lease, ne, npol, false)
+			return ahead
 		}
-		if len(live) == 0 {
-			continue
-		}
-		results := oc.send(entry.Envelope, live, body)
+		results := oc.sendTxn(t, next)
+		body, live := t.body, t.rcpts
 		if oc.stale {
 			// The server closed the connection while it sat idle (a
 			// restart, its idle timeout): nothing of this transaction
@@ -566,6 +571,51 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 		}
 	}
 	return oc
+}
+
+// prepare gets entry ready to send: it waits for the message rates (each
+// recipient counts; stop reports a shutdown during the wait), reads the
+// body and keeps the recipients still live. A nil txn means there is
+// nothing to send now. Without wait it gives nil rather than wait for a
+// rate, for a message that would go out behind another.
+func (s *Scheduler) prepare(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *queue.Lease, entry queue.Entry, pol *config.DomainSettings, wait bool) (t *txn, stop bool) {
+	p, hasPool := reg.Pool(entry.Recipients[0].Pool)
+	poolRated := hasPool && !p.MaxSMTPMsgRate.Unlimited()
+	if !wait && (!pol.MaxMsgRate.Value.Unlimited() || !v.MaxSMTPMsgRate.Unlimited() || poolRated) {
+		return nil, false
+	}
+	if wait {
+		// Rates count recipients attempted, so wait once the connection
+		// is up.
+		for range entry.Recipients {
+			if err := r.msg.wait(s.ctx, pol.MaxMsgRate.Value); err != nil {
+				return nil, true
+			}
+			if err := limiterFor(s, s.vmtaRate, v.Name).wait(s.ctx, v.MaxSMTPMsgRate); err != nil {
+				return nil, true
+			}
+			if poolRated {
+				if err := limiterFor(s, s.poolRate, p.Name).wait(s.ctx, p.MaxSMTPMsgRate); err != nil {
+					return nil, true
+				}
+			}
+		}
+	}
+	body, err := lease.Body(entry.ID)
+	if err != nil {
+		s.log.Error("reading a queued body failed", "id", entry.ID.String(), "err", err)
+		return nil, false // released with the lease: tried again later
+	}
+	live := entry.Recipients[:0:0]
+	for _, rc := range entry.Recipients {
+		if lease.Live(entry.ID, rc.N) { // an operator may have deleted it meanwhile
+			live = append(live, rc)
+		}
+	}
+	if len(live) == 0 {
+		return nil, false
+	}
+	return &txn{env: entry.Envelope, rcpts: live, body: body}, false
 }
 
 // reportAll gives every live recipient of entry the same outcome.
