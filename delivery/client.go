@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -568,7 +569,16 @@ func writeDotted(w *bufio.Writer, body []byte) {
 	w.WriteString(".\r\n")
 }
 
+// isASCII reports whether b has no byte over 0x7f. It tests eight bytes
+// at a time: it runs over every message body sent to a server offering
+// 8BITMIME.
 func isASCII(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b)&0x8080808080808080 != 0 {
+			return false
+		}
+		b = b[8:]
+	}
 	for _, c := range b {
 		if c >= 0x80 {
 			return false

@@ -576,3 +576,21 @@ func TestClientOutOfOrderTransactionBreaksTheConnection(t *testing.T) {
 	}
 	oc.close()
 }
+
+// isASCII finds a byte over 0x7f wherever it is, in the eight-byte words
+// or in the tail.
+func TestIsASCII(t *testing.T) {
+	for n := 0; n <= 20; n++ {
+		b := []byte(strings.Repeat("a", n))
+		if !isASCII(b) {
+			t.Errorf("%d ASCII bytes: not ASCII", n)
+		}
+		for i := 0; i < n; i++ {
+			c := append([]byte(nil), b...)
+			c[i] = 0x80
+			if isASCII(c) {
+				t.Errorf("0x80 at %d of %d: ASCII", i, n)
+			}
+		}
+	}
+}
