@@ -327,13 +327,16 @@ func (ss *session) Data(raw []byte) (err error) {
 		ss.hdr = bufio.NewReader(nil)
 	}
 	br := ss.hdr
-	br.Reset(bytes.NewReader(raw))
+	rd := bytes.NewReader(raw)
+	br.Reset(rd)
 	defer br.Reset(nil) // let go of the pooled buffer
 	hdr, err := textproto.ReadHeader(br)
 	if err != nil {
 		return ss.refuse(errBadHeader, "data", "err", err.Error())
 	}
-	bodyStart := len(raw) - br.Buffered()
+	// What ReadHeader consumed: br holds at most 4 KB of raw, so what is
+	// still unread in rd counts too.
+	bodyStart := len(raw) - rd.Len() - br.Buffered()
 
 	sel := vmta.SelectInput{Source: ss.policy}
 	if hdr.Has("X-Virtual-MTA") {
