@@ -538,6 +538,9 @@ func (c *inConn) finish(buf *bytes.Buffer, tooBig bool) {
 // disagree on this). Past limit bytes the rest is read and dropped.
 func (c *inConn) readData(buf *bytes.Buffer, limit config.Size) (tooBig bool, err error) {
 	afterCRLF := true
+	// pieceCR: the previous piece of an overlong line ended in CR, so a
+	// piece that is only LF completes a CRLF.
+	pieceCR := false
 	for {
 		line, err := c.br.ReadSlice('\n')
 		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
@@ -550,7 +553,8 @@ func (c *inConn) readData(buf *bytes.Buffer, limit config.Size) (tooBig bool, er
 			}
 			line = line[1:]
 		}
-		afterCRLF = whole && len(line) >= 2 && line[len(line)-2] == '\r'
+		afterCRLF = whole && (len(line) >= 2 && line[len(line)-2] == '\r' || len(line) == 1 && pieceCR)
+		pieceCR = !whole && len(line) > 0 && line[len(line)-1] == '\r'
 		if tooBig {
 			continue
 		}
