@@ -583,9 +583,10 @@ smtp-listener 127.0.0.1:{{.Port2525}}
 		c := dial(t, ts.Addr("2525"))
 		_, err := send(c, "a@b.example", []string{"x@example.com"}, messageOfSize(64*1024))
 		wantRefusal(t, err, stageDataEnd, 552, ec534)
-		// Not 10*1024: when a source's limit is also the server's, go-smtp's
-		// data reader (v0.25.1) refuses a message of exactly that size.
-		mustSend(t, c, "a@b.example", []string{"x@example.com"}, messageOfSize(10*1024-1))
+		// The limit itself is allowed, one byte more is not.
+		mustSend(t, c, "a@b.example", []string{"x@example.com"}, messageOfSize(10*1024))
+		_, err = send(c, "a@b.example", []string{"x@example.com"}, messageOfSize(10*1024+1))
+		wantRefusal(t, err, stageDataEnd, 552, ec534)
 	})
 }
 

@@ -41,8 +41,11 @@ const (
 	// maxCommandLine bounds a command line (RFC 5321 §4.5.3.1.4 says 512
 	// octets; extensions make it longer, so a generous bound).
 	maxCommandLine = 4096
+	// maxAuthLine bounds a line of a SASL exchange (RFC 4954 §4).
+	maxAuthLine = 12288
 	// maxBadCommands is how many refused or malformed commands a client
-	// may send before it is disconnected, as Postfix's hard error limit.
+	// may send without getting a message accepted before it is
+	// disconnected, as Postfix's smtpd_hard_error_limit.
 	maxBadCommands = 20
 )
 
@@ -62,7 +65,12 @@ type inConn struct {
 	helo string
 	ehlo bool
 	ss   *session // nil until EHLO/HELO, and again after STARTTLS
-	bad  int
+	// bad counts refused commands since the last accepted message.
+	bad int
+	// rcptTried is set once the transaction has seen a RCPT, accepted or
+	// not: DATA without any is out of sequence, DATA after only refused
+	// ones has no valid recipient.
+	rcptTried bool
 
 	// bdat collects the chunks of a BDAT transfer; nil when none is
 	// under way.
@@ -138,7 +146,7 @@ func (c *inConn) loop() {
 		}
 	}()
 	for !c.quit {
-		line, err := c.readLine()
+		line, err := c.readLine(maxCommandLine)
 		if err != nil {
 			c.readFailed(err)
 			return
@@ -164,14 +172,14 @@ func (c *inConn) readFailed(err error) {
 // readLine returns the next command line without its line ending. Queued
 // replies are written first when no complete line is buffered: the
 // client is then waiting for them.
-func (c *inConn) readLine() (string, error) {
+func (c *inConn) readLine(limit int) (string, error) {
 	if !c.lineBuffered() {
 		if err := c.bw.Flush(); err != nil {
 			return "", err
 		}
 	}
 	line, err := c.br.ReadSlice('\n')
-	if errors.Is(err, bufio.ErrBufferFull) || (err == nil && len(line) > maxCommandLine) {
+	if errors.Is(err, bufio.ErrBufferFull) || (err == nil && len(line) > limit) {
 		return "", errLineTooLong
 	}
 	if err != nil {
@@ -217,10 +225,11 @@ func (c *inConn) replyErr(err error) {
 		c.s.log.Error("smtp session error", "client", remoteIP(c.cc).String(), "err", err)
 		se = errInternal
 	}
-	c.reply(se.Code, enhanced(se), se.Message)
 	if se.Code >= 500 {
-		c.bad++
+		c.protocolError(se.Code, enhanced(se), se.Message)
+		return
 	}
+	c.reply(se.Code, enhanced(se), se.Message)
 }
 
 // enhanced formats an SMTPError's enhanced code; one that is not set
@@ -237,8 +246,9 @@ func enhanced(se *smtp.SMTPError) string {
 	return fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
 }
 
-// protocolError queues a refusal of a malformed or out-of-sequence
-// command and disconnects a client that keeps sending them.
+// protocolError queues a permanent refusal (a malformed or
+// out-of-sequence command, or one policy refused) and disconnects a
+// client that keeps getting them without getting mail through.
 func (c *inConn) protocolError(code int, enh, text string) {
 	c.reply(code, enh, text)
 	c.bad++
@@ -293,6 +303,7 @@ func (c *inConn) command(line string) {
 
 // reset ends the transaction in progress, if any.
 func (c *inConn) reset() {
+	c.rcptTried = false
 	if c.bdat != nil {
 		c.s.putBuf(c.bdat)
 		c.bdat = nil
@@ -411,6 +422,7 @@ func (c *inConn) mail(arg string) {
 		c.replyErr(err)
 		return
 	}
+	c.rcptTried = false
 	c.reply(250, "2.1.0", "Sender OK")
 }
 
@@ -419,6 +431,7 @@ func (c *inConn) rcpt(arg string) {
 		c.protocolError(503, "5.5.1", "Need MAIL command")
 		return
 	}
+	c.rcptTried = true
 	rest, ok := cutPrefixFold(arg, "TO:")
 	if !ok {
 		c.protocolError(501, "5.5.4", "Syntax: RCPT TO:<address>")
@@ -477,6 +490,8 @@ func (c *inConn) readyForData() bool {
 	switch {
 	case c.ss == nil || !c.ss.hasFrom:
 		c.protocolError(503, "5.5.1", "Need MAIL command")
+	case !c.rcptTried:
+		c.protocolError(503, "5.5.1", "Need RCPT command")
 	case len(c.ss.rcpts) == 0:
 		c.protocolError(554, "5.5.1", "No valid recipients")
 	default:
@@ -525,6 +540,10 @@ func (c *inConn) finish(buf *bytes.Buffer, tooBig bool) {
 		err = c.ss.refuse(errTooBig, "data", "limit", int64(c.ss.policy.MaxMessageSize))
 	} else {
 		err = c.ss.Data(buf.Bytes())
+	}
+	// Data's reply is an SMTPError even for the 250.
+	if se, ok := err.(*smtp.SMTPError); ok && se.Code == 250 {
+		c.bad = 0
 	}
 	if err != nil {
 		c.replyErr(err)
@@ -664,7 +683,7 @@ func (c *inConn) auth(arg string) {
 			break
 		}
 		c.reply(334, "", base64.StdEncoding.EncodeToString(challenge))
-		line, err := c.readLine()
+		line, err := c.readLine(maxAuthLine)
 		if err != nil {
 			c.readFailed(err)
 			c.quit = true

@@ -203,11 +203,11 @@ func TestEngineCommandsOutOfSequence(t *testing.T) {
 		r.wantCmd(250, "2.0.0", "NOOP")
 	})
 	t.Run("DATA after MAIL without RCPT", func(t *testing.T) {
-		// RFC 5321 §3.3 allows 503 or 554 here; the engine does not tell
-		// "no RCPT yet" from "every RCPT refused" and says 554 for both.
+		// Out of sequence (503), unlike DATA after only refused RCPTs
+		// (554, below), as Postfix answers.
 		r := engineSession(t, ts.Addr("2525"))
 		r.wantCmd(250, "2.1.0", "MAIL FROM:<a@b.example>")
-		r.wantCmd(554, "5.5.1", "DATA")
+		r.wantCmd(503, "5.5.1", "DATA")
 		r.wantCmd(250, "2.0.0", "NOOP")
 	})
 	t.Run("DATA when every RCPT was refused", func(t *testing.T) {
@@ -388,6 +388,39 @@ func TestEngineTooManyBadCommandsCloses(t *testing.T) {
 
 	// Another connection starts from zero.
 	r = engineSession(t, ts.Addr("2525"))
+	for i := 1; i < 20; i++ {
+		r.wantCmd(500, "5.5.2", "BOGUS")
+	}
+	r.wantCmd(250, "2.0.0", "NOOP")
+}
+
+// Refusals by policy count toward the limit like malformed commands; an
+// accepted message starts the count again, so a bulk sender whose list
+// holds bad addresses is not cut off while its mail goes through.
+func TestEngineRefusalsCountUntilMailIsAccepted(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, relayConf)
+	r := dialRaw(t, "127.0.0.9", ts.Addr("2525")) // may not relay
+	r.mustReply(220)
+	r.mustCmd(250, "EHLO client.example")
+	r.wantCmd(250, "2.1.0", "MAIL FROM:<a@b.example>")
+	for i := 1; i < 20; i++ {
+		r.wantCmd(550, "5.7.1", fmt.Sprintf("RCPT TO:<x%d@example.com>", i))
+	}
+	r.wantCmd(550, "5.7.1", "RCPT TO:<x20@example.com>")
+	r.want(421, "4.7.0")
+	r.waitClosed()
+
+	r = engineSession(t, ts.Addr("2525"))
+	r.wantCmd(250, "2.1.0", "MAIL FROM:<a@b.example>")
+	for i := 1; i < 20; i++ {
+		r.wantCmd(501, "5.1.3", fmt.Sprintf("RCPT TO:<bad%d>", i))
+	}
+	// 19 refusals: the message still goes through, and clears them.
+	r.wantCmd(250, "2.1.5", "RCPT TO:<x@example.com>")
+	r.mustCmd(354, "DATA")
+	r.write(rawMessage("counted"))
+	r.want(250, "2.0.0")
 	for i := 1; i < 20; i++ {
 		r.wantCmd(500, "5.5.2", "BOGUS")
 	}
@@ -742,6 +775,19 @@ func TestEngineAuthErrors(t *testing.T) {
 		r.wantCmd(501, "5.5.2", "AUTH PLAIN !!not-base64!!")
 		r.mustCmd(334, "AUTH LOGIN")
 		r.wantCmd(501, "5.5.2", "%%%")
+		r.wantCmd(235, "2.7.0", plainAuth("demo", "demo-secret"))
+	})
+	t.Run("long response", func(t *testing.T) {
+		// RFC 4954 §4 allows SASL response lines of 12288 octets, longer
+		// than a command line: this one is refused as a wrong password,
+		// not as an overlong line.
+		r := engineSession(t, ts.Addr("2525"))
+		r.mustCmd(334, "AUTH PLAIN")
+		long := b64([]byte("\x00demo\x00" + strings.Repeat("p", 9000)))
+		if len(long) <= 4096 || len(long) > 12288 {
+			t.Fatalf("response of %d bytes", len(long))
+		}
+		r.wantCmd(535, "5.7.8", long)
 		r.wantCmd(235, "2.7.0", plainAuth("demo", "demo-secret"))
 	})
 	t.Run("syntax", func(t *testing.T) {
