@@ -65,6 +65,10 @@ type Server struct {
 	// free again.
 	bufs     sync.Pool
 	failures *failureLimiter
+	// rw holds the buffered reader and writer of ended sessions (*rwBufs):
+	// 20 KB a connection is worth reusing when clients connect for each
+	// message.
+	rw sync.Pool
 
 	// conns are the open client connections, so that Shutdown can hang
 	// up idle ones and cut those left at its deadline.

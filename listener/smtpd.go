@@ -107,6 +107,7 @@ func (s *Server) serveConn(r *running, cc *countedConn) {
 			c.ss.Logout()
 		}
 		cc.Close()
+		c.releaseIO()
 	}()
 	if r.cur.Load().TLS {
 		tc := tls.Server(cc, r.tlsCfg)
@@ -123,15 +124,35 @@ func (s *Server) serveConn(r *running, cc *countedConn) {
 	c.loop()
 }
 
+// rwBufs are a connection's buffered reader and writer, pooled.
+type rwBufs struct {
+	r *bufio.Reader
+	w *bufio.Writer
+}
+
 func (c *inConn) setIO() {
 	dc := &deadlineConn{Conn: c.conn, read: c.s.opts.CommandTimeout, write: c.s.opts.WriteTimeout}
 	if c.br == nil {
-		c.br = bufio.NewReaderSize(dc, readBufSize)
-		c.bw = bufio.NewWriterSize(dc, 4096)
-		return
+		if b, ok := c.s.rw.Get().(*rwBufs); ok {
+			c.br, c.bw = b.r, b.w
+		} else {
+			c.br = bufio.NewReaderSize(nil, readBufSize)
+			c.bw = bufio.NewWriterSize(nil, 4096)
+		}
 	}
 	c.br.Reset(dc)
 	c.bw.Reset(dc)
+}
+
+// releaseIO gives the buffers back once the connection is done with them.
+func (c *inConn) releaseIO() {
+	if c.br == nil {
+		return
+	}
+	c.br.Reset(nil)
+	c.bw.Reset(nil)
+	c.s.rw.Put(&rwBufs{c.br, c.bw})
+	c.br, c.bw = nil, nil
 }
 
 // loop reads and runs commands until the client quits or the connection
