@@ -59,6 +59,7 @@ type outConn struct {
 // txn is one message's transaction: its envelope, the recipients it goes
 // to and the message.
 type txn struct {
+	id    queue.ID // the queued message; zero outside the scheduler
 	env   queue.Envelope
 	rcpts []queue.RecipientState
 	body  []byte

@@ -328,7 +328,15 @@ func (s *Scheduler) work(r *runner, vmtaName string) {
 	poolSlot := ""
 	defer func() { s.movePoolSlot(poolSlot, "") }()
 	var oc *outConn
+	// carry is a lease taken while the previous one's last message was
+	// being sent, and ahead its first message when that went out behind
+	// it (deliver's next).
+	var carry *queue.Lease
+	var ahead *txn
 	defer func() {
+		if carry != nil {
+			carry.Release()
+		}
 		if oc != nil {
 			oc.close()
 		}
@@ -348,7 +356,11 @@ func (s *Scheduler) work(r *runner, vmtaName string) {
 			return // a defer-queue rule or a failing spool: kicked again when the hold ends
 		}
 		pol := s.policy(reg, r, pool)
-		lease, err := q.Lease(s.ctx, r.key, pol.MaxRcptPerTransaction.Value)
+		lease, err := carry, error(nil)
+		carry = nil
+		if lease == nil {
+			lease, err = q.Lease(s.ctx, r.key, pol.MaxRcptPerTransaction.Value)
+		}
 		if err != nil {
 			if !errors.Is(err, context.Canceled) {
 				s.log.Error("lease failed; the queue waits before trying again", "queue", r.key.String(), "err", err, "wait", leaseRetry.String())
@@ -407,7 +419,7 @@ func (s *Scheduler) work(r *runner, vmtaName string) {
 		if leaseSize(lease) >= pol.MaxRcptPerTransaction.Value {
 			s.kick(r) // a full lease: likely more due, open another connection
 		}
-		oc = s.deliver(reg, v, r, lease, oc)
+		oc, carry, ahead = s.deliver(reg, v, r, lease, oc, ahead)
 		lease.Release()
 	}
 }
@@ -423,18 +435,29 @@ func leaseSize(l *queue.Lease) int {
 // deliver sends every message of the lease, one transaction each, over oc
 // (opened or replaced as needed), and reports each recipient's outcome. It
 // returns the connection to keep, or nil.
-func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *queue.Lease, oc *outConn) *outConn {
+func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *queue.Lease, oc *outConn, ahead *txn) (*outConn, *queue.Lease, *txn) {
 	// connErr is the failure to reach the destination: once every host
 	// failed, the rest of the lease shares that fate without more dialing.
 	var connErr error
 	// ahead is the next entry's transaction, prepared when its commands
-	// went out behind the previous message (outConn.sendTxn).
-	var ahead *txn
+	// went out behind the previous message (outConn.sendTxn); carry is
+	// the next lease, taken when this one ran out while the connection
+	// was busy, for its first message to go out the same way.
+	var carry *queue.Lease
 	for i, entry := range lease.Messages {
 		pol := s.policy(reg, r, entry.Recipients[0].Pool)
 		now := s.opts.Now()
 		pre := ahead
 		ahead = nil
+		if pre != nil && pre.id != entry.ID {
+			// Not the message whose commands went out (cannot happen:
+			// a carried lease is delivered next): the connection's
+			// replies belong to another transaction.
+			if oc != nil && oc.ahead == pre {
+				oc.broken = true
+			}
+			pre = nil
+		}
 		if age := now.Sub(entry.Envelope.Received); pre == nil && age >= pol.BounceAfter.Value {
 			s.reportAll(r, lease, entry, queue.Bounced,
 				fmt.Sprintf("5.4.7 message expired after %s in the queue (bounce-after %s)",
@@ -470,7 +493,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 		if t == nil {
 			var stop bool
 			if t, stop = s.prepare(reg, v, r, lease, entry, pol, true); stop {
-				return oc
+				return oc, carry, nil
 			}
 			if t == nil {
 				continue
@@ -480,17 +503,37 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 		// when nothing has to happen between the two: no rate to wait
 		// for, no reason to change connections, nothing expired.
 		next := func() *txn {
-			if i+1 >= len(lease.Messages) || connErr != nil || oc.broken {
+			if connErr != nil || oc.broken {
 				return nil
 			}
-			ne := lease.Messages[i+1]
+			from := lease
+			var ne queue.Entry
+			if i+1 < len(lease.Messages) {
+				ne = lease.Messages[i+1]
+			} else {
+				// The lease is done once this message is: take the next
+				// now (without waiting), so that its first message need
+				// not wait for this one's reply.
+				if carry == nil && s.ctx.Err() == nil {
+					nl, err := s.opts.Queue.Lease(s.ctx, r.key, pol.MaxRcptPerTransaction.Value)
+					if err != nil || nl == nil {
+						return nil // the worker's own Lease reports a failure
+					}
+					carry = nl
+				}
+				if carry == nil || len(carry.Messages) == 0 ||
+					carry.Messages[0].Recipients[0].Pool != entry.Recipients[0].Pool {
+					return nil // another pool: its slot is checked first
+				}
+				from, ne = carry, carry.Messages[0]
+			}
 			npol := s.policy(reg, r, ne.Recipients[0].Pool)
 			if (npol.MaxMsgPerConnection.Value > 0 && oc.txns >= npol.MaxMsgPerConnection.Value) ||
 				(npol.MaxErrorsPerConnection.Value > 0 && oc.errs >= npol.MaxErrorsPerConnection.Value) ||
 				s.opts.Now().Sub(ne.Envelope.Received) >= npol.BounceAfter.Value {
 				return nil
 			}
-			ahead, _ = s.prepare(reg, v, r, lease, ne, npol, false)
+			ahead, _ = s.prepare(reg, v, r, from, ne, npol, false)
 			return ahead
 		}
 		results := oc.sendTxn(t, next)
@@ -570,7 +613,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 			s.log.Error("recording outcomes failed", "id", entry.ID.String(), "err", err)
 		}
 	}
-	return oc
+	return oc, carry, ahead
 }
 
 // prepare gets entry ready to send: it waits for the message rates (each
@@ -615,7 +658,7 @@ func (s *Scheduler) prepare(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 	if len(live) == 0 {
 		return nil, false
 	}
-	return &txn{env: entry.Envelope, rcpts: live, body: body}, false
+	return &txn{id: entry.ID, env: entry.Envelope, rcpts: live, body: body}, false
 }
 
 // reportAll gives every live recipient of entry the same outcome.
