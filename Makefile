@@ -46,13 +46,16 @@ fmt-check:
 vet:
 	$(GO) vet ./...
 
-## fuzz: fuzz the config parser for FUZZTIME (default 15s)
-# The guard makes a renamed or missing FuzzParse fail loudly: without it,
+## fuzz: fuzz the config parser and the inbound SMTP engine for FUZZTIME each (default 15s)
+# The guards make a renamed or missing fuzz test fail loudly: without them,
 # go test would fuzz nothing and still pass.
 fuzz:
 	@$(GO) test -list='^FuzzParse$$' ./config | grep -x FuzzParse >/dev/null || \
 		{ echo "fuzz: package config has no FuzzParse fuzz test" >&2; exit 1; }
+	@$(GO) test -list='^FuzzEngine$$' ./listener | grep -x FuzzEngine >/dev/null || \
+		{ echo "fuzz: package listener has no FuzzEngine fuzz test" >&2; exit 1; }
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=1s ./config
+	$(GO) test -run='^$$' -fuzz='^FuzzEngine$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=1s ./listener
 
 ## run: build, then run tern on examples/tern.conf (see RUN_ARGS above)
 run: build
