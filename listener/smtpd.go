@@ -630,7 +630,9 @@ func (c *inConn) chunk(arg string) {
 		c.bdat = c.s.getBuf()
 	}
 	limit := c.ss.policy.MaxMessageSize
-	if limit != config.Unlimited && int64(c.bdat.Len())+int64(size) > int64(limit) {
+	// Compared this way round: the total of a huge size and what came
+	// before could overflow an int64.
+	if limit != config.Unlimited && int64(size) > int64(limit)-int64(c.bdat.Len()) {
 		c.skip(int64(size))
 		c.replyErr(c.ss.refuse(errTooBig, "bdat", "limit", int64(limit)))
 		c.reset()

@@ -706,6 +706,27 @@ func TestEngineBDAT(t *testing.T) {
 		}
 	})
 
+	t.Run("a chunk size that overflows the running total", func(t *testing.T) {
+		// After one byte, a chunk of 2^63-1 bytes takes the total past
+		// the largest int64: it must still count as over the limit, not
+		// wrap around and be read into memory as it comes.
+		spooled := ts.Queue.Totals().Messages
+		r := engineSession(t, ts.Addr("2525"))
+		r.wantCmd(250, "2.1.0", "MAIL FROM:<a@b.example>")
+		r.wantCmd(250, "2.1.5", "RCPT TO:<x@example.com>")
+		r.write("BDAT 1\r\nX")
+		r.want(250, "2.0.0")
+		r.write("BDAT 9223372036854775807 LAST\r\n" + messageOfSize(64*1024))
+		// The chunk cannot end: the client gives up sending, and the
+		// refusal is what it is told.
+		if err := r.conn.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		r.want(552, "5.3.4")
+		r.waitClosed()
+		wantSpooledCount(t, ts, spooled)
+	})
+
 	t.Run("BDAT 0 LAST ends the message", func(t *testing.T) {
 		ts := startServer(t, relayConf)
 		r := engineSession(t, ts.Addr("2525"))
