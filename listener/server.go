@@ -176,6 +176,12 @@ func (s *Server) Apply(cfg *config.Config, reg *vmta.Registry) error {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Again under the lock: Shutdown sets closing before it takes the
+	// lock to collect the listeners, so a listener opened here after that
+	// would never be closed.
+	if s.closing.Load() {
+		return errors.New("listener: server is shut down")
+	}
 	want := map[string]*config.Listener{}
 	for _, l := range cfg.Listeners {
 		want[listenerKey(l)] = l

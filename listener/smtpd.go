@@ -76,8 +76,9 @@ type inConn struct {
 	// under way.
 	bdat *bytes.Buffer
 	// quit is set once the connection is to be closed after the replies
-	// queued so far.
-	quit bool
+	// queued so far; quitCmd when the client asked for it (QUIT), so that
+	// it is not hung up on while sending.
+	quit, quitCmd bool
 }
 
 // deadlineConn sets a fresh deadline before every read and write, so a
@@ -106,6 +107,10 @@ func (s *Server) serveConn(r *running, cc *countedConn) {
 		if c.ss != nil {
 			c.ss.Logout()
 		}
+		if c.quit && !c.quitCmd && c.br != nil {
+			c.linger()
+		}
+		c.conn.Close() // under TLS, with its close_notify alert
 		cc.Close()
 		c.releaseIO()
 	}()
@@ -122,6 +127,34 @@ func (s *Server) serveConn(r *running, cc *countedConn) {
 	c.setIO()
 	c.reply(220, "", c.snap.cfg.HostName.Value+" ESMTP Tern")
 	c.loop()
+}
+
+// Lingering bounds what is read and dropped after a refusal that ends the
+// session while the client is still sending.
+const (
+	lingerTime  = time.Second
+	lingerBytes = 1 << 20
+)
+
+// linger ends a session that is hung up on while the client still sends
+// (an overlong line, too many errors, a malformed BDAT): closing with
+// unread input makes the kernel answer with a reset, which can destroy
+// the last reply before the client reads it. So the write side is shut
+// first, then input is dropped for a moment, as net/http does.
+func (c *inConn) linger() {
+	type closeWriter interface{ CloseWrite() error }
+	var cw closeWriter
+	switch conn := c.conn.(type) {
+	case *tls.Conn:
+		cw = conn // close_notify, then the same
+	case *countedConn:
+		cw, _ = conn.Conn.(closeWriter)
+	}
+	if cw == nil || cw.CloseWrite() != nil {
+		return
+	}
+	c.conn.SetReadDeadline(time.Now().Add(lingerTime))
+	io.CopyN(io.Discard, c.conn, lingerBytes)
 }
 
 // rwBufs are a connection's buffered reader and writer, pooled.
@@ -184,6 +217,7 @@ func (c *inConn) readFailed(err error) {
 	switch {
 	case errors.Is(err, errLineTooLong):
 		c.reply(500, "5.5.2", "Line too long, closing connection")
+		c.quit = true // the rest of the line is unread: linger
 	case errors.As(err, &ne) && ne.Timeout():
 		c.reply(421, "4.4.2", c.snap.cfg.HostName.Value+" timeout exceeded, closing connection")
 	}
@@ -301,7 +335,7 @@ func (c *inConn) command(line string) {
 		c.reply(250, "2.0.0", "OK")
 	case "QUIT":
 		c.reply(221, "2.0.0", c.snap.cfg.HostName.Value+" closing connection")
-		c.quit = true
+		c.quit, c.quitCmd = true, true
 	case "VRFY":
 		c.reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
 	case "AUTH":
@@ -338,6 +372,11 @@ func (c *inConn) hello(ehlo bool, arg string) {
 	name, _, _ := strings.Cut(arg, " ")
 	if name == "" {
 		c.protocolError(501, "5.5.4", "Syntax: EHLO hostname")
+		return
+	}
+	if hasControl(name) {
+		// It goes into the Received header and the logs.
+		c.protocolError(501, "5.5.4", "Bad EHLO/HELO name")
 		return
 	}
 	c.helo, c.ehlo = name, ehlo
@@ -450,6 +489,11 @@ func (c *inConn) mail(arg string) {
 func (c *inConn) rcpt(arg string) {
 	if c.ss == nil || !c.ss.hasFrom {
 		c.protocolError(503, "5.5.1", "Need MAIL command")
+		return
+	}
+	if c.bdat != nil {
+		// RFC 3030 §2: the envelope is complete once BDAT begins.
+		c.protocolError(503, "5.5.1", "RCPT not allowed during BDAT")
 		return
 	}
 	c.rcptTried = true
@@ -790,6 +834,9 @@ func parsePath(s string) (addr, params string, err error) {
 		if addr == "" {
 			return "", "", errors.New("empty path")
 		}
+		if hasControl(addr) {
+			return "", "", errors.New("control character in path")
+		}
 		return addr, params, nil
 	}
 	inQuote := false
@@ -866,6 +913,16 @@ func decodeUTF8Xtext(s string) (string, error) {
 		i += end + 1
 	}
 	return b.String(), nil
+}
+
+// hasControl reports an ASCII control character (CR, LF, NUL…) or DEL.
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < ' ' || s[i] == 0x7f {
+			return true
+		}
+	}
+	return false
 }
 
 func printableASCII(s string) bool {

@@ -27,6 +27,7 @@ package listener_test
 import (
 	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -372,6 +373,68 @@ func TestEngineOverlongCommandLineCloses(t *testing.T) {
 	r.write("MAIL FROM:<" + strings.Repeat("a", 6000) + "@b.example>\r\n")
 	r.want(500, "5.5.2")
 	r.waitClosed()
+}
+
+// A client still sending when it is hung up on gets the last reply and
+// an orderly end, not a reset that could destroy the reply unread: the
+// server shuts its side first and drops the rest of the input.
+func TestEngineHangUpOnSendingClientKeepsTheReply(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, relayConf)
+	for range 3 {
+		r := engineSession(t, ts.Addr("2525"))
+		sent := make(chan error, 1)
+		go func() {
+			// Far more than the server reads before it refuses the line.
+			_, err := io.WriteString(r.conn, "NOOP "+strings.Repeat("x", 300<<10))
+			sent <- err
+		}()
+		r.want(500, "5.5.2")
+		r.conn.SetReadDeadline(time.Now().Add(clientTimeout))
+		if _, err := r.text.ReadLine(); !errors.Is(err, io.EOF) {
+			t.Fatalf("after the refusal: %v, want an orderly close (EOF)", err)
+		}
+		if err := <-sent; err != nil {
+			t.Errorf("the client's write failed: %v", err)
+		}
+	}
+}
+
+// Once BDAT has begun, the envelope is complete (RFC 3030 §2): a RCPT is
+// refused and the message keeps the recipients it had.
+func TestEngineRcptDuringBDATRefused(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, relayConf)
+	r := engineSession(t, ts.Addr("2525"))
+	r.wantCmd(250, "2.1.0", "MAIL FROM:<a@b.example>")
+	r.wantCmd(250, "2.1.5", "RCPT TO:<x@example.com>")
+	msg := rawMessage("chunked")
+	msg = strings.TrimSuffix(msg, ".\r\n")
+	r.write(fmt.Sprintf("BDAT %d\r\n%s", 10, msg[:10]))
+	r.want(250, "2.0.0")
+	r.wantCmd(503, "5.5.1", "RCPT TO:<y@example.com>")
+	r.write(fmt.Sprintf("BDAT %d LAST\r\n%s", len(msg)-10, msg[10:]))
+	m := ts.spooled(t, acceptedID(t, r.want(250, "2.0.0")))
+	if len(m.Recipients) != 1 || m.Recipients[0].Address != "x@example.com" {
+		t.Errorf("recipients %+v, want only x@example.com", m.Recipients)
+	}
+}
+
+// Control characters never get into the envelope, the Received header or
+// the logs, with or without angle brackets.
+func TestEngineControlCharactersRefused(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, relayConf)
+	r := dialRaw(t, "", ts.Addr("2525"))
+	r.mustReply(220)
+	r.wantCmd(501, "5.5.4", "EHLO bad\x00name")
+	r.wantCmd(501, "5.5.4", "HELO bad\x01name")
+	r.wantCmd(250, "", "EHLO good.example")
+	r.wantCmd(501, "5.1.7", "MAIL FROM:a\x00b@b.example")
+	r.wantCmd(501, "5.1.7", "MAIL FROM:<a\x7fb@b.example>")
+	r.wantCmd(250, "2.1.0", "MAIL FROM:a@b.example")
+	r.wantCmd(501, "5.1.3", "RCPT TO:x\x0by@example.com")
+	r.wantCmd(250, "2.1.5", "RCPT TO:x@example.com")
 }
 
 func TestEngineTooManyBadCommandsCloses(t *testing.T) {
