@@ -435,22 +435,35 @@ func envelopeOf(s *serverConn, sender string) error {
 	return err
 }
 
+// messageThenNextEnvelope is the server's side up to the point where a
+// pipelining client has sent a@example.org's message and, behind it,
+// b@example.org's MAIL, RCPT and DATA, none of them answered yet.
+func messageThenNextEnvelope(s *serverConn) error {
+	if err := greet(s, "PIPELINING"); err != nil {
+		return err
+	}
+	if err := envelopeOf(s, "a@example.org"); err != nil {
+		return err
+	}
+	s.say("250 ok", "250 ok", "354 go")
+	if _, err := s.data(); err != nil {
+		return err
+	}
+	return envelopeOf(s, "b@example.org")
+}
+
+// testTxn is a one-recipient transaction from NAME@example.org to
+// NAME@x.test.
+func testTxn(name string) *txn {
+	return &txn{env: queue.Envelope{Sender: name + "@example.org"}, rcpts: rcpts(name + "@x.test"), body: []byte(name + "\r\n")}
+}
+
 // The next transaction's commands go out with the previous message: the
 // server reads them before it has answered the message, which a client
 // waiting for that answer would never send (the script would time out).
 func TestClientPipelinesNextTransactionBehindMessage(t *testing.T) {
 	sc := startScripted(t, func(s *serverConn) error {
-		if err := greet(s, "PIPELINING"); err != nil {
-			return err
-		}
-		if err := envelopeOf(s, "a@example.org"); err != nil {
-			return err
-		}
-		s.say("250 ok", "250 ok", "354 go")
-		if _, err := s.data(); err != nil {
-			return err
-		}
-		if err := envelopeOf(s, "b@example.org"); err != nil {
+		if err := messageThenNextEnvelope(s); err != nil {
 			return err
 		}
 		s.say("554 5.6.0 a refused", "250 ok", "250 ok", "354 go")
@@ -465,8 +478,7 @@ func TestClientPipelinesNextTransactionBehindMessage(t *testing.T) {
 		return nil
 	})
 	oc := dialScripted(t, sc)
-	a := &txn{env: queue.Envelope{Sender: "a@example.org"}, rcpts: rcpts("a@x.test"), body: []byte("a\r\n")}
-	b := &txn{env: queue.Envelope{Sender: "b@example.org"}, rcpts: rcpts("b@x.test"), body: []byte("b\r\n")}
+	a, b := testTxn("a"), testTxn("b")
 	asked := 0
 	res := oc.sendTxn(a, func() *txn { asked++; return b })
 	if asked != 1 || res[0].code != 554 || oc.ahead != b || oc.broken {
@@ -486,24 +498,13 @@ func TestClientPipelinesNextTransactionBehindMessage(t *testing.T) {
 // a QUIT reply the server would never send.
 func TestClientPipelinedNextIsDroppedWhenTheConnectionBreaks(t *testing.T) {
 	sc := startScripted(t, func(s *serverConn) error {
-		if err := greet(s, "PIPELINING"); err != nil {
-			return err
-		}
-		if err := envelopeOf(s, "a@example.org"); err != nil {
-			return err
-		}
-		s.say("250 ok", "250 ok", "354 go")
-		if _, err := s.data(); err != nil {
-			return err
-		}
-		if err := envelopeOf(s, "b@example.org"); err != nil {
+		if err := messageThenNextEnvelope(s); err != nil {
 			return err
 		}
 		return nil // hang up without a word
 	})
 	oc := dialScripted(t, sc)
-	a := &txn{env: queue.Envelope{Sender: "a@example.org"}, rcpts: rcpts("a@x.test"), body: []byte("a\r\n")}
-	b := &txn{env: queue.Envelope{Sender: "b@example.org"}, rcpts: rcpts("b@x.test"), body: []byte("b\r\n")}
+	a, b := testTxn("a"), testTxn("b")
 	res := oc.sendTxn(a, func() *txn { return b })
 	sc.wait(t)
 	if res[0].code != 0 || !oc.broken || oc.ahead != nil {
@@ -516,17 +517,7 @@ func TestClientPipelinedNextIsDroppedWhenTheConnectionBreaks(t *testing.T) {
 // server is reading that transaction's message, so QUIT would be content.
 func TestClientCloseWithTransactionAheadSkipsQuit(t *testing.T) {
 	sc := startScripted(t, func(s *serverConn) error {
-		if err := greet(s, "PIPELINING"); err != nil {
-			return err
-		}
-		if err := envelopeOf(s, "a@example.org"); err != nil {
-			return err
-		}
-		s.say("250 ok", "250 ok", "354 go")
-		if _, err := s.data(); err != nil {
-			return err
-		}
-		if err := envelopeOf(s, "b@example.org"); err != nil {
+		if err := messageThenNextEnvelope(s); err != nil {
 			return err
 		}
 		s.say("250 2.0.0 a queued", "250 ok", "250 ok", "354 go")
@@ -536,8 +527,7 @@ func TestClientCloseWithTransactionAheadSkipsQuit(t *testing.T) {
 		return nil
 	})
 	oc := dialScripted(t, sc)
-	a := &txn{env: queue.Envelope{Sender: "a@example.org"}, rcpts: rcpts("a@x.test"), body: []byte("a\r\n")}
-	b := &txn{env: queue.Envelope{Sender: "b@example.org"}, rcpts: rcpts("b@x.test"), body: []byte("b\r\n")}
+	a, b := testTxn("a"), testTxn("b")
 	if res := oc.sendTxn(a, func() *txn { return b }); res[0].code != 250 {
 		t.Fatalf("first transaction: %+v", res[0])
 	}
@@ -549,28 +539,17 @@ func TestClientCloseWithTransactionAheadSkipsQuit(t *testing.T) {
 // the connection, rather than read another message's replies.
 func TestClientOutOfOrderTransactionBreaksTheConnection(t *testing.T) {
 	sc := startScripted(t, func(s *serverConn) error {
-		if err := greet(s, "PIPELINING"); err != nil {
-			return err
-		}
-		if err := envelopeOf(s, "a@example.org"); err != nil {
-			return err
-		}
-		s.say("250 ok", "250 ok", "354 go")
-		if _, err := s.data(); err != nil {
-			return err
-		}
-		if err := envelopeOf(s, "b@example.org"); err != nil {
+		if err := messageThenNextEnvelope(s); err != nil {
 			return err
 		}
 		s.say("250 2.0.0 a queued", "250 ok", "250 ok", "354 go")
 		return nil
 	})
 	oc := dialScripted(t, sc)
-	a := &txn{env: queue.Envelope{Sender: "a@example.org"}, rcpts: rcpts("a@x.test"), body: []byte("a\r\n")}
-	b := &txn{env: queue.Envelope{Sender: "b@example.org"}, rcpts: rcpts("b@x.test"), body: []byte("b\r\n")}
+	a, b := testTxn("a"), testTxn("b")
 	oc.sendTxn(a, func() *txn { return b })
 	sc.wait(t)
-	c := &txn{env: queue.Envelope{Sender: "c@example.org"}, rcpts: rcpts("c@x.test"), body: []byte("c\r\n")}
+	c := testTxn("c")
 	if res := oc.sendTxn(c, nil); res[0].code != 0 || !oc.broken {
 		t.Fatalf("out-of-order transaction: %+v, broken %v", res[0], oc.broken)
 	}
