@@ -323,6 +323,7 @@ func (ss *session) Data(raw []byte) (err error) {
 			ss.logCommand("DATA", "", err)
 		}
 	}()
+	replaceStrayCR(raw)
 	if ss.hdr == nil {
 		ss.hdr = bufio.NewReader(nil)
 	}
@@ -421,6 +422,27 @@ func (ss *session) Data(raw []byte) (err error) {
 	ss.log.Info("message accepted", "id", id.String(), "user", ss.userName(), "vmta", choice.VMTA.Name,
 		"pool", pool, "via", choice.Via, "from", ss.from, "recipients", len(rcpts), "size", len(body), "job", job)
 	return accepted(id)
+}
+
+// replaceStrayCR turns every CR that does not start a CRLF into a space,
+// in place, before the message is signed and spooled. Such a CR is
+// content here, but a server further on may take it as a line end, and
+// "\r.\r" as the end of the message: the way SMTP smuggling passes a
+// second message through a relay (Postfix's cleanup_replace_stray_cr_lf
+// does the same). A bare LF needs nothing: delivery sends it as CRLF and
+// dot-stuffs the line after it.
+func replaceStrayCR(b []byte) {
+	for i := 0; ; {
+		j := bytes.IndexByte(b[i:], '\r')
+		if j < 0 {
+			return
+		}
+		i += j
+		if i+1 == len(b) || b[i+1] != '\n' {
+			b[i] = ' '
+		}
+		i++
+	}
 }
 
 func dsnRet(r smtp.DSNReturn) queue.DSNRet {

@@ -516,6 +516,7 @@ func TestEngineDataSmuggling(t *testing.T) {
 		{"bare LF after the dot", "\r\n.\n"},
 		{"bare LF on both sides", "\n.\n"},
 		{"bare CR before the dot", "\r.\r\n"},
+		{"bare CR on both sides", "\r.\r"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -536,6 +537,14 @@ func TestEngineDataSmuggling(t *testing.T) {
 			body := bodyOf(t, m)
 			if !strings.HasPrefix(body, "before") || !strings.HasSuffix(body, smuggled) {
 				t.Errorf("spooled body %q does not hold everything up to CRLF.CRLF", body)
+			}
+			// A CR that does not start a CRLF is spooled as a space, so no
+			// server further on can take it as a line end.
+			if strings.Count(body, "\r") != strings.Count(body, "\r\n") {
+				t.Errorf("spooled body %q keeps a stray CR", body)
+			}
+			if strings.HasPrefix(tc.sep, "\r.") && !strings.HasPrefix(body, "before .") {
+				t.Errorf("spooled body %q, want the stray CR before the dot as a space", body)
 			}
 			if len(m.Recipients) != 1 || m.Recipients[0].Address != "x@example.com" {
 				t.Errorf("recipients %+v", m.Recipients)
