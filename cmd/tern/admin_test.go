@@ -211,6 +211,18 @@ http-api-key k3y
 	if code := adminCall(t, "POST", base+"delete?job=doomed", "k3y", &op); code != 200 || op.Count != 1 {
 		t.Fatalf("delete job doomed: %d %+v, want 1 deleted", code, op)
 	}
+	// Prometheus counts the deletion.
+	req, _ := http.NewRequest("GET", strings.TrimSuffix(base, "api/")+"metrics", nil)
+	req.Header.Set("Authorization", "Bearer k3y")
+	mresp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsText, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	if want := `tern_recipients_removed_total{vmta="mta1"} 1`; !strings.Contains(string(metricsText), want) {
+		t.Errorf("/metrics lacks %q:\n%s", want, metricsText)
+	}
 	if r := row("del.test/mta1"); r != nil {
 		t.Errorf("del.test/mta1 still queued after the delete: %v", r)
 	}

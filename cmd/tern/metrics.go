@@ -16,6 +16,7 @@ type metrics struct {
 	reg       *prometheus.Registry
 	received  *prometheus.CounterVec
 	outcomes  *prometheus.CounterVec
+	removed   *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	txnTime   *prometheus.HistogramVec
 	handlerFn http.Handler
@@ -30,6 +31,9 @@ func newMetrics(q *queue.Queue) *metrics {
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tern_recipient_outcomes_total", Help: "Delivery outcomes by VMTA, outcome (delivered, deferred, bounced) and bounce category.",
 		}, []string{"vmta", "outcome", "category"}),
+		removed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tern_recipients_removed_total", Help: "Recipients removed from the queue by an operator (POST /api/delete), by VMTA.",
+		}, []string{"vmta"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tern_time_in_queue_seconds",
 			Help:    "Time from acceptance to the final outcome (delivered or bounced), by VMTA.",
@@ -53,7 +57,7 @@ func newMetrics(q *queue.Queue) *metrics {
 			}
 			return 0
 		})
-	m.reg.MustRegister(m.received, m.outcomes, m.latency, m.txnTime, queued, messages, failed,
+	m.reg.MustRegister(m.received, m.outcomes, m.removed, m.latency, m.txnTime, queued, messages, failed,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.handlerFn = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 	return m
@@ -76,6 +80,11 @@ func (m *metrics) accepted(msg *queue.Message) {
 	for _, rc := range msg.Recipients {
 		m.received.WithLabelValues(rc.VMTA).Inc()
 	}
+}
+
+// removal counts a recipient an operator deleted.
+func (m *metrics) removal(r queue.Removal) {
+	m.removed.WithLabelValues(r.Recipient.VMTA).Inc()
 }
 
 // outcome counts one recipient outcome; category is its bounce category

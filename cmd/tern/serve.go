@@ -159,6 +159,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	admin, err := listener.StartAdmin(cfg, listener.AdminOptions{
 		Queue: q, Mode: sch.Mode, Logger: log.With("component", "admin"), Metrics: mets.handler(),
 		OnRemoved: func(r queue.Removal) {
+			mets.removal(r)
 			if err := accounts.Write(delivery.RemovalRecord(r, time.Now())); err != nil {
 				log.Error("writing an accounting record failed", "err", err)
 			}
