@@ -685,6 +685,7 @@ func (c *inConn) chunk(arg string) {
 	if _, err := io.CopyN(c.bdat, c.br, int64(size)); err != nil {
 		c.ss.log.Info("smtp bdat aborted", "err", err, "from", c.ss.from)
 		c.reset()
+		c.readFailed(err) // a timeout gets its 421, as in DATA
 		c.quit = true
 		return
 	}
@@ -701,6 +702,7 @@ func (c *inConn) chunk(arg string) {
 // skip drops n bytes of input: a refused chunk.
 func (c *inConn) skip(n int64) {
 	if _, err := c.br.Discard(int(n)); err != nil {
+		c.readFailed(err) // a timeout gets its 421, as in DATA
 		c.quit = true
 	}
 }

@@ -969,5 +969,21 @@ func TestEngineIdleClientTimesOut(t *testing.T) {
 	r.want(354, "")
 	r.want(421, "4.4.2")
 	r.waitClosed()
+
+	// Idle in the middle of a BDAT chunk, taken or skipped.
+	for _, before := range []string{"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@example.com>\r\n", ""} {
+		r = dialRaw(t, "", ts.Addr("2525"))
+		r.write("EHLO client.example\r\n" + before + "BDAT 100 LAST\r\npartial")
+		r.mustReply(220)
+		r.mustReply(250)
+		if before != "" {
+			r.want(250, "2.1.0")
+			r.want(250, "2.1.5")
+		} else {
+			r.want(503, "5.5.1") // refused: the chunk is being skipped
+		}
+		r.want(421, "4.4.2")
+		r.waitClosed()
+	}
 	wantSpooledCount(t, ts, 0)
 }
