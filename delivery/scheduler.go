@@ -433,8 +433,11 @@ func leaseSize(l *queue.Lease) int {
 }
 
 // deliver sends every message of the lease, one transaction each, over oc
-// (opened or replaced as needed), and reports each recipient's outcome. It
-// returns the connection to keep, or nil.
+// (opened or replaced as needed), and reports each recipient's outcome.
+// ahead is the lease's first message when it already went out behind the
+// previous lease's last one. It returns the connection to keep (or nil),
+// and the next lease with its first message's transaction when deliver
+// took that lease to pipeline the message behind its own last one.
 func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *queue.Lease, oc *outConn, ahead *txn) (*outConn, *queue.Lease, *txn) {
 	// connErr is the failure to reach the destination: once every host
 	// failed, the rest of the lease shares that fate without more dialing.
