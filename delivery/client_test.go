@@ -46,6 +46,16 @@ func (s *serverConn) expect(prefix string) (string, error) {
 	return l, nil
 }
 
+// expectSeq reads one line per prefix, in order.
+func (s *serverConn) expectSeq(prefixes ...string) error {
+	for _, p := range prefixes {
+		if _, err := s.expect(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (s *serverConn) say(lines ...string) {
 	s.c.Write([]byte(strings.Join(lines, "\r\n") + "\r\n"))
 }
@@ -283,10 +293,8 @@ func TestClientPipelinedAllRcptsRefused(t *testing.T) {
 		if err := greet(s, "PIPELINING"); err != nil {
 			return err
 		}
-		for _, cmd := range []string{"MAIL", "RCPT", "DATA"} {
-			if _, err := s.expect(cmd); err != nil {
-				return err
-			}
+		if err := s.expectSeq("MAIL", "RCPT", "DATA"); err != nil {
+			return err
 		}
 		s.say("250 ok", "450 4.2.1 mailbox busy", "554 5.5.1 no valid recipients")
 		if _, err := s.expect("RSET"); err != nil {
@@ -310,10 +318,8 @@ func TestClient421AndHangup(t *testing.T) {
 		if err := greet(s, "PIPELINING"); err != nil {
 			return err
 		}
-		for _, cmd := range []string{"MAIL", "RCPT", "DATA"} {
-			if _, err := s.expect(cmd); err != nil {
-				return err
-			}
+		if err := s.expectSeq("MAIL", "RCPT", "DATA"); err != nil {
+			return err
 		}
 		s.say("421 4.7.0 too many connections")
 		return nil
@@ -389,20 +395,16 @@ func TestClientDataRefusedResets(t *testing.T) {
 		if err := greet(s, "PIPELINING"); err != nil {
 			return err
 		}
-		for _, cmd := range []string{"MAIL", "RCPT", "DATA"} {
-			if _, err := s.expect(cmd); err != nil {
-				return err
-			}
+		if err := s.expectSeq("MAIL", "RCPT", "DATA"); err != nil {
+			return err
 		}
 		s.say("250 ok", "250 ok", "451 4.3.0 try DATA later")
 		if _, err := s.expect("RSET"); err != nil {
 			return err
 		}
 		s.say("250 reset")
-		for _, cmd := range []string{"MAIL", "RCPT", "DATA"} {
-			if _, err := s.expect(cmd); err != nil {
-				return err
-			}
+		if err := s.expectSeq("MAIL", "RCPT", "DATA"); err != nil {
+			return err
 		}
 		s.say("250 ok", "250 ok", "354 go")
 		if _, err := s.data(); err != nil {
@@ -425,14 +427,7 @@ func TestClientDataRefusedResets(t *testing.T) {
 // envelopeOf reads MAIL, RCPT and DATA of one transaction and checks the
 // sender.
 func envelopeOf(s *serverConn, sender string) error {
-	if _, err := s.expect("MAIL FROM:<" + sender + ">"); err != nil {
-		return err
-	}
-	if _, err := s.expect("RCPT TO:"); err != nil {
-		return err
-	}
-	_, err := s.expect("DATA")
-	return err
+	return s.expectSeq("MAIL FROM:<"+sender+">", "RCPT TO:", "DATA")
 }
 
 // messageThenNextEnvelope is the server's side up to the point where a
