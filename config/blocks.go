@@ -57,6 +57,8 @@ func (b *builder) topDirective(n *node) {
 		setOne(b, &cfg.HTTPAPIKey, n, text)
 	case "log-file":
 		setOne(b, &cfg.LogFile, n, func(s string) (string, error) { return relPath(n.Pos, s), nil })
+	case "log-level":
+		setOne(b, &cfg.LogLevel, n, logLevel)
 	}
 }
 

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"reflect"
 	"sort"
@@ -361,6 +362,10 @@ func directiveTable(dir string) []dirRow {
 			get:  func(x target) any { return x.cfg.LogFile },
 			want: "/var/log/tern.log", def: "",
 			bad: "a b", badErr: "takes one value", wrong: scopeSource},
+		{name: "log-level", scope: scopeTop, good: "debug",
+			get:  func(x target) any { return x.cfg.LogLevel },
+			want: slog.LevelDebug, def: slog.LevelInfo,
+			bad: "verbose", badErr: `unknown log level "verbose"`, wrong: scopeVMTA},
 		{name: "domain-macro", scope: scopeTop, good: "tld com, net,org",
 			get:  func(x target) any { return x.cfg.Macros["tld"] },
 			want: []string{"com", "net", "org"}, def: []string(nil),

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -113,6 +114,7 @@ func newBuilder(d *diags, name string, opts Options) *builder {
 		HTTPMgmtAddr:    def("127.0.0.1:8080"),
 		HTTPAPIKey:      def(""),
 		LogFile:         def(""),
+		LogLevel:        def(slog.LevelInfo),
 		Macros:          map[string][]string{},
 	}
 	return &builder{

@@ -3,6 +3,7 @@ package config
 import (
 	"crypto"
 	"crypto/tls"
+	"log/slog"
 	"net/netip"
 	"reflect"
 	"time"
@@ -55,6 +56,10 @@ type Config struct {
 	HTTPAccess         []*HTTPAccess
 	HTTPAPIKey         Setting[string]
 	LogFile            Setting[string]
+	// LogLevel is the least severe level the daemon logs. Per-message
+	// lines (receptions and deliveries) are debug; refusals, deferrals,
+	// bounces and events are info and above.
+	LogLevel Setting[slog.Level]
 	// Macros maps a domain-macro name to its values, after expansion.
 	Macros map[string][]string
 

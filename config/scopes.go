@@ -40,7 +40,7 @@ var scopeLabels = [...]string{
 var scopeDirectives = map[scope][]string{
 	scopeTop: {"smtp-listener", "host-name", "postmaster", "spool", "smtp-server-tls-certificate",
 		"name-server", "total-max-smtp-out", "total-max-smtp-in", "http-mgmt-port", "http-access",
-		"http-api-key", "log-file", "domain-macro", "include"},
+		"http-api-key", "log-file", "log-level", "domain-macro", "include"},
 	scopeSource: {"smtp-service", "always-allow-relaying", "require-auth", "require-starttls",
 		"allow-unencrypted-plain-auth", "smtp-max-auth-failure-rate", "process-x-virtual-mta",
 		"default-virtual-mta", "process-x-job", "max-message-size", "max-rcpt-per-message",
@@ -89,7 +89,7 @@ var notImplemented = map[string]bool{
 	"mx-rollup-list": true, "smtp-proxy-source-host": true, "cold-virtual-mta": true,
 	"reroute-to-virtual-mta": true, "use-dane": true, "use-mta-sts": true,
 	"run-as-root": true, "admin-address": true, "relay-domain": true, "relay-address": true,
-	"sync-msg-create": true, "sync-msg-update": true, "log-rotate": true, "log-level": true,
+	"sync-msg-create": true, "sync-msg-update": true, "log-rotate": true,
 	"http-redirect-to-https": true, "http-mgmt-port-tls": true, "smtp-client-tls-certificate": true,
 	"dk-sign": true, "dkim-identity": true, "dkim-algorithm": true, "dkim-headers": true,
 	"dkim-expire-after": true, "dkim-body-canon": true, "dkim-header-canon": true,

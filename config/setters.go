@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -110,6 +111,21 @@ func durationOrNever(s string) (time.Duration, error) {
 		return Never, nil
 	}
 	return positiveDuration(s)
+}
+
+// logLevel reads debug, info, warning (or warn) and error.
+func logLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warning", "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("unknown log level %q (debug, info, warning or error)", s)
 }
 
 func text(s string) (string, error) {

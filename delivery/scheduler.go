@@ -837,6 +837,15 @@ func (s *Scheduler) record(r *runner, entry queue.Entry, rc queue.RecipientState
 	if s.opts.OnOutcome != nil {
 		s.opts.OnOutcome(ev)
 	}
+	// A delivery is a debug line (the accounting file's d record holds
+	// it); a deferral or a bounce is what an operator looks for, at info.
+	level := slog.LevelInfo
+	if out.Kind == queue.Delivered {
+		level = slog.LevelDebug
+	}
+	if !s.log.Enabled(context.Background(), level) {
+		return ev
+	}
 	attrs := []any{"id", entry.ID.String(), "rcpt", rc.Address, "vmta", rc.VMTA, "outcome", out.Kind.String(), "reply", out.Reply}
 	if oc != nil {
 		tlsv := "none"
@@ -848,7 +857,7 @@ func (s *Scheduler) record(r *runner, entry queue.Entry, rc queue.RecipientState
 	if out.Kind == queue.Deferred {
 		attrs = append(attrs, "next_attempt", out.Until.Format(time.RFC3339))
 	}
-	s.log.Info("delivery attempt", attrs...)
+	s.log.Log(context.Background(), level, "delivery attempt", attrs...)
 	return ev
 }
 

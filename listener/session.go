@@ -419,8 +419,13 @@ func (ss *session) Data(raw []byte) (err error) {
 	if ss.s.opts.OnAccepted != nil {
 		ss.s.opts.OnAccepted(id, &msg)
 	}
-	ss.log.Info("message accepted", "id", id.String(), "user", ss.userName(), "vmta", choice.VMTA.Name,
-		"pool", pool, "via", choice.Via, "from", ss.from, "recipients", len(rcpts), "size", len(body), "job", job)
+	// A line per message is debug (log-level debug): at thousands of
+	// messages a second it would cost more than it tells, and the
+	// accounting file's r records hold the same for whoever wants them.
+	if ss.log.Enabled(context.Background(), slog.LevelDebug) {
+		ss.log.Debug("message accepted", "id", id.String(), "user", ss.userName(), "vmta", choice.VMTA.Name,
+			"pool", pool, "via", choice.Via, "from", ss.from, "recipients", len(rcpts), "size", len(body), "job", job)
+	}
 	return accepted(id)
 }
 

@@ -337,6 +337,8 @@ func checkFrom(t *testing.T, what string, m smtptest.Message, who identity) {
 func baseConf(dir string, smtpPort int, dns string, sinkPort int, extra string) string {
 	return fmt.Sprintf(`
 host-name tern.test
+# The tests read the per-message lines (message accepted, delivery attempt).
+log-level debug
 spool %s
 smtp-listener 127.0.0.1:%d
 name-server %s
@@ -658,6 +660,84 @@ func TestPipelineReload(t *testing.T) {
 	got = byMarker(t, sink.WaitMessages(t, 3, deliverTimeout))
 	checkFrom(t, "after-refusal", got["after-refusal"], mta3)
 	checkFrom(t, "after-refusal-mta1", got["after-refusal-mta1"], mta1)
+	p.stop(t)
+}
+
+// TestPipelineLogLevel checks what log-level lets through: at the default
+// (info) neither the reception nor the delivery of a message is a log line,
+// while a deferral is; after a reload to debug both appear, and a reload
+// with a bad level is refused.
+func TestPipelineLogLevel(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	z := zones("dest.test")
+	// down.test's MX is an address where nothing listens.
+	z["down.test"] = dnstest.Records{MX: []dnstest.MX{{Pref: 10, Host: "mx.down.test"}}}
+	z["mx.down.test"] = dnstest.Records{A: []string{"127.0.0.9"}}
+	dns := dnstest.Start(t, z)
+	sink := smtptest.Start(t, smtptest.Options{Addr: sinkIP + ":0"})
+	smtpPort := freePort(t)
+	// The first two messages go to dest.test (the sink); those to
+	// down.test find no server and are deferred.
+	debug := baseConf(dir, smtpPort, dns.Addr(), sink.Port(), "")
+	info := strings.Replace(debug, "log-level debug\n", "", 1)
+	if info == debug {
+		t.Fatal("baseConf no longer sets log-level debug")
+	}
+	conf := writeConf(t, dir, info)
+	p := startTern(t, conf)
+	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
+	perMessage := func(l string) bool {
+		return strings.Contains(l, `msg="message accepted"`) ||
+			(strings.Contains(l, `msg="delivery attempt"`) && logField(l, "outcome") == "delivered")
+	}
+
+	// At info: a delivered message leaves no line, a deferred one does.
+	// Stopping tern makes sure that every line it would write is written.
+	mustInject(t, addr, "a@dest.test", "at-info", "X-Virtual-MTA: mta1")
+	sink.WaitMessages(t, 1, deliverTimeout)
+	downID := mustInject(t, addr, "a@down.test", "deferred-at-info", "X-Virtual-MTA: mta1")
+	p.waitLog(t, 0, deliverTimeout, "the deferral, at info", func(l string) bool {
+		return strings.Contains(l, `msg="delivery attempt"`) && logField(l, "id") == downID && logField(l, "outcome") == "deferred"
+	})
+	p.stop(t)
+	for _, l := range strings.Split(p.log(), "\n") {
+		if perMessage(l) {
+			t.Fatalf("at the default log level, tern logged a per-message line: %s", l)
+		}
+	}
+
+	// Restarted at info, then reloaded to debug: the change is logged, and
+	// both lines appear.
+	p = startTern(t, conf)
+	reloadConf(t, p, debug)
+	p.waitLog(t, 0, reloadTimeout, "the level change", func(l string) bool {
+		return strings.Contains(l, `msg="log level changed"`) && logField(l, "from") == "INFO" && logField(l, "to") == "DEBUG"
+	})
+	mark := p.mark()
+	id := mustInject(t, addr, "b@dest.test", "at-debug", "X-Virtual-MTA: mta1")
+	p.waitLog(t, mark, deliverTimeout, "message accepted, at debug", func(l string) bool {
+		return strings.Contains(l, `msg="message accepted"`) && logField(l, "id") == id
+	})
+	p.waitLog(t, mark, deliverTimeout, "the delivery, at debug", func(l string) bool {
+		return strings.Contains(l, `msg="delivery attempt"`) && logField(l, "id") == id && logField(l, "outcome") == "delivered"
+	})
+	sink.WaitMessages(t, 2, deliverTimeout)
+
+	// A bad level is refused with its position, and debug stays.
+	bad := strings.Replace(debug, "log-level debug", "log-level loud", 1)
+	if err := os.WriteFile(conf, []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if l := hup(t, p); !strings.Contains(l, `msg="reload refused"`) || !strings.Contains(l, `unknown log level`) || !strings.Contains(l, conf+":") {
+		t.Fatalf("log-level loud: reload logged %s, want a refusal naming the file and the level", l)
+	}
+	mark = p.mark()
+	id = mustInject(t, addr, "c@dest.test", "still-debug", "X-Virtual-MTA: mta1")
+	p.waitLog(t, mark, deliverTimeout, "message accepted after the refused reload", func(l string) bool {
+		return strings.Contains(l, `msg="message accepted"`) && logField(l, "id") == id
+	})
+	sink.WaitMessages(t, 3, deliverTimeout)
 	p.stop(t)
 }
 

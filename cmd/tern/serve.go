@@ -57,7 +57,10 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	if !ok {
 		return 1
 	}
-	log, closeLog, err := openLog(cfg, stderr)
+	// The level is a variable so that a reload can change it.
+	var level slog.LevelVar
+	level.Set(cfg.LogLevel.Value)
+	log, closeLog, err := openLog(cfg, &level, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "tern serve: %v\n", err)
 		return 1
@@ -153,7 +156,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	mets.connections(srv.Connections, sch.Connections)
-	rl := &reloader{path: *path, srv: srv, sch: sch, current: &current, log: log}
+	rl := &reloader{path: *path, srv: srv, sch: sch, current: &current, log: log, level: &level}
 	// The admin API is for operators; mail service does not depend on it, so
 	// a port that cannot be bound is logged and serving goes on.
 	admin, err := listener.StartAdmin(cfg, listener.AdminOptions{
@@ -251,6 +254,7 @@ type reloader struct {
 	current *atomic.Pointer[vmta.Registry]
 	admin   *listener.Admin // nil when the admin API could not start
 	log     *slog.Logger
+	level   *slog.LevelVar // the logger's level, which log-level sets
 }
 
 // setAdmin tells the reloader about the admin API, whose access rules a
@@ -289,6 +293,15 @@ func (rl *reloader) reload(trigger string) (*config.Config, []config.Diagnostic,
 		return nil, nil, err
 	}
 	rl.current.Store(reg)
+	if old, now := rl.level.Level(), cfg.LogLevel.Value; old != now {
+		// Logged at the more verbose of the two levels (and info at most),
+		// with the logger at that level for the line, so that it shows
+		// whichever way the level moves.
+		at := min(old, now, slog.LevelInfo)
+		rl.level.Set(at)
+		rl.log.Log(context.Background(), at, "log level changed", "from", old.String(), "to", now.String())
+		rl.level.Set(now)
+	}
 	if rl.admin != nil {
 		rl.admin.SetConfig(cfg)
 	}
@@ -334,16 +347,17 @@ func absPath(path string) string {
 // file is written through a buffer flushed every logFlush (and when it
 // fills, and at close): at thousands of messages a second, a write per
 // line would cost more than the line.
-func openLog(cfg *config.Config, stderr io.Writer) (*slog.Logger, func(), error) {
+func openLog(cfg *config.Config, level slog.Leveler, stderr io.Writer) (*slog.Logger, func(), error) {
+	opts := &slog.HandlerOptions{Level: level}
 	if !cfg.LogFile.Set {
-		return slog.New(slog.NewTextHandler(stderr, nil)), func() {}, nil
+		return slog.New(slog.NewTextHandler(stderr, opts)), func() {}, nil
 	}
 	f, err := os.OpenFile(cfg.LogFile.Value, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
 		return nil, nil, fmt.Errorf("log-file: %w", err)
 	}
 	bw := newBufferedLog(f, logFlush)
-	return slog.New(slog.NewTextHandler(bw, nil)), func() { bw.Close() }, nil
+	return slog.New(slog.NewTextHandler(bw, opts)), func() { bw.Close() }, nil
 }
 
 // logFlush is how long a log line may wait in the buffer.

@@ -89,6 +89,8 @@ func TestServeAcceptsAndDrains(t *testing.T) {
 	port := freePort(t)
 	path := writeConf(t, dir, fmt.Sprintf(`
 host-name tern.test
+# The test waits for the "message accepted" line.
+log-level debug
 spool %s
 smtp-listener 127.0.0.1:%d
 # No DNS answers: the message stays queued (deferred) for the check below,
