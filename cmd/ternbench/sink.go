@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -34,20 +35,26 @@ func startSink(bin string, port int, logPath string) (*sink, error) {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	args = append(args, addr, "1024")
 	s := &sink{cmd: exec.Command(bin, args...), done: make(chan struct{}), pace: 20 * time.Millisecond}
-	out, err := s.cmd.StdoutPipe()
+	out, w, err := blockingPipe()
 	if err != nil {
 		return nil, err
 	}
 	if s.log, err = os.Create(logPath); err != nil {
+		out.Close()
+		w.Close()
 		return nil, err
 	}
-	s.cmd.Stderr = s.log
-	if err := s.cmd.Start(); err != nil {
+	s.cmd.Stdout, s.cmd.Stderr = w, s.log
+	err = s.cmd.Start()
+	w.Close() // the child has its copy
+	if err != nil {
+		out.Close()
 		s.log.Close()
 		return nil, fmt.Errorf("smtp-sink: %w", err)
 	}
 	go func() {
 		s.read(out)
+		out.Close()
 		s.cmd.Wait()
 		close(s.done)
 	}()
@@ -58,6 +65,19 @@ func startSink(bin string, port int, logPath string) (*sink, error) {
 		return nil, fmt.Errorf("smtp-sink: %w", err)
 	}
 	return s, nil
+}
+
+// blockingPipe is a pipe whose read end is in blocking mode, so that Go
+// reads it on a thread of its own instead of through the network poller.
+// smtp-sink writes its counter after every message; with the read end in
+// the poller, each write woke this process (thousands of times a second),
+// while read, pacing itself, wants the lines only every few milliseconds.
+func blockingPipe() (r, w *os.File, err error) {
+	var fds [2]int
+	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC); err != nil {
+		return nil, nil, fmt.Errorf("pipe: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "smtp-sink counter"), os.NewFile(uintptr(fds[1]), "smtp-sink stdout"), nil
 }
 
 // read follows the counter lines, which smtp-sink ends with \r. It reads
