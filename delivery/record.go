@@ -1,7 +1,7 @@
 package delivery
 
 import (
-	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/ternmta/tern/delivery/acct"
@@ -36,12 +36,12 @@ func (ev Event) AcctRecord() acct.Record {
 	}
 	if ev.RemoteIP.IsValid() {
 		r.DlvDestinationIP = ev.RemoteIP.String()
-		r.DSNMta = fmt.Sprintf("dns;%s (%s)", ev.RemoteHost, ev.RemoteIP)
+		r.DSNMta = "dns;" + ev.RemoteHost + " (" + r.DlvDestinationIP + ")"
 	}
 	r.DSNDiag = "smtp;" + ev.Reply
 	code := replyCode(ev.Reply)
 	if e, ok := bounce.ParseEnhanced(ev.Reply); ok {
-		r.DSNStatus = fmt.Sprintf("%d.%d.%d", e.Class, e.Subject, e.Detail)
+		r.DSNStatus = strconv.Itoa(e.Class) + "." + strconv.Itoa(e.Subject) + "." + strconv.Itoa(e.Detail)
 	}
 	switch ev.Kind {
 	case queue.Delivered:
