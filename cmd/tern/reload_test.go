@@ -681,3 +681,73 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Errorf("accounting records for recipients never sent: %v", kinds)
 	}
 }
+
+// TestReloadReopensLogFile rotates the log file the way logrotate does
+// (move it aside, then reload): the old lines stay in the moved file and
+// the reload's lines go to a new file at the configured path. A reload to
+// another path says so at the end of the old file and the start of the new
+// one, and a changed spool directory, which only a restart applies, is a
+// warning.
+func TestReloadReopensLogFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	logA, logB := filepath.Join(dir, "a.log"), filepath.Join(dir, "b.log")
+	port := freePort(t)
+	conf := func(logFile, spool string) string {
+		return fmt.Sprintf(`
+host-name tern.test
+log-file %s
+spool %s
+smtp-listener 127.0.0.1:%d
+http-mgmt-port 127.0.0.1:%d
+<source 127.0.0.1>
+    always-allow-relaying yes
+</source>
+<virtual-mta mta1>
+    smtp-source-host 127.0.0.2 mta1.tern.test
+</virtual-mta>
+`, logFile, filepath.Join(dir, spool), port, freePort(t))
+	}
+	first := conf(logA, "spool")
+	path := writeConf(t, dir, first)
+	p := startTern(t, path)
+	has := func(file, s string) func() bool {
+		return func() bool { return strings.Contains(readOr(t, file), s) }
+	}
+	waitUntil(t, reloadTimeout, "the start logged in a.log", has(logA, `msg="smtp listener open"`))
+
+	rotated := logA + ".1"
+	if err := os.Rename(logA, rotated); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(t, syscall.SIGHUP)
+	waitUntil(t, reloadTimeout, "the reload logged in a new a.log", has(logA, `msg="configuration reloaded"`))
+	if old := readOr(t, rotated); !strings.Contains(old, `msg="smtp listener open"`) || strings.Contains(old, "configuration reloaded") {
+		t.Fatalf("the moved log should hold the lines from before the reload and none after:\n%s", old)
+	}
+
+	// Another path, and another spool directory.
+	if err := os.WriteFile(path, []byte(conf(logB, "spool2")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(t, syscall.SIGHUP)
+	waitUntil(t, reloadTimeout, "the reload logged in b.log", has(logB, `msg="configuration reloaded"`))
+	change := fmt.Sprintf(`msg="log file changed" from=%s to=%s`, logA, logB)
+	if !strings.Contains(readOr(t, logA), change) || !strings.Contains(readOr(t, logB), change) {
+		t.Fatalf("want %q at the end of a.log and in b.log;\na.log:\n%s\nb.log:\n%s", change, readOr(t, logA), readOr(t, logB))
+	}
+	if b := readOr(t, logB); !strings.Contains(b, `spool changed from`) || !strings.Contains(b, "next restart") {
+		t.Fatalf("a changed spool directory should be warned about as restart-only:\n%s", b)
+	}
+
+	// A log file that cannot be opened refuses the reload; b.log stays.
+	if err := os.WriteFile(path, []byte(conf(filepath.Join(dir, "missing", "c.log"), "spool2")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(t, syscall.SIGHUP)
+	waitUntil(t, reloadTimeout, "the refusal logged in b.log", has(logB, `msg="reload refused"`))
+	if b := readOr(t, logB); !strings.Contains(b, "log-file") || !strings.Contains(b, "no such file") {
+		t.Fatalf("the refusal should name log-file and the reason:\n%s", b)
+	}
+	p.stop(t)
+}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -60,12 +59,13 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	// The level is a variable so that a reload can change it.
 	var level slog.LevelVar
 	level.Set(cfg.LogLevel.Value)
-	log, closeLog, err := openLog(cfg, &level, stderr)
+	logOut, err := newLogOutput(cfg.LogFile.Value, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "tern serve: %v\n", err)
 		return 1
 	}
-	defer closeLog()
+	defer logOut.Close()
+	log := newLogger(logOut, &level)
 	for _, w := range cfg.Warnings {
 		log.Warn("config", "at", w.Pos.String(), "warning", w.Message)
 	}
@@ -156,7 +156,8 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	mets.connections(srv.Connections, sch.Connections)
-	rl := &reloader{path: *path, srv: srv, sch: sch, current: &current, log: log, level: &level}
+	rl := &reloader{path: *path, srv: srv, sch: sch, current: &current, log: log, level: &level,
+		logOut: logOut, started: cfg}
 	// The admin API is for operators; mail service does not depend on it, so
 	// a port that cannot be bound is logged and serving goes on.
 	admin, err := listener.StartAdmin(cfg, listener.AdminOptions{
@@ -255,6 +256,10 @@ type reloader struct {
 	admin   *listener.Admin // nil when the admin API could not start
 	log     *slog.Logger
 	level   *slog.LevelVar // the logger's level, which log-level sets
+	logOut  *logOutput     // the log's destination, which log-file sets
+	// started is the configuration tern started with, for the settings
+	// only a restart applies.
+	started *config.Config
 }
 
 // setAdmin tells the reloader about the admin API, whose access rules a
@@ -285,14 +290,36 @@ func (rl *reloader) reload(trigger string) (*config.Config, []config.Diagnostic,
 		return nil, nil, err
 	}
 	reg, err := vmta.Build(cfg)
+	// The log file is opened before anything changes: one that cannot be
+	// opened refuses the reload, as a broken file does.
+	var logFile *os.File
 	if err == nil {
-		err = rl.srv.Apply(cfg, reg)
+		logFile, err = openLogFile(cfg.LogFile.Value)
+	}
+	if err == nil {
+		if err = rl.srv.Apply(cfg, reg); err != nil && logFile != nil {
+			logFile.Close()
+		}
 	}
 	if err != nil {
 		rl.log.Error("reload refused", "trigger", trigger, "err", err)
 		return nil, nil, err
 	}
 	rl.current.Store(reg)
+	// Reopened even when the path is the same: moving the file aside and
+	// reloading is how it is rotated.
+	// A change of path is told at the end of the old log, for whoever
+	// reads it, and at the start of the new one.
+	oldPath := rl.logOut.Path()
+	if oldPath != cfg.LogFile.Value {
+		rl.log.Info("log file changed", "from", logName(oldPath), "to", logName(cfg.LogFile.Value))
+	}
+	if err := rl.logOut.swap(cfg.LogFile.Value, logFile); err != nil {
+		rl.log.Error("closing the previous log file", "file", oldPath, "err", err)
+	}
+	if oldPath != cfg.LogFile.Value {
+		rl.log.Info("log file changed", "from", logName(oldPath), "to", logName(cfg.LogFile.Value))
+	}
 	if old, now := rl.level.Level(), cfg.LogLevel.Value; old != now {
 		// Logged at the more verbose of the two levels (and info at most),
 		// with the logger at that level for the line, so that it shows
@@ -308,11 +335,42 @@ func (rl *reloader) reload(trigger string) (*config.Config, []config.Diagnostic,
 	// Queues whose VMTA the reload brought back (or whose limits rose)
 	// have due mail but will not be notified again: start them now.
 	rl.sch.Start()
-	for _, w := range cfg.Warnings {
+	warnings := append(cfg.Warnings[:len(cfg.Warnings):len(cfg.Warnings)], restartOnly(rl.path, rl.started, cfg)...)
+	for _, w := range warnings {
 		rl.log.Warn("config", "at", w.Pos.String(), "warning", w.Message)
 	}
-	rl.log.Info("configuration reloaded", "file", rl.path, "trigger", trigger, "warnings", len(cfg.Warnings))
-	return cfg, cfg.Warnings, nil
+	rl.log.Info("configuration reloaded", "file", rl.path, "trigger", trigger, "warnings", len(warnings))
+	return cfg, warnings, nil
+}
+
+// logName names a log destination for a log line.
+func logName(path string) string {
+	if path == "" {
+		return "standard error"
+	}
+	return path
+}
+
+// restartOnly warns about each setting that differs between the running
+// configuration (the one tern started with) and next but that only a
+// restart applies, so that an operator is not left believing it took
+// effect.
+func restartOnly(file string, running, next *config.Config) []config.Diagnostic {
+	var out []config.Diagnostic
+	warn := func(pos config.Position, directive, was, now string) {
+		if !pos.IsValid() {
+			pos = config.Position{File: file}
+		}
+		out = append(out, config.Diagnostic{Pos: pos, Message: fmt.Sprintf(
+			"%s changed from %q to %q: it takes effect at the next restart; tern keeps using %q", directive, was, now, was)})
+	}
+	if a, b := running.Spool.Dir, next.Spool.Dir; a.Value != b.Value {
+		warn(b.Pos, "spool", a.Value, b.Value)
+	}
+	if a, b := running.HTTPMgmtAddr, next.HTTPMgmtAddr; a.Value != b.Value {
+		warn(b.Pos, "http-mgmt-port", a.Value, b.Value)
+	}
+	return out
 }
 
 // activityView converts the scheduler's view of a queue for the admin API
@@ -343,75 +401,6 @@ func absPath(path string) string {
 	return path
 }
 
-// openLog returns the daemon's logger: log-file if set, else stderr. A log
-// file is written through a buffer flushed every logFlush (and when it
-// fills, and at close): at thousands of messages a second, a write per
-// line would cost more than the line.
-func openLog(cfg *config.Config, level slog.Leveler, stderr io.Writer) (*slog.Logger, func(), error) {
-	opts := &slog.HandlerOptions{Level: level}
-	if !cfg.LogFile.Set {
-		return slog.New(slog.NewTextHandler(stderr, opts)), func() {}, nil
-	}
-	f, err := os.OpenFile(cfg.LogFile.Value, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		return nil, nil, fmt.Errorf("log-file: %w", err)
-	}
-	bw := newBufferedLog(f, logFlush)
-	return slog.New(slog.NewTextHandler(bw, opts)), func() { bw.Close() }, nil
-}
-
-// logFlush is how long a log line may wait in the buffer.
-const logFlush = 200 * time.Millisecond
-
-// bufferedLog is a log file behind a buffer that a background loop
-// flushes.
-type bufferedLog struct {
-	mu   sync.Mutex
-	w    *bufio.Writer
-	f    *os.File
-	stop chan struct{}
-	done chan struct{}
-}
-
-func newBufferedLog(f *os.File, every time.Duration) *bufferedLog {
-	b := &bufferedLog{w: bufio.NewWriterSize(f, 64<<10), f: f, stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(b.done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-b.stop:
-				return
-			case <-t.C:
-				b.mu.Lock()
-				b.w.Flush()
-				b.mu.Unlock()
-			}
-		}
-	}()
-	return b
-}
-
-// Write buffers one record; slog's handler writes each record in one call.
-func (b *bufferedLog) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.w.Write(p)
-}
-
-// Close flushes what is buffered and closes the file.
-func (b *bufferedLog) Close() error {
-	close(b.stop)
-	<-b.done
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	err := b.w.Flush()
-	if cerr := b.f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
 
 // freeSpaceCache answers the free space of the spool's disk, measured at
 // most every freeSpaceTTL: the listener asks at MAIL and at DATA of every
