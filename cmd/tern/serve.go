@@ -401,7 +401,6 @@ func absPath(path string) string {
 	return path
 }
 
-
 // freeSpaceCache answers the free space of the spool's disk, measured at
 // most every freeSpaceTTL: the listener asks at MAIL and at DATA of every
 // message, and a statfs per question is wasted at high rates.
