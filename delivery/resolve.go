@@ -7,9 +7,11 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -50,13 +52,35 @@ func IsNotFound(err error) bool {
 // DNSResolver queries name servers with miekg/dns and caches answers for
 // their TTL (between MinTTL and MaxTTL), so a busy queue does not ask for
 // the same MX every message.
+//
+// Make one with NewDNSResolver. Its name servers can be replaced while it
+// is in use (SetServers), so that a configuration reload reaches DNS
+// without a restart. Its methods are safe for concurrent use; Timeout and
+// Now must be set before the first lookup and not changed afterwards.
 type DNSResolver struct {
-	// Servers are host:port of the name servers, tried in order.
-	Servers []string
 	// Timeout bounds one query; zero means 5 seconds.
 	Timeout time.Duration
 	// Now is the clock for cache expiry; nil means time.Now.
 	Now func() time.Time
+
+	// resolvConf is the file an empty server list is read from; "" means
+	// /etc/resolv.conf. Only tests set it, so that they need not depend
+	// on (or write) the machine's file.
+	resolvConf string
+
+	// gen is the current server list together with the answers cached
+	// from it. Keeping the two in one value swapped as a whole is what
+	// makes SetServers safe without a lock on the lookup path: a lookup
+	// loads gen once, asks that list's servers and caches into that
+	// list's map, so a lookup still in flight across a SetServers can
+	// only write an old server's answer into the old, discarded cache.
+	gen atomic.Pointer[generation]
+}
+
+// generation is one server list and the cache of its answers. servers is
+// never modified once the generation is published.
+type generation struct {
+	servers []string // host:port, tried in order
 
 	mu    sync.Mutex
 	cache map[cacheKey]cacheEntry
@@ -82,19 +106,139 @@ const (
 	negTTL = 5 * time.Second
 )
 
+// systemResolvConf is where the servers come from when none are configured.
+const systemResolvConf = "/etc/resolv.conf"
+
 // NewDNSResolver returns a resolver for servers, or for the system's
-// resolv.conf when servers is empty.
+// resolv.conf when servers is empty. Each server is an IP address (port
+// 53) or IP:PORT; anything else is an error, reported here rather than as
+// a failure of every lookup later.
 func NewDNSResolver(servers []string) (*DNSResolver, error) {
-	if len(servers) == 0 {
-		cc, err := dns.ClientConfigFromFile("/etc/resolv.conf")
-		if err != nil {
-			return nil, fmt.Errorf("reading /etc/resolv.conf (set name-server in the config): %w", err)
+	return newDNSResolver(servers, "")
+}
+
+// newDNSResolver is NewDNSResolver reading resolvConf ("" for the system's)
+// for an empty list.
+func newDNSResolver(servers []string, resolvConf string) (*DNSResolver, error) {
+	r := &DNSResolver{resolvConf: resolvConf}
+	list, err := r.serverList(servers)
+	if err != nil {
+		return nil, err
+	}
+	r.gen.Store(&generation{servers: list})
+	return r, nil
+}
+
+// SetServers makes servers the name servers of every lookup that starts
+// from now on; lookups already in flight finish on the old ones. The list
+// is read as NewDNSResolver reads it: empty means the nameserver lines of
+// the system's resolv.conf, read again now (so a reload also picks up a
+// changed resolv.conf).
+//
+// An invalid list (or an unreadable resolv.conf, or one without a
+// nameserver line) returns an error and leaves the resolver as it was, so
+// a bad reload cannot leave delivery without DNS.
+//
+// When the resulting list differs from the current one, in content or
+// order, the cached answers are dropped, since they are the old servers'
+// view (a split-horizon or test server may well answer differently), and
+// changed is true. When it is the same, the cache is kept and changed is
+// false, so a reload that does not touch name-server costs no lookups.
+func (r *DNSResolver) SetServers(servers []string) (changed bool, err error) {
+	list, err := r.serverList(servers)
+	if err != nil {
+		return false, err
+	}
+	next := &generation{servers: list}
+	// Compare-and-swap rather than a plain store, so that of two
+	// concurrent calls with different lists each reports truthfully
+	// whether it replaced what it compared against.
+	for {
+		cur := r.gen.Load()
+		if cur != nil && slices.Equal(cur.servers, list) {
+			return false, nil
 		}
-		for _, s := range cc.Servers {
-			servers = append(servers, net.JoinHostPort(s, cc.Port))
+		if r.gen.CompareAndSwap(cur, next) {
+			return true, nil
 		}
 	}
-	return &DNSResolver{Servers: servers}, nil
+}
+
+// Servers returns the name servers lookups use now, as host:port in the
+// order they are tried. It is a copy: changing it does not change the
+// resolver.
+func (r *DNSResolver) Servers() []string {
+	if g := r.gen.Load(); g != nil {
+		return slices.Clone(g.servers)
+	}
+	return nil
+}
+
+// current returns the generation lookups use now. A DNSResolver not made
+// by NewDNSResolver has none until SetServers; it gets an empty one, whose
+// lookups fail with "no name server configured", rather than a nil
+// dereference.
+func (r *DNSResolver) current() *generation {
+	if g := r.gen.Load(); g != nil {
+		return g
+	}
+	r.gen.CompareAndSwap(nil, &generation{})
+	return r.gen.Load()
+}
+
+// serverList validates and normalises servers (see NewDNSResolver), or
+// reads the resolv.conf when servers is empty. NewDNSResolver and
+// SetServers share it so that a reload accepts exactly what a start does.
+func (r *DNSResolver) serverList(servers []string) ([]string, error) {
+	if len(servers) > 0 {
+		out := make([]string, 0, len(servers))
+		for _, s := range servers {
+			addr, err := normServer(s)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, addr)
+		}
+		return out, nil
+	}
+	path := r.resolvConf
+	if path == "" {
+		path = systemResolvConf
+	}
+	cc, err := dns.ClientConfigFromFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s (set name-server in the config): %w", path, err)
+	}
+	if len(cc.Servers) == 0 {
+		// resolv.conf(5) would mean the local machine, but a file
+		// caught half-rewritten (by DHCP, say) must not swap working
+		// servers for one that is probably not there: refuse.
+		return nil, fmt.Errorf("%s has no nameserver line (set name-server in the config)", path)
+	}
+	out := make([]string, 0, len(cc.Servers))
+	for _, s := range cc.Servers {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: nameserver %q is not an IP address", path, s)
+		}
+		out = append(out, net.JoinHostPort(ip.String(), cc.Port))
+	}
+	return out, nil
+}
+
+// normServer turns an IP (port 53) or IP:PORT into the canonical host:port
+// that the dns client dials, so that two spellings of one server compare
+// equal in SetServers. Host names are refused: resolving the resolver's
+// own servers would need a resolver.
+func normServer(s string) (string, error) {
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return net.JoinHostPort(ip.String(), "53"), nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Port() == 0 {
+		return "", fmt.Errorf("name server %q is not IP or IP:PORT", s)
+	}
+	return ap.String(), nil
 }
 
 func (r *DNSResolver) now() time.Time {
@@ -110,24 +254,25 @@ func (r *DNSResolver) query(ctx context.Context, name string, qtype uint16) ([]d
 	name = dns.Fqdn(strings.ToLower(name))
 	key := cacheKey{name, qtype}
 	now := r.now()
-	r.mu.Lock()
-	if e, ok := r.cache[key]; ok && now.Before(e.expires) {
-		r.mu.Unlock()
+	g := r.current()
+	g.mu.Lock()
+	if e, ok := g.cache[key]; ok && now.Before(e.expires) {
+		g.mu.Unlock()
 		return e.rrs, e.err
 	}
-	r.mu.Unlock()
+	g.mu.Unlock()
 
-	rrs, ttl, err := r.exchange(ctx, name, qtype)
-	r.mu.Lock()
-	if r.cache == nil {
-		r.cache = map[cacheKey]cacheEntry{}
+	rrs, ttl, err := r.exchange(ctx, g.servers, name, qtype)
+	g.mu.Lock()
+	if g.cache == nil {
+		g.cache = map[cacheKey]cacheEntry{}
 	}
-	r.cache[key] = cacheEntry{rrs: rrs, err: err, expires: now.Add(ttl)}
-	r.mu.Unlock()
+	g.cache[key] = cacheEntry{rrs: rrs, err: err, expires: now.Add(ttl)}
+	g.mu.Unlock()
 	return rrs, err
 }
 
-func (r *DNSResolver) exchange(ctx context.Context, name string, qtype uint16) ([]dns.RR, time.Duration, error) {
+func (r *DNSResolver) exchange(ctx context.Context, servers []string, name string, qtype uint16) ([]dns.RR, time.Duration, error) {
 	timeout := r.Timeout
 	if timeout == 0 {
 		timeout = 5 * time.Second
@@ -136,7 +281,7 @@ func (r *DNSResolver) exchange(ctx context.Context, name string, qtype uint16) (
 	m.SetQuestion(name, qtype)
 	m.RecursionDesired = true
 	var lastErr error = &DNSError{Name: strings.TrimSuffix(name, "."), Err: "no name server configured"}
-	for _, srv := range r.Servers {
+	for _, srv := range servers {
 		c := &dns.Client{Timeout: timeout}
 		in, _, err := c.ExchangeContext(ctx, m, srv)
 		if err == nil && in.Truncated {

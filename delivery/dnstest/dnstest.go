@@ -93,10 +93,7 @@ func Start(t testing.TB, zones Zones) *Server {
 	s.addr = pc.LocalAddr().String()
 	s.udp = s.serve(t, &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(s.handle)})
 	s.tcp = s.serve(t, &dns.Server{Listener: ln, Handler: dns.HandlerFunc(s.handle)})
-	t.Cleanup(func() {
-		_ = s.udp.Shutdown()
-		_ = s.tcp.Shutdown()
-	})
+	t.Cleanup(s.Stop)
 	return s
 }
 
@@ -131,6 +128,14 @@ func (s *Server) serve(t testing.TB, srv *dns.Server) *dns.Server {
 		t.Fatalf("dnstest: serve: %v", err)
 	}
 	return srv
+}
+
+// Stop stops the server before the test ends, so that a test can tell an
+// answer served from a client's cache from one asked of the server: after
+// Stop, queries to Addr fail. Stopping twice is harmless.
+func (s *Server) Stop() {
+	_ = s.udp.Shutdown()
+	_ = s.tcp.Shutdown()
 }
 
 // Addr returns the server's address, "127.0.0.1:PORT", the same for UDP
