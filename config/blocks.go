@@ -137,6 +137,9 @@ func nameServer(s string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%q is not IP or IP:PORT", s)
 	}
+	if ap.Port() == 0 {
+		return "", fmt.Errorf("%q: port 0 is not a port a server answers on", s)
+	}
 	return ap.String(), nil
 }
 

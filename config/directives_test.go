@@ -860,3 +860,22 @@ func TestBlocks(t *testing.T) {
 		})
 	}
 }
+
+// TestNameServerForms checks the spellings name-server takes and the ones
+// it refuses, port 0 among them (no server answers there, and the resolver
+// would refuse it only when tern serve starts).
+func TestNameServerForms(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.53": "192.0.2.53:53", "192.0.2.53:5353": "192.0.2.53:5353",
+		"2001:db8::53": "[2001:db8::53]:53", "[2001:db8::53]:54": "[2001:db8::53]:54",
+	} {
+		if got, err := nameServer(in); err != nil || got != want {
+			t.Errorf("nameServer(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"192.0.2.53:0", "[2001:db8::53]:0", "dns.example", "192.0.2.53:99999", ""} {
+		if got, err := nameServer(in); err == nil {
+			t.Errorf("nameServer(%q) = %q, want an error", in, got)
+		}
+	}
+}
