@@ -11,7 +11,10 @@
 // A rotation never splits a line between two files, loses one or writes one
 // twice; if the rename fails, lines keep going to the current file and the
 // rotation is retried a minute later. A Set fans records out to every file of
-// a configuration.
+// a configuration; a reload applies a new configuration's files to it in two
+// phases, Set.Prepare (open the new files, which may fail) and Change.Commit
+// (switch, then close the files no longer configured), so a record is never
+// lost or split between configurations.
 //
 // A Writer that finds a file already at its path appends to it when it is a
 // complete accounting file (the header first, a whole line last), counting

@@ -2,40 +2,71 @@ package acct
 
 import (
 	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/ternmta/tern/config"
 )
 
 // Set fans records out to every accounting file of a configuration. A nil or
-// empty Set accepts and drops everything. It is safe for concurrent use.
+// empty Set accepts and drops everything. It is safe for concurrent use, and
+// a configuration reload changes its files with Prepare and Commit.
 type Set struct {
+	// opts are kept for the Writers a reload opens, so they share the
+	// clock, logger and flush interval of the first ones.
+	opts Options
+	// open is Open when nil; tests set it to see the Writers a Prepare
+	// opens.
+	open func(*config.AcctFile, Options) (*Writer, error)
+
+	// mu is read-locked for the whole of Write, Accepts and Flush and
+	// write-locked by Commit and Close. A Write thus sees one list from
+	// start to end (every file of one configuration, never a mix), and
+	// Commit, once it holds mu, knows that no Write is still using a Writer
+	// it is about to close. The cost on the hot path is the read lock's
+	// two atomic adds; writers only contend with each other in Writer.mu.
+	mu sync.RWMutex
+	// writers and keys (the cleaned absolute path of each writer) are
+	// replaced whole by Commit, never modified in place, so Writers can
+	// hand the slice out.
 	writers []*Writer
-	now     func() time.Time
+	keys    []string
+	closed  bool
+
+	// reload serializes Prepare, Commit and Abort, and guards pending.
+	reload sync.Mutex
+	// pending is the Change prepared and not yet committed or aborted. Only
+	// one may exist: a second one would be computed against files the
+	// first is about to open or close.
+	pending *Change
 }
 
 // OpenAll opens a Writer for each <acct-file> of cfg. On error the files
-// already opened are closed again.
+// already opened are closed again. Two blocks naming the same file (after
+// cleaning the path) are an error, as two Writers on one file would rotate
+// it from under each other.
 func OpenAll(cfg *config.Config, opts Options) (*Set, error) {
-	s := &Set{now: opts.Now}
-	if s.now == nil {
-		s.now = time.Now
+	s := &Set{opts: opts}
+	c, err := s.Prepare(cfg)
+	if err != nil {
+		return nil, err
 	}
-	for _, af := range cfg.AcctFiles {
-		w, err := Open(af, opts)
-		if err != nil {
-			return nil, errors.Join(err, s.Close())
-		}
-		s.writers = append(s.writers, w)
-	}
+	c.Commit()
 	return s, nil
 }
 
-// Writers returns the Set's writers, in configuration order.
+// Writers returns the Set's writers, in configuration order. The slice is
+// not modified afterwards; a reload replaces it.
 func (s *Set) Writers() []*Writer {
 	if s == nil {
 		return nil
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	return s.writers
 }
 
@@ -45,6 +76,8 @@ func (s *Set) Accepts(t byte) bool {
 	if s == nil {
 		return false
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	for _, w := range s.writers {
 		if w.Accepts(t) {
 			return true
@@ -55,13 +88,24 @@ func (s *Set) Accepts(t byte) bool {
 
 // Write writes r to every file that records its type; it returns the errors
 // of the files that failed, the others still get the record. A zero
-// TimeLogged is set once, so every file logs the same time.
+// TimeLogged is set once, so every file logs the same time. A Write
+// concurrent with a reload's Commit goes wholly to the files and settings of
+// the old configuration or wholly to those of the new one.
 func (s *Set) Write(r Record) error {
-	if s == nil || len(s.writers) == 0 {
+	if s == nil {
+		return nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.writers) == 0 {
 		return nil
 	}
 	if r.TimeLogged.IsZero() {
-		r.TimeLogged = s.now()
+		if s.opts.Now != nil {
+			r.TimeLogged = s.opts.Now()
+		} else {
+			r.TimeLogged = time.Now()
+		}
 	}
 	var errs []error
 	for _, w := range s.writers {
@@ -77,6 +121,8 @@ func (s *Set) Flush() error {
 	if s == nil {
 		return nil
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	var errs []error
 	for _, w := range s.writers {
 		errs = append(errs, w.Flush())
@@ -84,14 +130,234 @@ func (s *Set) Flush() error {
 	return errors.Join(errs...)
 }
 
-// Close closes every file.
+// Close closes every file. Later Writes return ErrClosed for each file, and
+// later Prepares fail; a Change prepared before Close and committed after it
+// closes its new files instead of installing them.
 func (s *Set) Close() error {
 	if s == nil {
 		return nil
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
 	var errs []error
 	for _, w := range s.writers {
 		errs = append(errs, w.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// Change is a reload of a Set's accounting files prepared by Set.Prepare:
+// the files new to the configuration are already open, and nothing else has
+// changed yet. Exactly one of Commit and Abort applies or discards it; the
+// other, and any second call, then does nothing, so a caller can defer Abort
+// right after Prepare and Commit once the rest of its reload has succeeded.
+type Change struct {
+	s *Set
+	// writers and keys are the Set's lists once committed.
+	writers []*Writer
+	keys    []string
+	// kept are the Writers carried over, with their new blocks.
+	kept []keptWriter
+	// opened are the Writers Prepare opened, closed by Abort; removed the
+	// ones no longer configured, closed by Commit.
+	opened  []*Writer
+	removed []*Writer
+	// updated are the paths of the kept files whose settings change.
+	updated []string
+	done    bool
+}
+
+type keptWriter struct {
+	w   *Writer
+	cfg *config.AcctFile
+}
+
+// pathKey is the identity of an accounting file across reloads: the same
+// file spelled differently (relative, with ./ or //) must be kept, not
+// opened a second time.
+func pathKey(p string) (string, error) {
+	k, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("acct: %s: %w", p, err)
+	}
+	return k, nil
+}
+
+// Prepare is the first phase of applying cfg's <acct-file> blocks to a
+// running Set. It opens the files that are new (so a reload that cannot open
+// one is refused before anything changes) and works out which files are kept
+// and which are removed; the Set itself is unchanged until the Change is
+// committed. Files are matched by cleaned absolute path. Kept files get
+// their new records, max-size and move-interval at Commit, and keep their
+// open file (no rotation just because of the reload).
+//
+// If a new file cannot be opened, the files this Prepare opened are closed
+// again and the error is returned. Only one Change may be pending at a time:
+// Prepare fails until the previous one is committed or aborted.
+func (s *Set) Prepare(cfg *config.Config) (*Change, error) {
+	if s == nil {
+		return nil, errors.New("acct: Prepare on a nil Set")
+	}
+	if cfg == nil {
+		return nil, errors.New("acct: Prepare without a configuration")
+	}
+	s.reload.Lock()
+	defer s.reload.Unlock()
+	if s.pending != nil {
+		return nil, errors.New("acct: a reload of the accounting files is already prepared; commit or abort it first")
+	}
+	s.mu.RLock()
+	closed, curWriters, curKeys := s.closed, s.writers, s.keys
+	s.mu.RUnlock()
+	if closed {
+		return nil, errors.New("acct: Prepare on a closed Set")
+	}
+
+	c := &Change{s: s}
+	fail := func(err error) (*Change, error) {
+		for _, w := range c.opened {
+			if cerr := w.Close(); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}
+		return nil, err
+	}
+	seen := make(map[string]bool, len(cfg.AcctFiles))
+	for _, af := range cfg.AcctFiles {
+		key, err := pathKey(af.Path)
+		if err != nil {
+			return fail(err)
+		}
+		if seen[key] {
+			return fail(fmt.Errorf("acct: %s is configured twice", key))
+		}
+		seen[key] = true
+		if i := slices.Index(curKeys, key); i >= 0 {
+			w := curWriters[i]
+			c.kept = append(c.kept, keptWriter{w, af})
+			if w.current() != settingsOf(af) {
+				c.updated = append(c.updated, w.Path())
+			}
+			c.writers = append(c.writers, w)
+			c.keys = append(c.keys, key)
+			continue
+		}
+		open := s.open
+		if open == nil {
+			open = Open
+		}
+		w, err := open(af, s.opts)
+		if err != nil {
+			return fail(err)
+		}
+		c.opened = append(c.opened, w)
+		c.writers = append(c.writers, w)
+		c.keys = append(c.keys, key)
+	}
+	for i, key := range curKeys {
+		if !seen[key] {
+			c.removed = append(c.removed, curWriters[i])
+		}
+	}
+	s.pending = c
+	return c, nil
+}
+
+// Commit switches the Set to the new configuration's files, in its order,
+// applies the new settings to the kept files, and then flushes and closes
+// the files no longer configured. The switch is atomic with respect to
+// Write, Accepts and Flush: a record goes either to the old files (before
+// they are closed, so it is in them once Commit returns) or to the new ones.
+// Failures to close a removed file are logged with the Set's logger; there is
+// nothing else to do about them, since the switch has already happened.
+func (c *Change) Commit() {
+	if c == nil {
+		return
+	}
+	s := c.s
+	s.reload.Lock()
+	defer s.reload.Unlock()
+	if c.done {
+		return
+	}
+	c.done = true
+	s.pending = nil
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		// Closed while the Change was pending: its files must not be
+		// left open by a Set nobody will close again.
+		c.closeOpened()
+		return
+	}
+	// Under the write lock, so no Write sees new settings with old files
+	// or the reverse.
+	for _, k := range c.kept {
+		k.w.Reconfigure(k.cfg)
+	}
+	s.writers, s.keys = c.writers, c.keys
+	s.mu.Unlock()
+
+	// Outside mu, so Writes to the other files go on while these are
+	// flushed, but under reload, so a Prepare cannot open one of these
+	// paths again before it is closed.
+	for _, w := range c.removed {
+		if err := w.Close(); err != nil {
+			s.logger().Error("closing a removed accounting file failed", "acct-file", w.Path(), "err", err)
+		}
+	}
+}
+
+// Abort discards the Change: the files Prepare opened are closed (a new,
+// empty one keeps its header line) and the Set is left as it was.
+func (c *Change) Abort() {
+	if c == nil {
+		return
+	}
+	s := c.s
+	s.reload.Lock()
+	defer s.reload.Unlock()
+	if c.done {
+		return
+	}
+	c.done = true
+	s.pending = nil
+	c.closeOpened()
+}
+
+// closeOpened closes the Writers Prepare opened, logging failures.
+func (c *Change) closeOpened() {
+	for _, w := range c.opened {
+		if err := w.Close(); err != nil {
+			c.s.logger().Error("closing an accounting file of an abandoned reload failed", "acct-file", w.Path(), "err", err)
+		}
+	}
+}
+
+// Summary describes the Change for a log line: the paths of the files
+// opened, of those closed (or to be closed), and of the kept files whose
+// records, max-size or move-interval change. All are empty when the reload
+// changes nothing but maybe the order of the files.
+func (c *Change) Summary() (opened, closed, updated []string) {
+	if c == nil {
+		return nil, nil, nil
+	}
+	for _, w := range c.opened {
+		opened = append(opened, w.Path())
+	}
+	for _, w := range c.removed {
+		closed = append(closed, w.Path())
+	}
+	return opened, closed, slices.Clone(c.updated)
+}
+
+// logger is where the Set logs what no caller sees: the logger of its
+// Options, as for its Writers.
+func (s *Set) logger() *slog.Logger {
+	if s.opts.Logger != nil {
+		return s.opts.Logger
+	}
+	return slog.Default()
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ternmta/tern/config"
@@ -54,21 +55,24 @@ type Options struct {
 // Writer appends records to one accounting file. It is safe for concurrent
 // use.
 type Writer struct {
-	path     string
-	types    config.RecordTypes
+	path string
+	// types is the typeBits of the records written. It is atomic rather
+	// than under mu so Accepts and the filtering in Write stay lock-free
+	// while Reconfigure can still change it.
+	types  atomic.Uint32
+	now    func() time.Time
+	log    *slog.Logger
+	rename func(oldpath, newpath string) error // os.Rename; tests replace it
+
+	mu       sync.Mutex
 	maxSize  int64         // 0: no size rotation
 	interval time.Duration // 0: no time rotation
-	now      func() time.Time
-	log      *slog.Logger
-	rename   func(oldpath, newpath string) error // os.Rename; tests replace it
-
-	mu      sync.Mutex
-	f       *os.File
-	bw      *bufio.Writer
-	size    int64     // bytes in the current file, buffered ones included
-	records int64     // records in the current file
-	opened  time.Time // when the current file was started
-	lastErr time.Time // when a rotation last failed
+	f        *os.File
+	bw       *bufio.Writer
+	size     int64     // bytes in the current file, buffered ones included
+	records  int64     // records in the current file
+	opened   time.Time // when the current file was started
+	lastErr  time.Time // when a rotation last failed
 	// lastStamp is just after the last rotation suffix used, so suffixes
 	// keep increasing even if the clock steps back.
 	lastStamp time.Time
@@ -93,19 +97,15 @@ var header = func() []byte {
 func Open(cfg *config.AcctFile, opts Options) (*Writer, error) {
 	w := &Writer{
 		path:   cfg.Path,
-		types:  cfg.Records.Value,
 		now:    opts.Now,
 		log:    opts.Logger,
 		rename: os.Rename,
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 	}
-	if ms := int64(cfg.MaxSize.Value); ms > 0 && config.Size(ms) != config.Unlimited {
-		w.maxSize = ms
-	}
-	if iv := cfg.MoveInterval.Value; iv > 0 && iv != config.Never {
-		w.interval = iv
-	}
+	st := settingsOf(cfg)
+	w.types.Store(st.types)
+	w.maxSize, w.interval = st.maxSize, st.interval
 	if w.now == nil {
 		w.now = time.Now
 	}
@@ -141,26 +141,90 @@ func (w *Writer) Path() string { return w.path }
 
 // Accepts reports whether records of type t go to this file.
 func (w *Writer) Accepts(t byte) bool {
-	return accepts(w.types, t)
+	return w.types.Load()&typeBit(t) != 0
 }
 
-func accepts(types config.RecordTypes, t byte) bool {
+// typeBit is the bit of record type t in a Writer's types; 0 for an
+// unknown type, which no file accepts.
+func typeBit(t byte) uint32 {
 	switch t {
 	case TypeDelivered:
-		return types.Delivered
+		return 1 << 0
 	case TypeBounced:
-		return types.Bounced
+		return 1 << 1
 	case TypeTransient:
-		return types.Transient
+		return 1 << 2
 	case TypeReceived:
-		return types.Received
+		return 1 << 3
 	}
-	return false
+	return 0
 }
 
-func validType(t byte) bool {
-	return t == TypeDelivered || t == TypeBounced || t == TypeTransient || t == TypeReceived
+// typeBits is the set of record types as typeBit bits.
+func typeBits(types config.RecordTypes) uint32 {
+	var b uint32
+	if types.Delivered {
+		b |= typeBit(TypeDelivered)
+	}
+	if types.Bounced {
+		b |= typeBit(TypeBounced)
+	}
+	if types.Transient {
+		b |= typeBit(TypeTransient)
+	}
+	if types.Received {
+		b |= typeBit(TypeReceived)
+	}
+	return b
 }
+
+// settings are the parts of an <acct-file> block a Writer can change while
+// it runs, normalized so two blocks meaning the same compare equal.
+type settings struct {
+	types    uint32        // typeBits
+	maxSize  int64         // 0: no size rotation
+	interval time.Duration // 0: no time rotation
+}
+
+func settingsOf(cfg *config.AcctFile) settings {
+	st := settings{types: typeBits(cfg.Records.Value)}
+	if ms := int64(cfg.MaxSize.Value); ms > 0 && config.Size(ms) != config.Unlimited {
+		st.maxSize = ms
+	}
+	if iv := cfg.MoveInterval.Value; iv > 0 && iv != config.Never {
+		st.interval = iv
+	}
+	return st
+}
+
+// current returns the settings in effect, for comparing with a new block.
+func (w *Writer) current() settings {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return settings{types: w.types.Load(), maxSize: w.maxSize, interval: w.interval}
+}
+
+// Reconfigure applies the records, max-size and move-interval of cfg to the
+// open file, so a configuration reload changes them without closing the file
+// under the writes in progress or losing its buffer and rotation state.
+// cfg.Path is ignored: another path is another file, with a Writer of its
+// own.
+//
+// The record types apply from the next Write. Max-size and move-interval
+// apply to the current file as if they had been set when it was opened: a
+// file already past the new max-size is rotated before the next line, one
+// older than the new move-interval at the next line or flusher tick (the
+// flusher reads the interval on every tick, so it follows the change without
+// a restart). It is safe to call concurrently with Write.
+func (w *Writer) Reconfigure(cfg *config.AcctFile) {
+	st := settingsOf(cfg)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.types.Store(st.types)
+	w.maxSize, w.interval = st.maxSize, st.interval
+}
+
+func validType(t byte) bool { return typeBit(t) != 0 }
 
 // encoder turns records into CSV lines outside the Writer's lock.
 type encoder struct {
@@ -182,7 +246,7 @@ func (w *Writer) Write(r Record) error {
 	if !validType(r.Type) {
 		return fmt.Errorf("acct: unknown record type %q", r.Type)
 	}
-	if !accepts(w.types, r.Type) {
+	if w.types.Load()&typeBit(r.Type) == 0 {
 		return nil
 	}
 	if r.TimeLogged.IsZero() {
