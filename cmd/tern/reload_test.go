@@ -25,6 +25,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/miekg/dns"
 	"github.com/ternmta/tern/delivery/dnstest"
 	"github.com/ternmta/tern/delivery/smtptest"
 )
@@ -748,6 +749,95 @@ http-mgmt-port 127.0.0.1:%d
 	waitUntil(t, reloadTimeout, "the refusal logged in b.log", has(logB, `msg="reload refused"`))
 	if b := readOr(t, logB); !strings.Contains(b, "log-file") || !strings.Contains(b, "no such file") {
 		t.Fatalf("the refusal should name log-file and the reason:\n%s", b)
+	}
+	p.stop(t)
+}
+
+// TestReloadChangesNameServers moves name-server from one DNS server to
+// another: after the reload, mail for a domain only the new server knows
+// is delivered, found through the new server.
+func TestReloadChangesNameServers(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dns1 := dnstest.Start(t, zones("dest.test"))
+	dns2 := dnstest.Start(t, zones("dest.test", "other.test"))
+	sink := smtptest.Start(t, smtptest.Options{Addr: sinkIP + ":0"})
+	smtpPort := freePort(t)
+	conf := writeConf(t, dir, baseConf(dir, smtpPort, dns1.Addr(), sink.Port(), ""))
+	p := startTern(t, conf)
+	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
+
+	mustInject(t, addr, "a@dest.test", "before", "X-Virtual-MTA: mta1")
+	sink.WaitMessages(t, 1, deliverTimeout)
+	if n1, n2 := dns1.Queries("dest.test", dns.TypeMX), dns2.Queries("dest.test", dns.TypeMX); n1 == 0 || n2 != 0 {
+		t.Fatalf("before the reload: %d MX queries at the first server and %d at the second, want some and none", n1, n2)
+	}
+
+	reloadConf(t, p, baseConf(dir, smtpPort, dns2.Addr(), sink.Port(), ""))
+	p.waitLog(t, 0, reloadTimeout, "the change of name servers", func(l string) bool {
+		return strings.Contains(l, `msg="name servers changed"`) && strings.Contains(l, dns2.Addr())
+	})
+	mustInject(t, addr, "b@other.test", "after", "X-Virtual-MTA: mta1")
+	sink.WaitMessages(t, 2, deliverTimeout)
+	if n1, n2 := dns1.Queries("other.test", dns.TypeMX), dns2.Queries("other.test", dns.TypeMX); n1 != 0 || n2 == 0 {
+		t.Fatalf("after the reload: %d MX queries for other.test at the first server and %d at the second, want none and some", n1, n2)
+	}
+	p.stop(t)
+}
+
+// TestReloadAppliesAcctFiles adds an accounting file by reload, changes
+// its record types, then replaces it with another: each delivery is
+// recorded in the file configured when it happened.
+func TestReloadAppliesAcctFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dns := dnstest.Start(t, zones("dest.test"))
+	sink := smtptest.Start(t, smtptest.Options{Addr: sinkIP + ":0"})
+	smtpPort := freePort(t)
+	base := baseConf(dir, smtpPort, dns.Addr(), sink.Port(), "")
+	acctA, acctB := filepath.Join(dir, "a.csv"), filepath.Join(dir, "b.csv")
+	withAcct := func(path, records string) string {
+		return base + fmt.Sprintf("<acct-file %s>\n    records %s\n</acct-file>\n", path, records)
+	}
+	conf := writeConf(t, dir, base)
+	p := startTern(t, conf)
+	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
+	// rcptIn reports whether the file has a record of type typ for rcpt.
+	rcptIn := func(path, typ, rcpt string) bool {
+		for _, l := range strings.Split(readOr(t, path), "\n") {
+			if strings.HasPrefix(l, typ+",") && strings.Contains(l, ","+rcpt+",") {
+				return true
+			}
+		}
+		return false
+	}
+	deliver := func(rcpt string, n int) {
+		t.Helper()
+		mustInject(t, addr, rcpt, rcpt, "X-Virtual-MTA: mta1")
+		sink.WaitMessages(t, n, deliverTimeout)
+	}
+
+	deliver("a@dest.test", 1)
+	reloadConf(t, p, withAcct(acctA, "d"))
+	p.waitLog(t, 0, reloadTimeout, "the new accounting file", func(l string) bool {
+		return strings.Contains(l, `msg="accounting files changed"`) && strings.Contains(l, "opened="+acctA)
+	})
+	deliver("b@dest.test", 2)
+	waitUntil(t, deliverTimeout, "b's d record in a.csv", func() bool { return rcptIn(acctA, "d", "b@dest.test") })
+
+	// Receptions too: the next message has an r record as well.
+	reloadConf(t, p, withAcct(acctA, "d,r"))
+	deliver("c@dest.test", 3)
+	waitUntil(t, deliverTimeout, "c's r and d records in a.csv", func() bool {
+		return rcptIn(acctA, "r", "c@dest.test") && rcptIn(acctA, "d", "c@dest.test")
+	})
+
+	// Replaced: a.csv is closed with what it had, b.csv takes the next one.
+	reloadConf(t, p, withAcct(acctB, "d"))
+	deliver("d@dest.test", 4)
+	waitUntil(t, deliverTimeout, "d's record in b.csv", func() bool { return rcptIn(acctB, "d", "d@dest.test") })
+	if rcptIn(acctA, "d", "d@dest.test") || rcptIn(acctA, "d", "a@dest.test") || rcptIn(acctA, "r", "b@dest.test") {
+		t.Fatalf("a.csv has records from when it was not configured (or of a type it did not record):\n%s", readOr(t, acctA))
 	}
 	p.stop(t)
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -90,17 +91,12 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	defer q.Close()
 	log.Info("spool open", "dir", cfg.Spool.Dir.Value)
 
-	var servers []string
-	for _, ns := range cfg.NameServers {
-		servers = append(servers, ns.Value)
-	}
-	resolver, err := delivery.NewDNSResolver(servers)
+	resolver, err := delivery.NewDNSResolver(nameServers(cfg))
 	if err != nil {
 		fmt.Fprintf(stderr, "tern serve: %v\n", err)
 		return 1
 	}
-	// Accounting files are opened once; a reload does not reopen them
-	// (their settings take effect at the next start).
+	// A reload applies <acct-file> changes through accounts.Prepare.
 	accounts, err := acct.OpenAll(cfg, acct.Options{Logger: log.With("component", "acct")})
 	if err != nil {
 		fmt.Fprintf(stderr, "tern serve: %v\n", err)
@@ -157,7 +153,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	mets.connections(srv.Connections, sch.Connections)
 	rl := &reloader{path: *path, srv: srv, sch: sch, current: &current, log: log, level: &level,
-		logOut: logOut, started: cfg}
+		logOut: logOut, started: cfg, resolver: resolver, accounts: accounts}
 	// The admin API is for operators; mail service does not depend on it, so
 	// a port that cannot be bound is logged and serving goes on.
 	admin, err := listener.StartAdmin(cfg, listener.AdminOptions{
@@ -257,6 +253,9 @@ type reloader struct {
 	log     *slog.Logger
 	level   *slog.LevelVar // the logger's level, which log-level sets
 	logOut  *logOutput     // the log's destination, which log-file sets
+	// resolver is the DNS resolver, whose servers name-server sets.
+	resolver *delivery.DNSResolver
+	accounts *acct.Set // the accounting files, which <acct-file> sets
 	// started is the configuration tern started with, for the settings
 	// only a restart applies.
 	started *config.Config
@@ -290,22 +289,36 @@ func (rl *reloader) reload(trigger string) (*config.Config, []config.Diagnostic,
 		return nil, nil, err
 	}
 	reg, err := vmta.Build(cfg)
-	// The log file is opened before anything changes: one that cannot be
-	// opened refuses the reload, as a broken file does.
+	// The log file and new accounting files are opened before anything
+	// changes: one that cannot be opened refuses the reload, as a broken
+	// file does.
 	var logFile *os.File
+	var accts *acct.Change
 	if err == nil {
 		logFile, err = openLogFile(cfg.LogFile.Value)
 	}
 	if err == nil {
-		if err = rl.srv.Apply(cfg, reg); err != nil && logFile != nil {
-			logFile.Close()
-		}
+		accts, err = rl.accounts.Prepare(cfg)
+	}
+	if err == nil {
+		err = rl.srv.Apply(cfg, reg)
 	}
 	if err != nil {
+		if logFile != nil {
+			logFile.Close()
+		}
+		if accts != nil {
+			accts.Abort()
+		}
 		rl.log.Error("reload refused", "trigger", trigger, "err", err)
 		return nil, nil, err
 	}
 	rl.current.Store(reg)
+	accts.Commit()
+	if opened, closed, updated := accts.Summary(); len(opened)+len(closed)+len(updated) > 0 {
+		rl.log.Info("accounting files changed", "opened", strings.Join(opened, ","), "closed", strings.Join(closed, ","),
+			"updated", strings.Join(updated, ","))
+	}
 	// Reopened even when the path is the same: moving the file aside and
 	// reloading is how it is rotated.
 	// A change of path is told at the end of the old log, for whoever
@@ -336,11 +349,29 @@ func (rl *reloader) reload(trigger string) (*config.Config, []config.Diagnostic,
 	// have due mail but will not be notified again: start them now.
 	rl.sch.Start()
 	warnings := append(cfg.Warnings[:len(cfg.Warnings):len(cfg.Warnings)], restartOnly(rl.path, rl.started, cfg)...)
+	// The name servers change last: the list was checked by the config,
+	// and only a /etc/resolv.conf that cannot be read fails here, which
+	// keeps the servers in use rather than refusing the applied reload.
+	if changed, err := rl.resolver.SetServers(nameServers(cfg)); err != nil {
+		warnings = append(warnings, config.Diagnostic{Pos: config.Position{File: rl.path},
+			Message: fmt.Sprintf("name servers unchanged (%s): %v", strings.Join(rl.resolver.Servers(), ", "), err)})
+	} else if changed {
+		rl.log.Info("name servers changed", "servers", strings.Join(rl.resolver.Servers(), ", "))
+	}
 	for _, w := range warnings {
 		rl.log.Warn("config", "at", w.Pos.String(), "warning", w.Message)
 	}
 	rl.log.Info("configuration reloaded", "file", rl.path, "trigger", trigger, "warnings", len(warnings))
 	return cfg, warnings, nil
+}
+
+// nameServers is the name-server list of cfg; empty for /etc/resolv.conf.
+func nameServers(cfg *config.Config) []string {
+	var out []string
+	for _, ns := range cfg.NameServers {
+		out = append(out, ns.Value)
+	}
+	return out
 }
 
 // logName names a log destination for a log line.
