@@ -53,6 +53,15 @@ type Options struct {
 	// is flushed) and used more memory; see the README's Performance
 	// section.
 	MemTableSize uint64
+	// MinSyncInterval is the least time between two syncs of the
+	// write-ahead log; 0 means 500µs, negative means none. A commit that
+	// comes sooner after the last sync waits for the rest of the interval,
+	// and the commits arriving meanwhile share its sync: under load,
+	// fewer and fuller fdatasyncs, each of which costs the machine far
+	// more than the wait costs one client (about 10% of the CPU per
+	// message at 3,500 messages/s with 20 clients, measured). After a
+	// quiet spell the first commit syncs at once.
+	MinSyncInterval time.Duration
 	// Pebble, if set, may adjust pebble's options after the queue has set
 	// its own, for tuning. Changing the Merger or FS breaks the queue.
 	Pebble func(*pebble.Options)
@@ -149,6 +158,13 @@ func Open(opts Options) (*Queue, error) {
 		MemTableSize:                opts.MemTableSize,
 		MemTableStopWritesThreshold: memTables,
 		FormatMajorVersion:          pebble.FormatNewest,
+	}
+	switch minSync := opts.MinSyncInterval; {
+	case minSync == 0:
+		minSync = defaultMinSyncInterval
+		fallthrough
+	case minSync > 0:
+		po.WALMinSyncInterval = func() time.Duration { return minSync }
 	}
 	if po.FS == nil {
 		po.FS = vfs.Default
@@ -613,6 +629,10 @@ func (q *Queue) waitDurable(ctx context.Context, gen uint64) error {
 		}
 	}
 }
+
+// defaultMinSyncInterval is Options.MinSyncInterval's default, the value
+// pebble's documentation suggests; 250µs to 1ms measured about the same.
+const defaultMinSyncInterval = 500 * time.Microsecond
 
 // commitLoop is the outcome committer: it commits whatever has accumulated
 // in pend with one synced write, so outcomes from all workers share fsyncs

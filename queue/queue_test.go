@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/ternmta/tern/queue"
 	"github.com/ternmta/tern/queue/queuetest"
@@ -1148,6 +1149,35 @@ func TestConcurrentOperations(t *testing.T) {
 	for a, n := range seen {
 		if n < 1 || n > 2 {
 			t.Errorf("%s seen %d times", a, n)
+		}
+	}
+}
+
+// TestMinSyncIntervalReachesPebble checks that MinSyncInterval is what
+// pebble gets as its least time between WAL syncs: 500µs by default, the
+// value set, and none when negative.
+func TestMinSyncIntervalReachesPebble(t *testing.T) {
+	for _, tc := range []struct {
+		set  time.Duration
+		want time.Duration // 0: pebble gets no interval
+	}{
+		{0, 500 * time.Microsecond},
+		{2 * time.Millisecond, 2 * time.Millisecond},
+		{-1, 0},
+	} {
+		var got time.Duration
+		q, err := queue.Open(queue.Options{Dir: t.TempDir(), Logger: discard(), MinSyncInterval: tc.set,
+			Pebble: func(o *pebble.Options) {
+				if o.WALMinSyncInterval != nil {
+					got = o.WALMinSyncInterval()
+				}
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		q.Close()
+		if got != tc.want {
+			t.Errorf("MinSyncInterval %v: pebble's WALMinSyncInterval is %v, want %v", tc.set, got, tc.want)
 		}
 	}
 }
