@@ -84,7 +84,18 @@ type generation struct {
 
 	mu    sync.Mutex
 	cache map[cacheKey]cacheEntry
+	// stored counts the answers stored since the last sweep of expired
+	// entries.
+	stored int
 }
+
+// sweepEvery is how many answers are stored between two sweeps of the
+// expired ones. Without sweeps the cache would keep every name ever
+// asked for the life of the process; a sender reaching a million domains
+// a day would carry them all. With them the cache holds about the names
+// of the last hour (the longest TTL kept), at the cost of a pass over the
+// map every sweepEvery stores.
+const sweepEvery = 4096
 
 type cacheKey struct {
 	name  string
@@ -268,6 +279,14 @@ func (r *DNSResolver) query(ctx context.Context, name string, qtype uint16) ([]d
 		g.cache = map[cacheKey]cacheEntry{}
 	}
 	g.cache[key] = cacheEntry{rrs: rrs, err: err, expires: now.Add(ttl)}
+	if g.stored++; g.stored >= sweepEvery {
+		g.stored = 0
+		for k, e := range g.cache {
+			if !now.Before(e.expires) {
+				delete(g.cache, k)
+			}
+		}
+	}
 	g.mu.Unlock()
 	return rrs, err
 }

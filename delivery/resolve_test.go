@@ -464,3 +464,46 @@ swapping:
 
 func validMX(h string) bool   { return h == wantAnswer(1).mx || h == wantAnswer(2).mx }
 func validAddr(a string) bool { return a == wantAnswer(1).addr || a == wantAnswer(2).addr }
+
+// TestCacheSweepsExpired fills the cache with answers, lets them expire,
+// and checks that the store which completes a sweep interval drops them
+// while a fresh answer stays: the cache holds about the last hour's names,
+// not every name ever asked.
+func TestCacheSweepsExpired(t *testing.T) {
+	srv := dnstest.Start(t, dnstest.Zones{})
+	r, err := NewDNSResolver([]string{srv.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	r.Now = func() time.Time { return now }
+	ctx := context.Background()
+	ask := func(name string) {
+		t.Helper()
+		// Every name is unknown: the "no such domain" answer is cached too.
+		if _, err := r.query(ctx, name, dns.TypeA); err == nil {
+			t.Fatalf("%s resolved; the test server knows no names", name)
+		}
+	}
+	size := func() int {
+		g := r.current()
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return len(g.cache)
+	}
+	for i := range sweepEvery - 2 {
+		ask(fmt.Sprintf("old%d.test", i))
+	}
+	if n := size(); n != sweepEvery-2 {
+		t.Fatalf("cache holds %d answers, want %d", n, sweepEvery-2)
+	}
+	now = now.Add(2 * time.Hour) // past the longest TTL kept
+	ask("fresh1.test")
+	if n := size(); n != sweepEvery-1 {
+		t.Fatalf("before the sweep the cache holds %d answers, want %d", n, sweepEvery-1)
+	}
+	ask("fresh2.test") // the sweepEvery-th store sweeps
+	if n := size(); n != 2 {
+		t.Fatalf("after the sweep the cache holds %d answers, want the 2 fresh ones", n)
+	}
+}
