@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -863,8 +864,14 @@ func (b *builder) acctFileBlock(n *node) {
 	if !ok {
 		return
 	}
-	path = relPath(n.Pos, path)
-	if prev, dup := b.acct[path]; dup {
+	path = filepath.Clean(relPath(n.Pos, path))
+	// Two spellings of one file are one file: two writers on it would
+	// break each other's rotation.
+	key := path
+	if abs, err := filepath.Abs(path); err == nil {
+		key = abs
+	}
+	if prev, dup := b.acct[key]; dup {
 		b.errorf(n.Pos, "<acct-file %s> is already defined at %s", path, shortPos(prev.Pos, n.Pos))
 		return
 	}
@@ -886,7 +893,7 @@ func (b *builder) acctFileBlock(n *node) {
 			setOne(b, &af.MoveInterval, c, durationOrNever)
 		}
 	}
-	b.acct[path] = af
+	b.acct[key] = af
 	b.cfg.AcctFiles = append(b.cfg.AcctFiles, af)
 }
 
