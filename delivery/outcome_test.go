@@ -1,6 +1,7 @@
 package delivery_test
 
 import (
+	"strings"
 	"sync"
 	"testing"
 
@@ -68,4 +69,63 @@ func TestOnOutcomeReportsEveryRecipient(t *testing.T) {
 	if want := "5.1.10"; len(null.Reply) < len(want) || null.Reply[:len(want)] != want {
 		t.Errorf("null MX reply %q, want it to start with %s", null.Reply, want)
 	}
+}
+
+// A panic in a delivery (here from the outcome hook, for one recipient,
+// once) does not end the scheduler: it is logged with its stack, the
+// recipients without an outcome are deferred by the retry schedule with
+// Tern's internal-error reply, and the same worker goes on delivering.
+func TestPanicInDeliveryIsContained(t *testing.T) {
+	t.Parallel()
+	sink := startSink(t, mx2, 0, smtptest.Options{})
+	var (
+		mu       sync.Mutex
+		panicked bool
+		kinds    = map[string][]queue.Kind{}
+	)
+	h := newHarness(t, baseConfig(sink.Port(), ""), dnstest.Zones{
+		"hook.test":    {MX: []dnstest.MX{{Pref: 10, Host: "mx.hook.test"}}},
+		"mx.hook.test": {A: []string{mx2}},
+	}, func(o *delivery.Options) {
+		o.OnOutcome = func(ev delivery.Event) {
+			mu.Lock()
+			first := !panicked && ev.Recipient.Address == "poison@hook.test"
+			panicked = panicked || first
+			kinds[ev.Recipient.Address] = append(kinds[ev.Recipient.Address], ev.Kind)
+			mu.Unlock()
+			if first {
+				panic("hook failure")
+			}
+		}
+	})
+	h.run()
+	id := h.put("mta1", "poison@hook.test")
+	// The panic came after the sink took the message, so it has it once;
+	// the recipient waits for its retry (10m in baseConfig).
+	sink.WaitMessages(t, 1, wait)
+	h.waitFor("the poison recipient deferred", wait, func() bool {
+		l := h.logs.attempts("poison@hook.test")
+		return len(l) == 1 && l[0].attrs["outcome"] == "deferred"
+	})
+	if got := h.logs.attempts("poison@hook.test")[0].attrs["reply"]; !strings.Contains(got, "internal error") {
+		t.Errorf("deferred with reply %q, want Tern's internal error", got)
+	}
+	logged := h.logs.find("delivery panicked; its recipients are deferred")
+	if len(logged) != 1 || !strings.Contains(logged[0].attrs["panic"], "hook failure") || !strings.Contains(logged[0].attrs["stack"], "goroutine") {
+		t.Fatalf("want one panic line with the panic and its stack, got %+v", logged)
+	}
+	e, err := h.q.Lookup(id)
+	if err != nil || len(e.Recipients) != 1 || e.Recipients[0].Attempts != 1 || !strings.Contains(e.Recipients[0].LastReply, "internal error") {
+		t.Fatalf("the spool holds %+v (%v), want the recipient deferred after one attempt", e, err)
+	}
+
+	// The scheduler still delivers.
+	h.put("mta1", "next@hook.test")
+	sink.WaitMessages(t, 2, wait)
+	h.waitFor("next delivered", wait, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		k := kinds["next@hook.test"]
+		return len(k) == 1 && k[0] == queue.Delivered
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -424,6 +425,52 @@ func (s *Scheduler) work(r *runner, vmtaName string) {
 	}
 }
 
+// panicReply is the diagnostic of the recipients deferred by contain.
+const panicReply = "451 4.3.0 internal error in Tern's delivery; retried later"
+
+// contain keeps a panic in one delivery from ending the daemon: every
+// delivery, and every session receiving mail, would go with it, and a
+// message that makes delivery panic would do it again after each restart.
+// The panic is logged with its stack, the connection (whose state is
+// unknown) is dropped, and the recipients of the lease and of the lease
+// taken to follow it that have no outcome yet are deferred by the retry
+// schedule, so a message that panics again is retried on that schedule
+// and bounces at its expiry instead of looping. A recipient the remote
+// server accepted just before the panic is sent again: at least once.
+func (s *Scheduler) contain(r *runner, p any, oc *outConn, leases ...*queue.Lease) {
+	s.log.Error("delivery panicked; its recipients are deferred", "queue", r.key.String(),
+		"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+	if oc != nil {
+		oc.close()
+	}
+	defer func() {
+		// Deferring goes through the outcome hooks, where the panic may
+		// have come from: if it happens again, the recipients go back to
+		// the queue as they are, and the worker carries on.
+		if p2 := recover(); p2 != nil {
+			s.log.Error("deferring after a delivery panic panicked too; the recipients are released", "queue", r.key.String(), "panic", fmt.Sprint(p2))
+			for _, l := range leases {
+				if l != nil {
+					l.Release()
+				}
+			}
+		}
+	}()
+	reg := s.opts.Registry()
+	for _, l := range leases {
+		if l == nil {
+			continue
+		}
+		for _, entry := range l.Messages {
+			if len(entry.Recipients) == 0 {
+				continue
+			}
+			s.reportAll(r, l, entry, queue.Deferred, panicReply, s.policy(reg, r, entry.Recipients[0].Pool))
+		}
+		l.Release()
+	}
+}
+
 func leaseSize(l *queue.Lease) int {
 	n := 0
 	for _, m := range l.Messages {
@@ -438,7 +485,7 @@ func leaseSize(l *queue.Lease) int {
 // previous lease's last one. It returns the connection to keep (or nil),
 // and the next lease with its first message's transaction when deliver
 // took that lease to pipeline the message behind its own last one.
-func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *queue.Lease, oc *outConn, ahead *txn) (*outConn, *queue.Lease, *txn) {
+func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *queue.Lease, oc *outConn, ahead *txn) (keep *outConn, next *queue.Lease, nextTxn *txn) {
 	// connErr is the failure to reach the destination: once every host
 	// failed, the rest of the lease shares that fate without more dialing.
 	var connErr error
@@ -447,6 +494,12 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 	// the next lease, taken when this one ran out while the connection
 	// was busy, for its first message to go out the same way.
 	var carry *queue.Lease
+	defer func() {
+		if p := recover(); p != nil {
+			s.contain(r, p, oc, lease, carry)
+			keep, next, nextTxn = nil, nil, nil
+		}
+	}()
 	for i, entry := range lease.Messages {
 		pol := s.policy(reg, r, entry.Recipients[0].Pool)
 		now := s.opts.Now()
