@@ -183,5 +183,10 @@ func printSummary(w io.Writer, cfg *config.Config, reg *vmta.Registry) {
 	}
 	row("acct files", len(cfg.AcctFiles), list(items))
 	row("admin API", -1, fmt.Sprintf("%s (%s)", cfg.HTTPMgmtAddr.Value, plural(len(cfg.HTTPAccess), "access rule")))
+	logTo := "standard error"
+	if cfg.LogFile.Value != "" {
+		logTo = cfg.LogFile.Value
+	}
+	row("log", -1, fmt.Sprintf("%s, level %s", logTo, strings.ToLower(cfg.LogLevel.Value.String())))
 	tw.Flush()
 }

@@ -28,7 +28,7 @@ func TestCheckExamples(t *testing.T) {
 			if code != 0 {
 				t.Fatalf("tern check %s: exit %d\n%s", f, code, errs)
 			}
-			for _, want := range []string{"configuration OK", "listeners", "virtual MTAs", "pools", "domain blocks"} {
+			for _, want := range []string{"configuration OK", "listeners", "virtual MTAs", "pools", "domain blocks", ", level "} {
 				if !strings.Contains(out, want) {
 					t.Errorf("summary lacks %q:\n%s", want, out)
 				}
