@@ -4,6 +4,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ternmta/tern/delivery"
 	"github.com/ternmta/tern/delivery/dnstest"
@@ -128,4 +129,66 @@ func TestPanicInDeliveryIsContained(t *testing.T) {
 		k := kinds["next@hook.test"]
 		return len(k) == 1 && k[0] == queue.Delivered
 	})
+}
+
+// A hook that panics for a recipient every time also panics when contain
+// defers it: the recipient is still deferred by the retry schedule, in the
+// spool alone, rather than released to be due again at once, which would
+// have the worker deliver, panic and retry it in a tight loop.
+func TestPanicWhileDeferringAfterPanic(t *testing.T) {
+	t.Parallel()
+	sink := startSink(t, mx2, 0, smtptest.Options{})
+	var (
+		mu       sync.Mutex
+		panics   int
+		next     []queue.Kind
+		poisoned = "poison@hook.test"
+	)
+	h := newHarness(t, baseConfig(sink.Port(), ""), dnstest.Zones{
+		"hook.test":    {MX: []dnstest.MX{{Pref: 10, Host: "mx.hook.test"}}},
+		"mx.hook.test": {A: []string{mx2}},
+	}, func(o *delivery.Options) {
+		o.OnOutcome = func(ev delivery.Event) {
+			mu.Lock()
+			defer mu.Unlock()
+			switch ev.Recipient.Address {
+			case poisoned:
+				panics++
+				panic("hook failure, every time")
+			case "next@hook.test":
+				next = append(next, ev.Kind)
+			}
+		}
+	})
+	h.run()
+	id := h.put("mta1", poisoned)
+	h.waitFor("the poison recipient deferred in the spool", wait, func() bool {
+		e, err := h.q.Lookup(id)
+		return err == nil && len(e.Recipients) == 1 && e.Recipients[0].Attempts > 0
+	})
+	e, err := h.q.Lookup(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc := e.Recipients[0]; rc.Attempts != 1 || !strings.Contains(rc.LastReply, "internal error") || !rc.NextAttempt.After(time.Now()) {
+		t.Fatalf("the spool holds %+v, want one attempt, Tern's internal error and a retry later", rc)
+	}
+	if n := len(h.logs.find("deferring after a delivery panic panicked too; the recipients are deferred without outcome records")); n != 1 {
+		t.Errorf("%d lines about the second panic, want 1", n)
+	}
+
+	// The worker goes on, and the poison recipient is not tried again
+	// before its retry: the one message reached the sink once.
+	h.put("mta1", "next@hook.test")
+	sink.WaitMessages(t, 2, wait)
+	h.waitFor("next delivered", wait, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(next) == 1 && next[0] == queue.Delivered
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if panics != 2 {
+		t.Errorf("the hook panicked %d times, want 2 (the delivery, then its deferral)", panics)
+	}
 }

@@ -440,23 +440,28 @@ const panicReply = "451 4.3.0 internal error in Tern's delivery; retried later"
 func (s *Scheduler) contain(r *runner, p any, oc *outConn, leases ...*queue.Lease) {
 	s.log.Error("delivery panicked; its recipients are deferred", "queue", r.key.String(),
 		"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-	if oc != nil {
-		oc.close()
-	}
+	var reg *vmta.Registry // nil until read; deferBare reads it then
 	defer func() {
 		// Deferring goes through the outcome hooks, where the panic may
-		// have come from: if it happens again, the recipients go back to
-		// the queue as they are, and the worker carries on.
+		// have come from: if it happens again, the recipients still
+		// without an outcome are deferred in the spool alone, without the
+		// hooks. Released instead, they would be due again at once with
+		// no attempt counted, and a hook that panics for them every time
+		// would have the worker deliver, panic and retry in a tight loop.
 		if p2 := recover(); p2 != nil {
-			s.log.Error("deferring after a delivery panic panicked too; the recipients are released", "queue", r.key.String(), "panic", fmt.Sprint(p2))
+			s.log.Error("deferring after a delivery panic panicked too; the recipients are deferred without outcome records",
+				"queue", r.key.String(), "panic", fmt.Sprint(p2))
 			for _, l := range leases {
 				if l != nil {
-					l.Release()
+					s.deferBare(r, l, reg)
 				}
 			}
 		}
 	}()
-	reg := s.opts.Registry()
+	if oc != nil {
+		oc.close()
+	}
+	reg = s.opts.Registry()
 	for _, l := range leases {
 		if l == nil {
 			continue
@@ -468,6 +473,38 @@ func (s *Scheduler) contain(r *runner, p any, oc *outConn, leases ...*queue.Leas
 			s.reportAll(r, l, entry, queue.Deferred, panicReply, s.policy(reg, r, entry.Recipients[0].Pool))
 		}
 		l.Release()
+	}
+}
+
+// deferBare defers, by the retry schedule and with panicReply, every
+// recipient of l still without an outcome, straight in the spool: no
+// outcome hook, log line or accounting record, since those are what
+// panicked. Should even that panic, the recipients are released.
+func (s *Scheduler) deferBare(r *runner, l *queue.Lease, reg *vmta.Registry) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("deferring after a delivery panic failed; the recipients are released", "queue", r.key.String(), "panic", fmt.Sprint(p))
+		}
+		l.Release()
+	}()
+	if reg == nil {
+		reg = s.opts.Registry()
+	}
+	for _, entry := range l.Messages {
+		if len(entry.Recipients) == 0 {
+			continue
+		}
+		pol := s.policy(reg, r, entry.Recipients[0].Pool)
+		outs := make([]queue.Outcome, 0, len(entry.Recipients))
+		for _, rc := range entry.Recipients {
+			if l.Live(entry.ID, rc.N) {
+				outs = append(outs, queue.Outcome{ID: entry.ID, N: rc.N, Kind: queue.Deferred, Reply: panicReply,
+					Until: s.nextAttempt(entry, rc, pol)})
+			}
+		}
+		if err := l.Report(outs...); err != nil {
+			s.log.Error("recording outcomes failed", "id", entry.ID.String(), "err", err)
+		}
 	}
 }
 
