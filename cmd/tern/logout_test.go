@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -108,4 +110,51 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.buf.String()
+}
+
+// levelSpy is a handler that notes the logger's level at each line it
+// handles.
+type levelSpy struct {
+	slog.Handler
+	level *slog.LevelVar
+	mu    sync.Mutex
+	seen  []slog.Level
+}
+
+func (h *levelSpy) Handle(ctx context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.seen = append(h.seen, h.level.Level())
+	h.mu.Unlock()
+	return h.Handler.Handle(ctx, r)
+}
+
+// TestSetLogLevel: the change is logged whichever way the level moves,
+// even between two levels above info, and the logger's level is only ever
+// the old one or the new one: lowering it for the line, however briefly,
+// would let other goroutines' lines of the lower level through.
+func TestSetLogLevel(t *testing.T) {
+	for _, tc := range []struct{ from, to slog.Level }{
+		{slog.LevelInfo, slog.LevelDebug},
+		{slog.LevelDebug, slog.LevelError},
+		{slog.LevelWarn, slog.LevelError},
+		{slog.LevelError, slog.LevelWarn},
+	} {
+		var level slog.LevelVar
+		level.Set(tc.from)
+		var out bytes.Buffer
+		spy := &levelSpy{Handler: slog.NewTextHandler(&out, &slog.HandlerOptions{Level: &level}), level: &level}
+		setLogLevel(slog.New(spy), &level, tc.to)
+		if got := level.Level(); got != tc.to {
+			t.Errorf("%v to %v: the level is %v", tc.from, tc.to, got)
+		}
+		want := fmt.Sprintf(`msg="log level changed" from=%v to=%v`, tc.from, tc.to)
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("%v to %v: logged %q, want %q", tc.from, tc.to, out.String(), want)
+		}
+		for _, l := range spy.seen {
+			if l != tc.from && l != tc.to {
+				t.Errorf("%v to %v: the logger was at %v while the change was logged", tc.from, tc.to, l)
+			}
+		}
+	}
 }

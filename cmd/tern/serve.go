@@ -333,15 +333,7 @@ func (rl *reloader) reload(trigger string) (*config.Config, []config.Diagnostic,
 	if oldPath != cfg.LogFile.Value {
 		rl.log.Info("log file changed", "from", logName(oldPath), "to", logName(cfg.LogFile.Value))
 	}
-	if old, now := rl.level.Level(), cfg.LogLevel.Value; old != now {
-		// Logged at the more verbose of the two levels (and info at most),
-		// with the logger at that level for the line, so that it shows
-		// whichever way the level moves.
-		at := min(old, now, slog.LevelInfo)
-		rl.level.Set(at)
-		rl.log.Log(context.Background(), at, "log level changed", "from", old.String(), "to", now.String())
-		rl.level.Set(now)
-	}
+	setLogLevel(rl.log, rl.level, cfg.LogLevel.Value)
 	if rl.admin != nil {
 		rl.admin.SetConfig(cfg)
 	}
@@ -363,6 +355,23 @@ func (rl *reloader) reload(trigger string) (*config.Config, []config.Diagnostic,
 	}
 	rl.log.Info("configuration reloaded", "file", rl.path, "trigger", trigger, "warnings", len(warnings))
 	return cfg, warnings, nil
+}
+
+// setLogLevel sets level, the level of log, to now, and logs the change at
+// the more verbose of the two levels (and info at most), so that the line
+// shows whichever way the level moves. The line goes to the handler
+// directly, past the level check: lowering the level for it instead would,
+// for that moment, let through the lines of every other goroutine at the
+// lower level (info lines while moving from warning to error, say).
+func setLogLevel(log *slog.Logger, level *slog.LevelVar, now slog.Level) {
+	old := level.Level()
+	if old == now {
+		return
+	}
+	level.Set(now)
+	r := slog.NewRecord(time.Now(), min(old, now, slog.LevelInfo), "log level changed", 0)
+	r.AddAttrs(slog.String("from", old.String()), slog.String("to", now.String()))
+	_ = log.Handler().Handle(context.Background(), r)
 }
 
 // nameServers is the name-server list of cfg; empty for /etc/resolv.conf.
