@@ -74,9 +74,10 @@ func onePass(ctx context.Context, o options, mk newMTA, pass, profile string) (r
 	defer srv.stop()
 	cpu0 := srv.cpu()
 	// One process (Tern) has an exact high-water mark, read at the end;
-	// several (Postfix) are sampled, at some cost to the machine.
+	// Postfix's processes are sampled, at some cost to the machine. It is
+	// decided by kind: right after start Postfix may have no children yet.
 	var sampler *sampler
-	if len(srv.pids()) > 1 {
+	if _, group := srv.(*postfixServer); group {
 		sampler = startSampler(srv.pids)
 		defer sampler.stop()
 	}
@@ -108,6 +109,7 @@ func onePass(ctx context.Context, o options, mk newMTA, pass, profile string) (r
 	if sampler != nil {
 		res.PeakRSSMB = float64(sampler.stop()) / (1 << 20)
 	} else if pids := srv.pids(); len(pids) == 1 {
+		// Tern's exact peak; 0 only if /proc could not be read.
 		res.PeakRSSMB = float64(procPeakRSS(pids[0])) / (1 << 20)
 	}
 	// Anything delivered twice would show up now.
