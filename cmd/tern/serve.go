@@ -319,20 +319,7 @@ func (rl *reloader) reload(trigger string) (*config.Config, []config.Diagnostic,
 		rl.log.Info("accounting files changed", "opened", strings.Join(opened, ","), "closed", strings.Join(closed, ","),
 			"updated", strings.Join(updated, ","))
 	}
-	// Reopened even when the path is the same: moving the file aside and
-	// reloading is how it is rotated.
-	// A change of path is told at the end of the old log, for whoever
-	// reads it, and at the start of the new one.
-	oldPath := rl.logOut.Path()
-	if oldPath != cfg.LogFile.Value {
-		rl.log.Info("log file changed", "from", logName(oldPath), "to", logName(cfg.LogFile.Value))
-	}
-	if err := rl.logOut.swap(cfg.LogFile.Value, logFile); err != nil {
-		rl.log.Error("closing the previous log file", "file", oldPath, "err", err)
-	}
-	if oldPath != cfg.LogFile.Value {
-		rl.log.Info("log file changed", "from", logName(oldPath), "to", logName(cfg.LogFile.Value))
-	}
+	rl.switchLog(cfg.LogFile.Value, logFile)
 	setLogLevel(rl.log, rl.level, cfg.LogLevel.Value)
 	if rl.admin != nil {
 		rl.admin.SetConfig(cfg)
@@ -355,6 +342,25 @@ func (rl *reloader) reload(trigger string) (*config.Config, []config.Diagnostic,
 	}
 	rl.log.Info("configuration reloaded", "file", rl.path, "trigger", trigger, "warnings", len(warnings))
 	return cfg, warnings, nil
+}
+
+// switchLog makes f, opened at path (nil for standard error), the log's
+// output. It is called on every reload, even when the path is the same:
+// moving the file aside and reloading is how it is rotated. A change of
+// path is told at the end of the old log, for whoever reads it, and at the
+// start of the new one.
+func (rl *reloader) switchLog(path string, f *os.File) {
+	old := rl.logOut.Path()
+	moved := func() {
+		if old != path {
+			rl.log.Info("log file changed", "from", logName(old), "to", logName(path))
+		}
+	}
+	moved()
+	if err := rl.logOut.swap(path, f); err != nil {
+		rl.log.Error("closing the previous log file", "file", old, "err", err)
+	}
+	moved()
 }
 
 // setLogLevel sets level, the level of log, to now, and logs the change at
