@@ -522,7 +522,7 @@ func leaseSize(l *queue.Lease) int {
 // previous lease's last one. It returns the connection to keep (or nil),
 // and the next lease with its first message's transaction when deliver
 // took that lease to pipeline the message behind its own last one.
-func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *queue.Lease, oc *outConn, ahead *txn) (keep *outConn, next *queue.Lease, nextTxn *txn) {
+func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *queue.Lease, oc *outConn, ahead *txn) (keepConn *outConn, nextLease *queue.Lease, nextAhead *txn) {
 	// connErr is the failure to reach the destination: once every host
 	// failed, the rest of the lease shares that fate without more dialing.
 	var connErr error
@@ -534,7 +534,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, r *runner, lease *
 	defer func() {
 		if p := recover(); p != nil {
 			s.contain(r, p, oc, lease, carry)
-			keep, next, nextTxn = nil, nil, nil
+			keepConn, nextLease, nextAhead = nil, nil, nil
 		}
 	}()
 	for i, entry := range lease.Messages {
