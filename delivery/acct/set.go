@@ -271,19 +271,11 @@ func (s *Set) Prepare(cfg *config.Config) (*Change, error) {
 // they are closed, so it is in them once Commit returns) or to the new ones.
 // Failures to close a removed file are logged with the Set's logger; there is
 // nothing else to do about them, since the switch has already happened.
-func (c *Change) Commit() {
-	if c == nil {
-		return
-	}
-	s := c.s
-	s.reload.Lock()
-	defer s.reload.Unlock()
-	if c.done {
-		return
-	}
-	c.done = true
-	s.pending = nil
+func (c *Change) Commit() { c.finish(c.commit) }
 
+// commit is Commit's work, under the Set's reload lock.
+func (c *Change) commit() {
+	s := c.s
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -312,19 +304,22 @@ func (c *Change) Commit() {
 
 // Abort discards the Change: the files Prepare opened are closed (a new,
 // empty one keeps its header line) and the Set is left as it was.
-func (c *Change) Abort() {
+func (c *Change) Abort() { c.finish(c.closeOpened) }
+
+// finish ends the Change once, by Commit or Abort, running end under the
+// Set's reload lock; later calls, and calls on nil, do nothing.
+func (c *Change) finish(end func()) {
 	if c == nil {
 		return
 	}
-	s := c.s
-	s.reload.Lock()
-	defer s.reload.Unlock()
+	c.s.reload.Lock()
+	defer c.s.reload.Unlock()
 	if c.done {
 		return
 	}
 	c.done = true
-	s.pending = nil
-	c.closeOpened()
+	c.s.pending = nil
+	end()
 }
 
 // closeOpened closes the Writers Prepare opened, logging failures.
