@@ -98,21 +98,21 @@ func (a *activity) snapshot(events int) QueueActivity {
 	return out
 }
 
-// Activity reports the queue key's connections, delivery rate, last error
-// and up to events recent outcomes (newest first). A key the scheduler has
-// not worked on yet has none of them.
+// Activity reports the queue key's connections (those of its provider),
+// delivery rate, last error and up to events recent outcomes (newest
+// first). A key the scheduler has not worked on yet has none of them.
 func (s *Scheduler) Activity(key queue.Key, events int) QueueActivity {
 	s.mu.Lock()
-	r := s.runners[key]
+	ki := s.keys[key]
 	conns := 0
-	if r != nil {
-		conns = r.workers
+	if ki != nil && ki.runner != nil {
+		conns = ki.runner.workers
 	}
 	s.mu.Unlock()
-	if r == nil {
+	if ki == nil {
 		return QueueActivity{Events: []ActivityEvent{}}
 	}
-	out := r.act.snapshot(events)
+	out := ki.act.snapshot(events)
 	out.Connections = conns
 	return out
 }
@@ -133,12 +133,21 @@ func (s *Scheduler) ConnectionsByVMTA() map[string]int {
 
 // SetMode puts every existing queue sel matches into backoff mode (or back
 // to normal), as an operator's override of the reply rules; it returns how
-// many queues changed mode. A queue a rule or a timer later moves out of
-// the mode follows its rules from then on.
+// many of those queues changed mode. The mode belongs to a queue's
+// provider, so the other domains of the same provider (for the same VMTA)
+// change with it. A queue a rule or a timer later moves out of the mode
+// follows its rules from then on.
 func (s *Scheduler) SetMode(sel queue.Selector, backoff bool) int {
 	n := 0
+	changed := map[*runner]bool{}
 	for _, st := range s.opts.Queue.Keys(sel) {
-		if s.setMode(s.runnerFor(st.Key), backoff, "set by an operator") {
+		r := s.runnerFor(st.Key)
+		c, seen := changed[r]
+		if !seen {
+			c = s.setMode(r, backoff, "set by an operator")
+			changed[r] = c
+		}
+		if c {
 			n++
 		}
 	}

@@ -73,7 +73,9 @@ func TestSetMode(t *testing.T) {
 	if n := h.sched.SetMode(queue.Selector{Domain: "bounce.pat.test"}, false); n != 1 {
 		t.Fatalf("SetMode(bounce.pat.test/*, normal) = %d, want 1", n)
 	}
-	if len(h.logs.find("queue mode changed")) != 3 {
+	// backoff.pat.test and bounce.pat.test share their MX host: one
+	// provider, one mode, so the first call logs one change.
+	if len(h.logs.find("queue mode changed")) != 2 {
 		t.Errorf("mode changes logged:\n%s", h.logs.dump())
 	}
 }

@@ -33,7 +33,7 @@ func (s *Scheduler) withMode(r *runner, p *config.DomainSettings) *config.Domain
 	if o := r.mode.after.Load(); o > 0 {
 		d = time.Duration(o)
 	}
-	if d != config.Never && s.opts.Now().Sub(time.Unix(0, r.mode.since.Load())) >= d {
+	if d != config.Never && s.clock.Now().Sub(time.Unix(0, r.mode.since.Load())) >= d {
 		s.setMode(r, false, "backoff-to-normal-after "+config.FormatDuration(d)+" elapsed")
 		return p
 	}
@@ -53,7 +53,7 @@ func (s *Scheduler) setMode(r *runner, backoff bool, why string) bool {
 	mode := "normal"
 	if backoff {
 		mode = "backoff"
-		r.mode.since.Store(s.opts.Now().UnixNano())
+		r.mode.since.Store(s.clock.Now().UnixNano())
 	} else {
 		r.mode.after.Store(0)
 	}
@@ -62,14 +62,24 @@ func (s *Scheduler) setMode(r *runner, backoff bool, why string) bool {
 }
 
 // Mode reports whether the queue key is in backoff mode, and since when.
+// The mode belongs to the key's provider: every domain of one provider
+// (for one VMTA) shares it.
 func (s *Scheduler) Mode(key queue.Key) (backoff bool, since time.Time) {
-	s.mu.Lock()
-	r := s.runners[key]
-	s.mu.Unlock()
+	r := s.runnerOf(key)
 	if r == nil || !r.mode.on.Load() {
 		return false, time.Time{}
 	}
 	return true, time.Unix(0, r.mode.since.Load())
+}
+
+// runnerOf returns the runner of key's provider, nil before key is routed.
+func (s *Scheduler) runnerOf(key queue.Key) *runner {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ki := s.keys[key]; ki != nil {
+		return ki.runner
+	}
+	return nil
 }
 
 // matchReply finds the first rule of the queue's smtp-pattern-list that

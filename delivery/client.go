@@ -87,16 +87,6 @@ func netDial(ctx context.Context, local netip.Addr, remote string, timeout time.
 	return d.DialContext(ctx, "tcp", remote)
 }
 
-// replyError is a negative reply at connection level (greeting, EHLO,
-// STARTTLS, AUTH): the connection is unusable and the next host is tried.
-type replyError struct {
-	stage string
-	err   error
-}
-
-func (e *replyError) Error() string { return e.stage + ": " + e.err.Error() }
-func (e *replyError) Unwrap() error { return e.err }
-
 // connOptions are what a connection needs from the VMTA and the policy.
 type connOptions struct {
 	source  netip.Addr
@@ -113,7 +103,7 @@ func open(ctx context.Context, t target, o connOptions) (*outConn, error) {
 	pol := o.pol
 	raw, err := o.dial(ctx, o.source, t.addr(), pol.ConnectTimeout.Value)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s (%s) from %s: %w", t.host, t.addr(), sourceName(o.source), err)
+		return nil, &openError{stage: stageConnect, what: fmt.Sprintf("connect to %s (%s) from %s", t.host, t.addr(), sourceName(o.source)), err: err}
 	}
 	oc := &outConn{raw: raw, conn: raw, target: t, source: o.source, ehlo: o.ehlo,
 		cmdTimeout: pol.SMTPGreetingTimeout.Value, dataTimeout: pol.DataSendTimeout.Value}
@@ -123,17 +113,17 @@ func open(ctx context.Context, t target, o connOptions) (*outConn, error) {
 		return nil, err
 	}
 	if _, _, err := oc.cmd(220, ""); err != nil {
-		return fail(&replyError{"greeting from " + t.host, err})
+		return fail(&openError{stageGreeting, "greeting from " + t.host, err})
 	}
 	if err := oc.hello(); err != nil {
-		return fail(&replyError{"EHLO", err})
+		return fail(&openError{stageHello, "EHLO", err})
 	}
 	if o.wantTLS {
 		_, offered := oc.ext["STARTTLS"]
 		switch {
 		case offered:
 			if _, _, err := oc.cmd(220, "STARTTLS"); err != nil {
-				return fail(&tlsError{fmt.Errorf("STARTTLS refused by %s: %w", t.host, err)})
+				return fail(&openError{stageTLS, "", &tlsError{fmt.Errorf("STARTTLS refused by %s: %w", t.host, err)}})
 			}
 			tc := tls.Client(raw, &tls.Config{
 				ServerName: t.host,
@@ -144,25 +134,25 @@ func open(ctx context.Context, t target, o connOptions) (*outConn, error) {
 			})
 			raw.SetDeadline(time.Now().Add(oc.cmdTimeout))
 			if err := tc.HandshakeContext(ctx); err != nil {
-				return fail(&tlsError{fmt.Errorf("TLS handshake with %s failed: %w", t.host, err)})
+				return fail(&openError{stageTLS, "", &tlsError{fmt.Errorf("TLS handshake with %s failed: %w", t.host, err)}})
 			}
 			oc.tls = tc.ConnectionState().Version
 			oc.attach(tc)
 			// RFC 3207: forget what the server said before TLS.
 			if err := oc.hello(); err != nil {
-				return fail(&replyError{"EHLO", err})
+				return fail(&openError{stageHello, "EHLO", err})
 			}
 		case pol.RequireStartTLS.Value:
-			return fail(&tlsError{fmt.Errorf("%s does not offer STARTTLS and require-starttls is set", t.host)})
+			return fail(&openError{stageTLS, "", &tlsError{fmt.Errorf("%s does not offer STARTTLS and require-starttls is set", t.host)}})
 		}
 	}
 	if pol.AuthUsername.Set {
 		if oc.tls == 0 && !pol.UseUnencryptedPlainAuth.Value {
 			// Not a tlsError: retrying this host in plaintext cannot help.
-			return fail(fmt.Errorf("AUTH to %s needs TLS (set use-unencrypted-plain-auth to allow it in the clear)", t.host))
+			return fail(&openError{stageAuth, "", fmt.Errorf("AUTH to %s needs TLS (set use-unencrypted-plain-auth to allow it in the clear)", t.host)})
 		}
 		if err := oc.auth(sasl.NewPlainClient("", pol.AuthUsername.Value, pol.AuthPassword.Value)); err != nil {
-			return fail(&replyError{"AUTH", err})
+			return fail(&openError{stageAuth, "AUTH", err})
 		}
 	}
 	raw.SetDeadline(time.Time{})
@@ -301,6 +291,7 @@ type result struct {
 	code   int    // SMTP reply code; 0 when the connection failed
 	text   string // the reply as the remote server gave it, or a diagnostic
 	atRcpt bool   // the reply answered RCPT (bounce-rcpt applies only there)
+	atMail bool   // the reply answered MAIL: nothing of the transaction was accepted
 }
 
 // send runs one transaction: MAIL, a RCPT per recipient, DATA. When the
@@ -363,7 +354,11 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 			oc.drain(len(rcpts) + 1)
 		}
 		oc.reset()
-		return setAll(err)
+		setAll(err)
+		for i := range res {
+			res[i].atMail = true
+		}
+		return res
 	}
 	accepted := 0
 	for i := range res {
