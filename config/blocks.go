@@ -663,11 +663,12 @@ func (b *builder) domainDirective(s *DomainSettings, n *node) {
 	}
 }
 
-// sourceIPArgs reads the arguments of a source-ip-* line: an optional CIDR
-// of VMTA source addresses, then the value. A line without a CIDR applies to
-// every source address, IPv4 and IPv6. It reports a CIDR the block already
-// has (in have) and returns the prefixes and the value.
-func (b *builder) sourceIPArgs(n *node, example string, have func(netip.Prefix) (Position, bool)) ([]netip.Prefix, arg, bool) {
+// sourceIPLine reads a source-ip-* line: an optional CIDR of VMTA source
+// addresses, then the value, which parse reads. A line without a CIDR applies
+// to every source address, IPv4 and IPv6. have reports where the block
+// already set a prefix: each CIDR may be given once per block.
+func sourceIPLine[V any](b *builder, n *node, example string, parse func(string) (V, error), have func(netip.Prefix) (Position, bool)) ([]netip.Prefix, V, bool) {
+	var zero V
 	var prefixes []netip.Prefix
 	var val arg
 	switch len(n.Args) {
@@ -676,12 +677,23 @@ func (b *builder) sourceIPArgs(n *node, example string, have func(netip.Prefix) 
 	case 2:
 		p, ok := b.cidr(n.Args[0], n.Name)
 		if !ok {
-			return nil, arg{}, false
+			return nil, zero, false
 		}
 		prefixes, val = []netip.Prefix{p}, n.Args[1]
 	default:
 		b.errorf(n.Pos, "%s takes an optional CIDR of source addresses and a value: %s %s or %s 192.0.2.0/24 %s", n.Name, n.Name, example, n.Name, example)
-		return nil, arg{}, false
+		return nil, zero, false
+	}
+	v, err := parse(val.Text)
+	if err != nil {
+		// A lone CIDR is a line whose value was left out (a bare count
+		// such as 5 reads as a CIDR too, hence the punctuation test).
+		if _, _, cerr := parseCIDR(val.Text); cerr == nil && len(n.Args) == 1 && strings.ContainsAny(val.Text, "./:") {
+			b.errorf(val.Pos, "%s: the value after the CIDR is missing: %s %s %s", n.Name, n.Name, val.Text, example)
+		} else {
+			b.errorf(val.Pos, "%s: %v", n.Name, err)
+		}
+		return nil, zero, false
 	}
 	for _, p := range prefixes {
 		if prev, dup := have(p); dup {
@@ -690,16 +702,16 @@ func (b *builder) sourceIPArgs(n *node, example string, have func(netip.Prefix) 
 				what = "every source IP (0.0.0.0/0 and ::/0)"
 			}
 			b.errorf(n.Pos, "%s for %s is already set at %s", n.Name, what, shortPos(prev, n.Pos))
-			return nil, arg{}, false
+			return nil, zero, false
 		}
 	}
-	return prefixes, val, true
+	return prefixes, v, true
 }
 
 // sourceIPLimit adds a `source-ip-max-smtp-out [CIDR] N` line to the
 // block's list: the lines of one block accumulate, one per CIDR.
 func (b *builder) sourceIPLimit(s *Setting[SourceIPLimits], n *node) {
-	prefixes, val, ok := b.sourceIPArgs(n, "5", func(p netip.Prefix) (Position, bool) {
+	prefixes, lim, ok := sourceIPLine(b, n, "5", limitOrUnlimited(100000), func(p netip.Prefix) (Position, bool) {
 		for _, e := range s.Value {
 			if e.Prefix == p {
 				return e.Pos, true
@@ -708,11 +720,6 @@ func (b *builder) sourceIPLimit(s *Setting[SourceIPLimits], n *node) {
 		return Position{}, false
 	})
 	if !ok {
-		return
-	}
-	lim, err := limitOrUnlimited(100000)(val.Text)
-	if err != nil {
-		b.errorf(val.Pos, "%s: %v", n.Name, err)
 		return
 	}
 	pos := s.Pos
@@ -729,7 +736,7 @@ func (b *builder) sourceIPLimit(s *Setting[SourceIPLimits], n *node) {
 // sourceIPRate adds a `source-ip-max-msg-rate [CIDR] RATE` (or
 // source-ip-max-connect-rate) line to the block's list.
 func (b *builder) sourceIPRate(s *Setting[SourceIPRates], n *node) {
-	prefixes, val, ok := b.sourceIPArgs(n, "100/h", func(p netip.Prefix) (Position, bool) {
+	prefixes, r, ok := sourceIPLine(b, n, "100/h", parseRate, func(p netip.Prefix) (Position, bool) {
 		for _, e := range s.Value {
 			if e.Prefix == p {
 				return e.Pos, true
@@ -738,11 +745,6 @@ func (b *builder) sourceIPRate(s *Setting[SourceIPRates], n *node) {
 		return Position{}, false
 	})
 	if !ok {
-		return
-	}
-	r, err := parseRate(val.Text)
-	if err != nil {
-		b.errorf(val.Pos, "%s: %v", n.Name, err)
 		return
 	}
 	pos := s.Pos
@@ -1060,11 +1062,8 @@ func (b *builder) replyAction(act *ReplyActions, c *node, a arg, word, k, v stri
 		act.For = Setting[time.Duration]{Value: d, Pos: c.Pos, Set: true}
 	case k == "threshold" && hasVal:
 		r, err := parseRate(v)
-		if err == nil && r.Unlimited() {
-			err = fmt.Errorf("%q: write N/DURATION, as in threshold=5/1m", v)
-		}
-		if err != nil {
-			return bad(err)
+		if err != nil || r.Unlimited() {
+			return bad(fmt.Errorf("%q is not a count of matches per interval (write N/DURATION, as in threshold=5/1m)", v))
 		}
 		act.Threshold = Setting[Rate]{Value: r, Pos: c.Pos, Set: true}
 	default:
