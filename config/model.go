@@ -79,7 +79,8 @@ type Config struct {
 	SMTPPatternLists []*SMTPPatternList
 	AcctFiles        []*AcctFile
 	// MXRollups are the entries of every <mx-rollup-list> block, in file
-	// order; RollupName looks an MX host up in them.
+	// order (an entry repeated with the same name is kept once);
+	// RollupName looks an MX host up in them.
 	MXRollups []*MXRollup
 
 	// Warnings are the non-fatal diagnostics: PowerMTA directives not
@@ -467,9 +468,10 @@ type ReplyActions struct {
 	// for it within For.
 	BounceQueue bool
 	// For is how long the state of the stateful actions lasts: for=DUR (or
-	// PowerMTA's reenable-after=DUR) when set, else DefaultReplyFor. The
-	// duration of a backoff is BackoffToNormalAfter when that is set, else
-	// the queue's backoff-to-normal-after.
+	// PowerMTA's reenable-after=DUR) when set; otherwise Load leaves Value
+	// at DefaultReplyFor, unset. The duration of a backoff is
+	// BackoffToNormalAfter when that is set, else the queue's
+	// backoff-to-normal-after.
 	For Setting[time.Duration]
 	// Threshold, when set (threshold=N/DUR), makes the rule trigger only
 	// once it has matched Count times within Interval for the queue; the
