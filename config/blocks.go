@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -60,6 +61,8 @@ func (b *builder) topDirective(n *node) {
 		setOne(b, &cfg.LogFile, n, func(s string) (string, error) { return relPath(n.Pos, s), nil })
 	case "log-level":
 		setOne(b, &cfg.LogLevel, n, logLevel)
+	case "mx-connection-limit":
+		setOne(b, &cfg.MXConnectionLimit, n, limitOrUnlimited(1000000))
 	}
 }
 
@@ -589,12 +592,24 @@ func (b *builder) domainDirective(s *DomainSettings, n *node) {
 		setOne(b, &s.MaxMsgRate, n, parseRate)
 	case "max-connect-rate":
 		setOne(b, &s.MaxConnectRate, n, parseRate)
+	case "source-ip-max-smtp-out":
+		b.sourceIPLimit(&s.SourceIPMaxSMTPOut, n)
+	case "source-ip-max-msg-rate":
+		b.sourceIPRate(&s.SourceIPMaxMsgRate, n)
+	case "source-ip-max-connect-rate":
+		b.sourceIPRate(&s.SourceIPMaxConnectRate, n)
+	case "initial-smtp-out":
+		setOne(b, &s.InitialSMTPOut, n, intRange(1, 10000))
+	case "adaptive-smtp-out":
+		setOne(b, &s.AdaptiveSMTPOut, n, parseBool)
 	case "connection-idle-timeout":
 		setOne(b, &s.ConnectionIdleTimeout, n, positiveDuration)
 	case "retry-after":
 		setList(b, &s.RetryAfter, n, parseDurationList)
 	case "bounce-after":
 		setOne(b, &s.BounceAfter, n, positiveDuration)
+	case "notify-of-delay":
+		setOne(b, &s.NotifyOfDelay, n, durationOrNever)
 	case "bounce-upon-no-mx":
 		setOne(b, &s.BounceUponNoMX, n, parseBool)
 	case "use-starttls":
@@ -607,6 +622,12 @@ func (b *builder) domainDirective(s *DomainSettings, n *node) {
 		setList(b, &s.SMTPHosts, n, parseHostList)
 	case "default-smtp-port":
 		setOne(b, &s.DefaultSMTPPort, n, intRange(1, 65535))
+	case "mx-connection-attempts":
+		setOne(b, &s.MXConnectionAttempts, n, intRange(1, 100))
+	case "host-down-after":
+		setOne(b, &s.HostDownAfter, n, intRange(1, 1000))
+	case "disable-mx-rollup":
+		setOne(b, &s.DisableMXRollup, n, parseBool)
 	case "auth-username":
 		setOne(b, &s.AuthUsername, n, text)
 	case "auth-password":
@@ -640,6 +661,101 @@ func (b *builder) domainDirective(s *DomainSettings, n *node) {
 	case "domain-key":
 		b.domainKey(s, n)
 	}
+}
+
+// sourceIPLine reads a source-ip-* line: an optional CIDR of VMTA source
+// addresses, then the value, which parse reads. A line without a CIDR applies
+// to every source address, IPv4 and IPv6. have reports where the block
+// already set a prefix: each CIDR may be given once per block.
+func sourceIPLine[V any](b *builder, n *node, example string, parse func(string) (V, error), have func(netip.Prefix) (Position, bool)) ([]netip.Prefix, V, bool) {
+	var zero V
+	var prefixes []netip.Prefix
+	var val arg
+	switch len(n.Args) {
+	case 1:
+		prefixes, val = []netip.Prefix{allIPv4, allIPv6}, n.Args[0]
+	case 2:
+		p, ok := b.cidr(n.Args[0], n.Name)
+		if !ok {
+			return nil, zero, false
+		}
+		prefixes, val = []netip.Prefix{p}, n.Args[1]
+	default:
+		b.errorf(n.Pos, "%s takes an optional CIDR of source addresses and a value: %s %s or %s 192.0.2.0/24 %s", n.Name, n.Name, example, n.Name, example)
+		return nil, zero, false
+	}
+	v, err := parse(val.Text)
+	if err != nil {
+		// A lone CIDR is a line whose value was left out (a bare count
+		// such as 5 reads as a CIDR too, hence the punctuation test).
+		if _, _, cerr := parseCIDR(val.Text); cerr == nil && len(n.Args) == 1 && strings.ContainsAny(val.Text, "./:") {
+			b.errorf(val.Pos, "%s: the value after the CIDR is missing: %s %s %s", n.Name, n.Name, val.Text, example)
+		} else {
+			b.errorf(val.Pos, "%s: %v", n.Name, err)
+		}
+		return nil, zero, false
+	}
+	for _, p := range prefixes {
+		if prev, dup := have(p); dup {
+			what := p.String()
+			if len(prefixes) == 2 {
+				what = "every source IP (0.0.0.0/0 and ::/0)"
+			}
+			b.errorf(n.Pos, "%s for %s is already set at %s", n.Name, what, shortPos(prev, n.Pos))
+			return nil, zero, false
+		}
+	}
+	return prefixes, v, true
+}
+
+// sourceIPLimit adds a `source-ip-max-smtp-out [CIDR] N` line to the
+// block's list: the lines of one block accumulate, one per CIDR.
+func (b *builder) sourceIPLimit(s *Setting[SourceIPLimits], n *node) {
+	prefixes, lim, ok := sourceIPLine(b, n, "5", limitOrUnlimited(100000), func(p netip.Prefix) (Position, bool) {
+		for _, e := range s.Value {
+			if e.Prefix == p {
+				return e.Pos, true
+			}
+		}
+		return Position{}, false
+	})
+	if !ok {
+		return
+	}
+	pos := s.Pos
+	if !s.Set {
+		pos = n.Pos
+	}
+	list := append(SourceIPLimits(nil), s.Value...)
+	for _, p := range prefixes {
+		list = append(list, SourceIPLimit{Pos: n.Pos, Prefix: p, N: lim})
+	}
+	*s = Setting[SourceIPLimits]{Value: list, Pos: pos, Set: true}
+}
+
+// sourceIPRate adds a `source-ip-max-msg-rate [CIDR] RATE` (or
+// source-ip-max-connect-rate) line to the block's list.
+func (b *builder) sourceIPRate(s *Setting[SourceIPRates], n *node) {
+	prefixes, r, ok := sourceIPLine(b, n, "100/h", parseRate, func(p netip.Prefix) (Position, bool) {
+		for _, e := range s.Value {
+			if e.Prefix == p {
+				return e.Pos, true
+			}
+		}
+		return Position{}, false
+	})
+	if !ok {
+		return
+	}
+	pos := s.Pos
+	if !s.Set {
+		pos = n.Pos
+	}
+	list := append(SourceIPRates(nil), s.Value...)
+	for _, p := range prefixes {
+		list = append(list, SourceIPRate{Pos: n.Pos, Prefix: p, Rate: r})
+	}
+	*s = Setting[SourceIPRates]{Value: list, Pos: pos, Set: true}
 }
 
 // domainKey reads `domain-key SELECTOR,DOMAIN,KEYFILE` and loads the key:
@@ -766,7 +882,9 @@ func (b *builder) patternListBlock(n *node) {
 	b.cfg.PatternLists = append(b.cfg.PatternLists, pl)
 }
 
-var replyActionNames = []string{"mode=backoff", "mode=normal", "backoff-to-normal-after=", "defer-queue", "bounce-rcpt", "skip-mx"}
+var replyActionNames = []string{"mode=backoff", "mode=normal", "backoff", "backoff-to-normal-after=",
+	"defer-queue", "bounce-rcpt", "skip-mx", "suspend", "disable-source-ip", "reroute=", "bounce-queue",
+	"for=", "reenable-after=", "threshold="}
 
 func (b *builder) smtpPatternListBlock(n *node) {
 	name, ok := b.blockName(n, "name")
@@ -804,7 +922,10 @@ func (b *builder) smtpPatternListBlock(n *node) {
 // replyActions reads the actions of a reply rule and refuses contradictory
 // combinations.
 func (b *builder) replyActions(act *ReplyActions, c *node) bool {
-	seen := map[string]bool{}
+	act.For = def(DefaultReplyFor)
+	// seen maps what an action sets to the spelling that set it: backoff
+	// and mode= both set the mode, for= and reenable-after= the duration.
+	seen := map[string]string{}
 	ok := true
 	for _, a := range c.Args[1:] {
 		for _, word := range strings.Split(a.Text, ",") {
@@ -812,34 +933,9 @@ func (b *builder) replyActions(act *ReplyActions, c *node) bool {
 			if word == "" {
 				continue
 			}
-			k, v, hasVal := strings.Cut(strings.ToLower(word), "=")
-			if seen[k] {
-				b.errorf(a.Pos, "reply: %s is given twice", k)
-				ok = false
-				continue
-			}
-			seen[k] = true
-			switch {
-			case k == "mode" && v == "backoff":
-				act.Mode = ModeBackoff
-			case k == "mode" && v == "normal":
-				act.Mode = ModeNormal
-			case k == "backoff-to-normal-after" && hasVal:
-				d, err := durationOrNever(v)
-				if err != nil {
-					b.errorf(a.Pos, "reply: backoff-to-normal-after: %v", err)
-					ok = false
-					continue
-				}
-				act.BackoffToNormalAfter = Setting[time.Duration]{Value: d, Pos: c.Pos, Set: true}
-			case k == "defer-queue" && !hasVal:
-				act.DeferQueue = true
-			case k == "bounce-rcpt" && !hasVal:
-				act.BounceRcpt = true
-			case k == "skip-mx" && !hasVal:
-				act.SkipMX = true
-			default:
-				b.errorf(a.Pos, "reply: unknown action %q%s", word, didYouMean(word, replyActionNames, "%q"))
+			k, v, hasVal := strings.Cut(word, "=")
+			k = strings.ToLower(k)
+			if !b.replyAction(act, c, a, word, k, v, hasVal, seen) {
 				ok = false
 			}
 		}
@@ -848,15 +944,190 @@ func (b *builder) replyActions(act *ReplyActions, c *node) bool {
 		b.errorf(c.Pos, "reply: %s", msg)
 		ok = false
 	}
-	switch {
-	case act.BounceRcpt && act.SkipMX:
+	var stops []string
+	for _, x := range []struct {
+		on   bool
+		name string
+	}{{act.Suspend, "suspend"}, {act.BounceQueue, "bounce-queue"}, {act.Reroute != "", "reroute="}, {act.DeferQueue, "defer-queue"}} {
+		if x.on {
+			stops = append(stops, x.name)
+		}
+	}
+	if len(stops) > 1 {
+		bad(stops[0] + " and " + stops[1] + " exclude each other: a rule takes at most one of suspend, bounce-queue, reroute= and defer-queue")
+	}
+	if act.BounceRcpt && act.SkipMX {
 		bad("bounce-rcpt and skip-mx contradict each other (one fails the recipient, the other keeps it for the next MX)")
-	case act.DeferQueue && act.SkipMX:
-		bad("defer-queue and skip-mx contradict each other (one stops the queue, the other tries the next MX now)")
-	case act.BackoffToNormalAfter.Set && act.Mode != ModeBackoff:
+	}
+	if act.SkipMX {
+		switch {
+		case act.DeferQueue:
+			bad("defer-queue and skip-mx contradict each other (one stops the queue, the other tries the next MX now)")
+		case act.Suspend:
+			bad("suspend and skip-mx contradict each other (one stops the queue, the other tries the next MX now)")
+		case act.Reroute != "":
+			bad("reroute= and skip-mx contradict each other (one moves the queue's mail to another virtual MTA, the other tries the next MX now)")
+		case act.BounceQueue:
+			bad("bounce-queue and skip-mx contradict each other (one bounces the queue's mail, the other keeps it for the next MX)")
+		}
+	}
+	if act.BounceQueue && act.BounceRcpt {
+		bad("bounce-queue and bounce-rcpt overlap (bounce-queue bounces this recipient with the rest of the queue); give one")
+	}
+	if act.BackoffToNormalAfter.Set && act.Mode != ModeBackoff {
 		bad("backoff-to-normal-after= only makes sense with mode=backoff")
 	}
+	stateful := "an action that lasts: backoff, suspend, disable-source-ip, reroute= or bounce-queue"
+	if act.For.Set {
+		switch {
+		case !act.Stateful():
+			bad(seen["for"] + "= needs " + stateful)
+		case act.BackoffToNormalAfter.Set:
+			bad(seen["for"] + "= and backoff-to-normal-after= both say how long the backoff lasts; give one")
+		case act.Mode == ModeBackoff:
+			// for= is the duration of every lasting action of the rule,
+			// the backoff's too.
+			act.BackoffToNormalAfter = act.For
+		}
+	}
+	if act.Threshold.Set && !act.Stateful() {
+		bad("threshold= needs " + stateful)
+	}
 	return ok
+}
+
+// replyAction reads one action word of a reply rule (k the lower-cased name,
+// v what follows '=', as written) into act, and reports an action given
+// twice or unknown, or a bad value.
+func (b *builder) replyAction(act *ReplyActions, c *node, a arg, word, k, v string, hasVal bool, seen map[string]string) bool {
+	what := k
+	switch k {
+	case "backoff":
+		what = "mode"
+	case "reenable-after":
+		what = "for"
+	}
+	if prev, dup := seen[what]; dup {
+		switch {
+		case prev == k:
+			b.errorf(a.Pos, "reply: %s is given twice", k)
+		case what == "mode":
+			b.errorf(a.Pos, "reply: the mode is given twice (backoff is mode=backoff)")
+		default:
+			b.errorf(a.Pos, "reply: %s= and %s= are one setting (reenable-after= is PowerMTA's for=); give it once", prev, k)
+		}
+		return false
+	}
+	seen[what] = k
+	bad := func(err error) bool {
+		b.errorf(a.Pos, "reply: %s: %v", k, err)
+		return false
+	}
+	switch {
+	case k == "mode" && strings.EqualFold(v, "backoff"), k == "backoff" && !hasVal:
+		act.Mode = ModeBackoff
+	case k == "mode" && strings.EqualFold(v, "normal"):
+		act.Mode = ModeNormal
+	case k == "backoff-to-normal-after" && hasVal:
+		d, err := durationOrNever(v)
+		if err != nil {
+			return bad(err)
+		}
+		act.BackoffToNormalAfter = Setting[time.Duration]{Value: d, Pos: c.Pos, Set: true}
+	case k == "defer-queue" && !hasVal:
+		act.DeferQueue = true
+	case k == "bounce-rcpt" && !hasVal:
+		act.BounceRcpt = true
+	case k == "skip-mx" && !hasVal:
+		act.SkipMX = true
+	case k == "suspend" && !hasVal:
+		act.Suspend = true
+	case k == "disable-source-ip" && !hasVal:
+		act.DisableSourceIP = true
+	case k == "bounce-queue" && !hasVal:
+		act.BounceQueue = true
+	case k == "reroute" && hasVal:
+		name, err := vmtaRef(v)
+		if err != nil {
+			return bad(err)
+		}
+		act.Reroute = name
+		// Whether it exists is known once the whole file is read.
+		b.reroutes = append(b.reroutes, nameRef{Pos: a.Pos, Name: name})
+	case (k == "for" || k == "reenable-after") && hasVal:
+		d, err := positiveDuration(v)
+		if err != nil {
+			return bad(err)
+		}
+		act.For = Setting[time.Duration]{Value: d, Pos: c.Pos, Set: true}
+	case k == "threshold" && hasVal:
+		r, err := parseRate(v)
+		if err != nil || r.Unlimited() {
+			return bad(fmt.Errorf("%q is not a count of matches per interval (write N/DURATION, as in threshold=5/1m)", v))
+		}
+		act.Threshold = Setting[Rate]{Value: r, Pos: c.Pos, Set: true}
+	default:
+		try := word
+		if hasVal {
+			try = k + "="
+		}
+		b.errorf(a.Pos, "reply: unknown action %q%s", word, didYouMean(try, replyActionNames, "%q"))
+		return false
+	}
+	return true
+}
+
+// nameRef is a VMTA or pool name written at Pos, to check once every block
+// is read.
+type nameRef struct {
+	Pos  Position
+	Name string
+}
+
+// rollupName is the shape of a rollup name: a lower-case host-name-like
+// label, letters, digits, dots and dashes.
+var rollupName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+
+// mxRollupListBlock reads an <mx-rollup-list>: `mx HOST-PATTERN NAME`
+// lines. The block may appear several times; the entries of all of them
+// form one list in file order. One host pattern has one rollup name.
+func (b *builder) mxRollupListBlock(n *node) {
+	if len(n.Args) > 0 {
+		b.errorf(n.Args[0].Pos, "<mx-rollup-list> takes no argument")
+	}
+	for _, c := range n.Children {
+		if !b.dispatch(c, scopeMXRollupList) {
+			continue
+		}
+		if len(c.Args) != 2 {
+			b.errorf(c.Pos, "mx takes an MX host pattern and a rollup name: mx *.google.com gmail.rollup")
+			continue
+		}
+		pa, na := c.Args[0], c.Args[1]
+		p, err := parseDomainPattern(pa.Text)
+		if err != nil {
+			b.errorf(pa.Pos, "mx: %q is not an MX host pattern (use mx.example.com, *.example.com or [*.]example.com)", pa.Text)
+			continue
+		}
+		if p.Kind == PatternAny {
+			b.errorf(pa.Pos, "mx: * would roll every domain into one queue; name the provider's MX hosts, as in *.google.com")
+			continue
+		}
+		name := strings.ToLower(strings.TrimSuffix(na.Text, "."))
+		if !rollupName.MatchString(name) || !validHostname(name) {
+			b.errorf(na.Pos, "mx: %q is not a rollup name (a host-name-like label of letters, digits, dots and dashes, as in gmail.rollup)", na.Text)
+			continue
+		}
+		if prev, dup := b.rollups[p]; dup {
+			if prev.Name != name {
+				b.errorf(c.Pos, "mx %s: the pattern already rolls up to %s at %s; one MX host pattern has one rollup name", p, prev.Name, shortPos(prev.Pos, c.Pos))
+			}
+			continue // the same entry again adds nothing
+		}
+		r := &MXRollup{Pos: c.Pos, Pattern: p, Name: name}
+		b.rollups[p] = r
+		b.cfg.MXRollups = append(b.cfg.MXRollups, r)
+	}
 }
 
 func (b *builder) acctFileBlock(n *node) {

@@ -70,6 +70,10 @@ func formatValue(name string, v any) string {
 		return x.String()
 	case HostList:
 		return x.String()
+	case SourceIPLimits:
+		return x.String()
+	case SourceIPRates:
+		return x.String()
 	case []DomainKey:
 		parts := make([]string, len(x))
 		for i, k := range x {

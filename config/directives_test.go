@@ -78,8 +78,9 @@ const (
 // named by domIn), and the number of the line it is on. The file has the
 // blocks <source 192.0.2.0/24>, <smtp-user u>, <virtual-mta v>,
 // <virtual-mta w>, <virtual-mta-pool p> (member v), <domain example.com>,
-// <pattern-list pl>, <smtp-pattern-list spl>, <acct-file acct.csv> and
-// <spool q>, all empty but for what they need to be valid.
+// <pattern-list pl>, <smtp-pattern-list spl>, <acct-file acct.csv>,
+// <mx-rollup-list> and <spool q>, all empty but for what they need to be
+// valid.
 func scaffold(r *dirRow, sc, domIn scope, line, dir string) (string, int) {
 	var lines []string
 	at := 0
@@ -146,6 +147,9 @@ func scaffold(r *dirRow, sc, domIn scope, line, dir string) (string, int) {
 	add("<acct-file acct.csv>")
 	put(sc == scopeAcctFile)
 	add("</acct-file>")
+	add("<mx-rollup-list>")
+	put(sc == scopeMXRollupList)
+	add("</mx-rollup-list>")
 	if r.name != "spool" {
 		add("<spool q>")
 		put(sc == scopeSpool)
@@ -293,6 +297,29 @@ func replyStrings(p *SMTPPatternList) []string {
 	return out
 }
 
+// sourceIPStrings writes each entry of a source-ip-* setting as "CIDR
+// VALUE", keeping the Setting's Set and Pos for the harness to check.
+func sourceIPStrings[L ~[]E, E any](s Setting[L]) Setting[[]string] {
+	var out []string
+	for _, e := range s.Value {
+		switch e := any(e).(type) {
+		case SourceIPLimit:
+			out = append(out, fmt.Sprintf("%s %d", e.Prefix, e.N))
+		case SourceIPRate:
+			out = append(out, e.Prefix.String()+" "+e.Rate.String())
+		}
+	}
+	return Setting[[]string]{Value: out, Pos: s.Pos, Set: s.Set}
+}
+
+func rollupStrings(c *Config) []string {
+	var out []string
+	for _, r := range c.MXRollups {
+		out = append(out, r.Pattern.String()+" "+r.Name)
+	}
+	return out
+}
+
 func domainKeyStrings(s *DomainSettings) []string {
 	var out []string
 	for _, k := range s.DomainKeys.Value {
@@ -370,6 +397,10 @@ func directiveTable(dir string) []dirRow {
 			get:  func(x target) any { return x.cfg.Macros["tld"] },
 			want: []string{"com", "net", "org"}, def: []string(nil),
 			bad: "bad-name com", badErr: "not a valid macro name", wrong: scopeVMTA},
+		{name: "mx-connection-limit", scope: scopeTop, good: "4",
+			get:  func(x target) any { return x.cfg.MXConnectionLimit },
+			want: 4, def: 0,
+			bad: "-1", badErr: `"-1" is not a whole number or unlimited`, wrong: scopeDomain},
 		{name: "include", scope: scopeTop, good: "{dir}/inc-top.conf", setIn: "inc-top.conf",
 			get:  func(x target) any { return x.cfg.TotalMaxSMTPIn },
 			want: 42, def: 500,
@@ -526,6 +557,26 @@ func directiveTable(dir string) []dirRow {
 			get:  func(x target) any { return x.dom.MaxConnectRate },
 			want: rate(20, 15*time.Minute), def: Rate{},
 			bad: "0/h", badErr: "is not a positive count", wrong: scopeSource},
+		{name: "source-ip-max-smtp-out", scope: scopeDomain, good: "192.0.2.0/24 5",
+			get:  func(x target) any { return sourceIPStrings(x.dom.SourceIPMaxSMTPOut) },
+			want: []string{"192.0.2.0/24 5"}, def: []string(nil),
+			bad: "192.0.2.0/24 many", badErr: `source-ip-max-smtp-out: "many" is not a whole number or unlimited`, wrong: scopeVMTA},
+		{name: "source-ip-max-msg-rate", scope: scopeDomain, good: "100/h",
+			get:  func(x target) any { return sourceIPStrings(x.dom.SourceIPMaxMsgRate) },
+			want: []string{"0.0.0.0/0 100/h", "::/0 100/h"}, def: []string(nil),
+			bad: "10.0.0.0/33 100/h", badErr: "prefix length must be 0 to 32", wrong: scopeSource},
+		{name: "source-ip-max-connect-rate", scope: scopeDomain, good: "2001:db8::/32 10/m",
+			get:  func(x target) any { return sourceIPStrings(x.dom.SourceIPMaxConnectRate) },
+			want: []string{"2001:db8::/32 10/m"}, def: []string(nil),
+			bad: "2001:db8::/32 10/0m", badErr: "bad interval", wrong: scopePool},
+		{name: "initial-smtp-out", scope: scopeDomain, good: "4",
+			get:  func(x target) any { return x.dom.InitialSMTPOut },
+			want: 4, def: 2,
+			bad: "0", badErr: "0 is out of range (1 to 10000)", wrong: scopeVMTA},
+		{name: "adaptive-smtp-out", scope: scopeDomain, good: "no",
+			get:  func(x target) any { return x.dom.AdaptiveSMTPOut },
+			want: false, def: true,
+			bad: "maybe", badErr: "is not yes or no", wrong: scopeSource},
 		{name: "connection-idle-timeout", scope: scopeDomain, good: "1m",
 			get:  func(x target) any { return x.dom.ConnectionIdleTimeout },
 			want: time.Minute, def: 30 * time.Second,
@@ -538,6 +589,10 @@ func directiveTable(dir string) []dirRow {
 			get:  func(x target) any { return x.dom.BounceAfter },
 			want: 48 * time.Hour, def: 108 * time.Hour,
 			bad: "2", badErr: `"2" has no unit`, wrong: scopeSource},
+		{name: "notify-of-delay", scope: scopeDomain, good: "never",
+			get:  func(x target) any { return x.dom.NotifyOfDelay },
+			want: Never, def: 4 * time.Hour,
+			bad: "4", badErr: `"4" has no unit`, wrong: scopeSource},
 		{name: "bounce-upon-no-mx", scope: scopeDomain, good: "yes",
 			get:  func(x target) any { return x.dom.BounceUponNoMX },
 			want: true, def: false,
@@ -567,6 +622,18 @@ func directiveTable(dir string) []dirRow {
 			get:  func(x target) any { return x.dom.DefaultSMTPPort },
 			want: 2525, def: 25,
 			bad: "70000", badErr: "out of range (1 to 65535)", wrong: scopeSource},
+		{name: "mx-connection-attempts", scope: scopeDomain, good: "3",
+			get:  func(x target) any { return x.dom.MXConnectionAttempts },
+			want: 3, def: 5,
+			bad: "101", badErr: "101 is out of range (1 to 100)", wrong: scopeTop},
+		{name: "host-down-after", scope: scopeDomain, good: "5",
+			get:  func(x target) any { return x.dom.HostDownAfter },
+			want: 5, def: 2,
+			bad: "0", badErr: "0 is out of range (1 to 1000)", wrong: scopePool},
+		{name: "disable-mx-rollup", scope: scopeDomain, good: "yes",
+			get:  func(x target) any { return x.dom.DisableMXRollup },
+			want: true, def: false,
+			bad: "sometimes", badErr: "is not yes or no", wrong: scopeTop},
 		{name: "auth-username", scope: scopeDomain, good: "relay-user", sibling: "auth-password pw",
 			get:  func(x target) any { return x.dom.AuthUsername },
 			want: "relay-user", def: "",
@@ -655,6 +722,12 @@ func directiveTable(dir string) []dirRow {
 			get:  func(x target) any { return replyStrings(x.spl) },
 			want: []string{"/421 .*too many/ mode=1 after=2h defer=false bounce=false skip=false"}, def: []string(nil),
 			bad: `/^5/ bounce-rcpt,skip-mx`, badErr: "bounce-rcpt and skip-mx contradict each other", wrong: scopeDomain},
+
+		// <mx-rollup-list>
+		{name: "mx", scope: scopeMXRollupList, good: "*.Google.com Gmail.Rollup",
+			get:  func(x target) any { return rollupStrings(x.cfg) },
+			want: []string{"*.google.com gmail.rollup"}, def: []string(nil),
+			bad: "* everything.rollup", badErr: "mx: * would roll every domain into one queue", wrong: scopeDomain},
 
 		// <acct-file>
 		{name: "records", scope: scopeAcctFile, good: "d, b,t,r",
@@ -819,6 +892,7 @@ var blockTable = []blockRow{
 	{name: "smtp-pattern-list", arg: "spl9", parents: []scope{scopeTop}, wrong: scopeDomain},
 	{name: "acct-file", arg: "other.csv", parents: []scope{scopeTop}, wrong: scopeSource},
 	{name: "spool", arg: "q2", parents: []scope{scopeTop}, wrong: scopeVMTA},
+	{name: "mx-rollup-list", body: "mx *.mx.example.net example.rollup", parents: []scope{scopeTop}, wrong: scopeDomain},
 }
 
 // TestBlocks opens every block in each scope it is allowed in and in one
@@ -836,7 +910,10 @@ func TestBlocks(t *testing.T) {
 		if !reflect.DeepEqual(bs.parents, br.parents) {
 			t.Errorf("<%s>: blockScopes allows %v, the table %v", br.name, bs.parents, br.parents)
 		}
-		block := "<" + br.name + " " + br.arg + ">"
+		block := "<" + br.name + ">"
+		if br.arg != "" {
+			block = "<" + br.name + " " + br.arg + ">"
+		}
 		if br.body != "" {
 			block += "\n" + br.body
 		}

@@ -41,7 +41,8 @@ func fuzzOptions() Options {
 func FuzzParse(f *testing.F) {
 	examples, _ := filepath.Glob("../examples/*.conf")
 	more, _ := filepath.Glob("../examples/conf.d/*.conf")
-	for _, name := range append(examples, more...) {
+	rules, _ := filepath.Glob("../examples/rules/*.conf")
+	for _, name := range append(append(examples, more...), rules...) {
 		if b, err := os.ReadFile(name); err == nil {
 			f.Add(b)
 		}

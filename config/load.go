@@ -100,29 +100,34 @@ type builder struct {
 	// hasDomainKey is set once any domain-key is seen; dkim-sign needs one.
 	hasDomainKey bool
 	dkimSignPos  []Position
+	// reroutes are the reroute= names of reply rules, checked in finish.
+	reroutes []nameRef
+	// rollups holds the <mx-rollup-list> entries by pattern.
+	rollups map[DomainPattern]*MXRollup
 }
 
 func newBuilder(d *diags, name string, opts Options) *builder {
 	cfg := &Config{
-		Path:            name,
-		Dir:             filepath.Dir(name),
-		HostName:        def(opts.Hostname),
-		Postmaster:      def("postmaster@" + opts.Hostname),
-		Spool:           Spool{Dir: def(filepath.Join(filepath.Dir(name), "spool")), MinFreeSpace: def(Size(1 << 30))},
-		TotalMaxSMTPOut: def(1200),
-		TotalMaxSMTPIn:  def(500),
-		HTTPMgmtAddr:    def("127.0.0.1:8080"),
-		HTTPAPIKey:      def(""),
-		LogFile:         def(""),
-		LogLevel:        def(slog.LevelInfo),
-		Macros:          map[string][]string{},
+		Path:              name,
+		Dir:               filepath.Dir(name),
+		HostName:          def(opts.Hostname),
+		Postmaster:        def("postmaster@" + opts.Hostname),
+		Spool:             Spool{Dir: def(filepath.Join(filepath.Dir(name), "spool")), MinFreeSpace: def(Size(1 << 30))},
+		TotalMaxSMTPOut:   def(1200),
+		TotalMaxSMTPIn:    def(500),
+		MXConnectionLimit: def(0),
+		HTTPMgmtAddr:      def("127.0.0.1:8080"),
+		HTTPAPIKey:        def(""),
+		LogFile:           def(""),
+		LogLevel:          def(slog.LevelInfo),
+		Macros:            map[string][]string{},
 	}
 	return &builder{
 		diags: d, cfg: cfg, opts: opts, index: directiveIndex(),
 		sources: map[string]*Source{}, names: map[string]Position{}, users: map[string]*User{},
 		patterns: map[string]*PatternList{}, replies: map[string]*SMTPPatternList{},
 		acct: map[string]*AcctFile{}, listeners: map[string]*Listener{},
-		directiveAt: map[Position]string{},
+		directiveAt: map[Position]string{}, rollups: map[DomainPattern]*MXRollup{},
 	}
 }
 
@@ -227,6 +232,8 @@ func (b *builder) topNode(n *node) {
 		b.acctFileBlock(n)
 	case "spool":
 		b.spoolBlock(n)
+	case "mx-rollup-list":
+		b.mxRollupListBlock(n)
 	}
 }
 
@@ -419,10 +426,24 @@ func (b *builder) finish() {
 			}
 		}
 	}
+	for _, r := range b.reroutes {
+		if !knownVMTA(r.Name) {
+			b.errorf(r.Pos, "reroute=%s: no virtual MTA or pool by that name%s", r.Name, didYouMean(r.Name, vmtaNames, "%q"))
+		}
+	}
+	rollupNames := map[string]bool{}
+	for _, r := range cfg.MXRollups {
+		rollupNames[r.Name] = true
+	}
 	b.eachDomain(func(d *Domain) {
 		st := d.Settings
 		if st.SMTPPatternList.Set && b.replies[strings.ToLower(st.SMTPPatternList.Value)] == nil {
 			b.errorf(st.SMTPPatternList.Pos, "smtp-pattern-list: no <smtp-pattern-list %s> block%s", st.SMTPPatternList.Value, didYouMean(st.SMTPPatternList.Value, keys(b.replies), "%q"))
+		}
+		// .rollup is no top-level domain: a block named so is meant for a
+		// provider queue, and one no rollup name matches is a typo.
+		if p := d.Pattern; p.Kind == PatternExact && strings.HasSuffix(p.Domain, ".rollup") && !rollupNames[p.Domain] {
+			b.warnf(d.Pos, "<domain %s>: no <mx-rollup-list> entry rolls MX hosts up to %s, so the block applies to no queue%s", p.Domain, p.Domain, didYouMean(p.Domain, keys(rollupNames), "%q"))
 		}
 	})
 	if !b.hasDomainKey {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"reflect"
+	"strings"
 	"time"
 )
 
@@ -60,6 +61,10 @@ type Config struct {
 	// lines (receptions and deliveries) are debug; refusals, deferrals,
 	// bounces and events are info and above.
 	LogLevel Setting[slog.Level]
+	// MXConnectionLimit is the most connections from one source IP to one
+	// MX host address, over all queues and VMTAs; 0 (the default, also
+	// written `unlimited`) sets no limit.
+	MXConnectionLimit Setting[int]
 	// Macros maps a domain-macro name to its values, after expansion.
 	Macros map[string][]string
 
@@ -73,6 +78,10 @@ type Config struct {
 	PatternLists     []*PatternList
 	SMTPPatternLists []*SMTPPatternList
 	AcctFiles        []*AcctFile
+	// MXRollups are the entries of every <mx-rollup-list> block, in file
+	// order (an entry repeated with the same name is kept once);
+	// RollupName looks an MX host up in them.
+	MXRollups []*MXRollup
 
 	// Warnings are the non-fatal diagnostics: PowerMTA directives not
 	// implemented yet, plaintext passwords, includes matching nothing.
@@ -254,22 +263,56 @@ type DomainKey struct {
 }
 
 // DomainSettings are the directives of a <domain> block: the delivery policy
-// of a queue.
+// of a queue. docs/configuration.md describes each; the field is the
+// directive's name in Go, and its tag the name as written.
+//
+// A queue is one VMTA sending to one domain or, with MX rollup, to one
+// provider (the domains whose MX hosts share a rollup name, see
+// Config.RollupName; its <domain> block is the one named after the rollup).
+// The directives of provider-aware delivery:
+//
+//   - SourceIPMaxSMTPOut, SourceIPMaxMsgRate, SourceIPMaxConnectRate limit
+//     connections, recipients attempted and new connections per (source IP
+//     of the VMTA, queue); each is a list of CIDRs of source addresses with
+//     a limit, looked up with For.
+//   - InitialSMTPOut is the adaptive connection window's starting size per
+//     (source IP, queue), and AdaptiveSMTPOut (default yes) whether the
+//     window is used at all: with no, a queue opens up to max-smtp-out
+//     connections at once.
+//   - MXConnectionAttempts: at most this many MX addresses are tried per
+//     delivery attempt.
+//   - HostDownAfter: consecutive connection failures (refused, timed out,
+//     no greeting, 421 at the greeting) from one source IP to one MX
+//     address after which that address counts as down for that source IP
+//     and is only probed once per retry interval.
+//   - DisableMXRollup: the domain is never rolled up with others; it keeps
+//     a queue of its own.
+//   - NotifyOfDelay: a recipient that asked for NOTIFY=DELAY and is still
+//     queued this long after reception gets one delay DSN; Never for none.
 type DomainSettings struct {
 	MaxSMTPOut                   Setting[int]             `directive:"max-smtp-out"`
 	MaxMsgPerConnection          Setting[int]             `directive:"max-msg-per-connection"`
 	MaxRcptPerTransaction        Setting[int]             `directive:"max-rcpt-per-transaction"`
 	MaxMsgRate                   Setting[Rate]            `directive:"max-msg-rate"`
 	MaxConnectRate               Setting[Rate]            `directive:"max-connect-rate"`
+	SourceIPMaxSMTPOut           Setting[SourceIPLimits]  `directive:"source-ip-max-smtp-out"`
+	SourceIPMaxMsgRate           Setting[SourceIPRates]   `directive:"source-ip-max-msg-rate"`
+	SourceIPMaxConnectRate       Setting[SourceIPRates]   `directive:"source-ip-max-connect-rate"`
+	InitialSMTPOut               Setting[int]             `directive:"initial-smtp-out"`
+	AdaptiveSMTPOut              Setting[bool]            `directive:"adaptive-smtp-out"`
 	ConnectionIdleTimeout        Setting[time.Duration]   `directive:"connection-idle-timeout"`
 	RetryAfter                   Setting[[]time.Duration] `directive:"retry-after"`
 	BounceAfter                  Setting[time.Duration]   `directive:"bounce-after"`
+	NotifyOfDelay                Setting[time.Duration]   `directive:"notify-of-delay"`
 	BounceUponNoMX               Setting[bool]            `directive:"bounce-upon-no-mx"`
 	UseStartTLS                  Setting[bool]            `directive:"use-starttls"`
 	RequireStartTLS              Setting[bool]            `directive:"require-starttls"`
 	TLSVerifyCertificate         Setting[bool]            `directive:"tls-verify-certificate"`
 	SMTPHosts                    Setting[HostList]        `directive:"smtp-hosts"`
 	DefaultSMTPPort              Setting[int]             `directive:"default-smtp-port"`
+	MXConnectionAttempts         Setting[int]             `directive:"mx-connection-attempts"`
+	HostDownAfter                Setting[int]             `directive:"host-down-after"`
+	DisableMXRollup              Setting[bool]            `directive:"disable-mx-rollup"`
 	AuthUsername                 Setting[string]          `directive:"auth-username"`
 	AuthPassword                 Setting[string]          `directive:"auth-password"`
 	UseUnencryptedPlainAuth      Setting[bool]            `directive:"use-unencrypted-plain-auth"`
@@ -297,15 +340,24 @@ func DefaultDomainSettings() DomainSettings {
 		MaxRcptPerTransaction:        def(100),
 		MaxMsgRate:                   def(Rate{}),
 		MaxConnectRate:               def(Rate{}),
+		SourceIPMaxSMTPOut:           def(SourceIPLimits(nil)),
+		SourceIPMaxMsgRate:           def(SourceIPRates(nil)),
+		SourceIPMaxConnectRate:       def(SourceIPRates(nil)),
+		InitialSMTPOut:               def(2),
+		AdaptiveSMTPOut:              def(true),
 		ConnectionIdleTimeout:        def(30 * time.Second),
 		RetryAfter:                   def([]time.Duration{10 * time.Minute}),
 		BounceAfter:                  def(4*24*time.Hour + 12*time.Hour),
+		NotifyOfDelay:                def(4 * time.Hour),
 		BounceUponNoMX:               def(false),
 		UseStartTLS:                  def(true),
 		RequireStartTLS:              def(false),
 		TLSVerifyCertificate:         def(false),
 		SMTPHosts:                    def(HostList(nil)),
 		DefaultSMTPPort:              def(25),
+		MXConnectionAttempts:         def(5),
+		HostDownAfter:                def(2),
+		DisableMXRollup:              def(false),
 		AuthUsername:                 def(""),
 		AuthPassword:                 def(""),
 		UseUnencryptedPlainAuth:      def(false),
@@ -386,13 +438,57 @@ const (
 )
 
 // ReplyActions are the actions of one reply rule.
+//
+// Some actions put the queue (the VMTA's queue for the domain or, with MX
+// rollup, for the provider) into a state that lasts: backoff, Suspend,
+// DisableSourceIP, Reroute and BounceQueue (see Stateful). Such a rule may
+// have a Threshold, and For says how long the state lasts. The others act
+// on the reply at hand: DeferQueue, BounceRcpt, SkipMX and mode=normal.
 type ReplyActions struct {
+	// Mode is ModeBackoff for `mode=backoff` or its alias `backoff`, and
+	// ModeNormal for `mode=normal`.
 	Mode ReplyMode
-	// BackoffToNormalAfter overrides the queue's setting when set.
+	// BackoffToNormalAfter overrides the queue's backoff-to-normal-after
+	// when set: written as backoff-to-normal-after=DUR, or as for=DUR on a
+	// rule with backoff (which then sets For too).
 	BackoffToNormalAfter Setting[time.Duration]
 	DeferQueue           bool
 	BounceRcpt           bool
 	SkipMX               bool
+	// Suspend stops the queue for For: no new connections.
+	Suspend bool
+	// DisableSourceIP stops using the source IP of the connection that got
+	// the reply for this queue, for For.
+	DisableSourceIP bool
+	// Reroute, when not empty, names the VMTA or pool the queue's mail
+	// moves to for For (and what arrives for the queue meanwhile). The
+	// name exists: Load checks it.
+	Reroute string
+	// BounceQueue bounces everything queued in the queue, and what arrives
+	// for it within For.
+	BounceQueue bool
+	// For is how long the state of the stateful actions lasts: for=DUR (or
+	// PowerMTA's reenable-after=DUR) when set; otherwise Load leaves Value
+	// at DefaultReplyFor, unset. The duration of a backoff is
+	// BackoffToNormalAfter when that is set, else the queue's
+	// backoff-to-normal-after.
+	For Setting[time.Duration]
+	// Threshold, when set (threshold=N/DUR), makes the rule trigger only
+	// once it has matched Count times within Interval for the queue; the
+	// matches before then have no effect. Unset, the rule triggers at its
+	// first match.
+	Threshold Setting[Rate]
+}
+
+// DefaultReplyFor is how long suspend, disable-source-ip, reroute= and
+// bounce-queue last when the rule has no for=.
+const DefaultReplyFor = time.Hour
+
+// Stateful reports whether the rule puts the queue into a state that lasts
+// (backoff, suspend, disable-source-ip, reroute=, bounce-queue): the rules
+// that may carry threshold= and for=.
+func (a *ReplyActions) Stateful() bool {
+	return a.Mode == ModeBackoff || a.Suspend || a.DisableSourceIP || a.Reroute != "" || a.BounceQueue
 }
 
 // ReplyRule is one `reply /RE/ actions` line of an <smtp-pattern-list>.
@@ -439,4 +535,54 @@ type AcctFile struct {
 	Records      Setting[RecordTypes]
 	MaxSize      Setting[Size]
 	MoveInterval Setting[time.Duration]
+}
+
+// MXRollup is one `mx HOST-PATTERN ROLLUP-NAME` entry of an
+// <mx-rollup-list>: the MX hosts the pattern matches belong to the provider
+// named Name. Domains whose MX hosts roll up to one name share one queue per
+// VMTA, so the limits of that queue count per provider.
+type MXRollup struct {
+	Pos Position
+	// Pattern is written like a <domain> pattern but matches MX host names;
+	// it is never PatternAny.
+	Pattern DomainPattern
+	// Name is the rollup name, lower-case: letters, digits, dots and
+	// dashes, such as gmail.rollup. A <domain> block named after it holds
+	// the provider queue's policy.
+	Name string
+}
+
+// RollupName returns the rollup name of an MX host, and whether any
+// <mx-rollup-list> entry matches it. The host name is compared without case
+// and a trailing dot. When several patterns match, the most specific wins,
+// as for <domain> patterns: the exact name, then the wildcard with the
+// longest domain part, [*.]x before *.x for the same x; between entries with
+// the same pattern (which have the same name), the first in the file.
+func (c *Config) RollupName(mxHost string) (name string, ok bool) {
+	h := strings.ToLower(strings.TrimSuffix(mxHost, "."))
+	best := -1
+	for _, r := range c.MXRollups {
+		if !r.Pattern.Match(h) {
+			continue
+		}
+		if s := patternRank(r.Pattern); s > best {
+			best, name, ok = s, r.Name, true
+		}
+	}
+	return name, ok
+}
+
+// patternRank orders the patterns that match one name from the least
+// specific to the most: * first, then by the length of their domain part,
+// and for the same domain part *.x, then [*.]x, then the exact name x.
+func patternRank(p DomainPattern) int {
+	switch p.Kind {
+	case PatternAny:
+		return 0
+	case PatternSubdomains:
+		return 3*len(p.Domain) + 1
+	case PatternSelfAndSubdomains:
+		return 3*len(p.Domain) + 2
+	}
+	return 3*len(p.Domain) + 3
 }

@@ -19,6 +19,7 @@ const (
 	scopeSMTPPatternList
 	scopeAcctFile
 	scopeSpool
+	scopeMXRollupList
 )
 
 var scopeLabels = [...]string{
@@ -32,6 +33,7 @@ var scopeLabels = [...]string{
 	scopeSMTPPatternList: "<smtp-pattern-list>",
 	scopeAcctFile:        "<acct-file>",
 	scopeSpool:           "<spool>",
+	scopeMXRollupList:    "<mx-rollup-list>",
 }
 
 // scopeDirectives lists, per scope, the directives Tern implements there.
@@ -40,7 +42,7 @@ var scopeLabels = [...]string{
 var scopeDirectives = map[scope][]string{
 	scopeTop: {"smtp-listener", "host-name", "postmaster", "spool", "smtp-server-tls-certificate",
 		"name-server", "total-max-smtp-out", "total-max-smtp-in", "http-mgmt-port", "http-access",
-		"http-api-key", "log-file", "log-level", "domain-macro", "include"},
+		"http-api-key", "log-file", "log-level", "domain-macro", "mx-connection-limit", "include"},
 	scopeSource: {"smtp-service", "always-allow-relaying", "require-auth", "require-starttls",
 		"allow-unencrypted-plain-auth", "smtp-max-auth-failure-rate", "process-x-virtual-mta",
 		"default-virtual-mta", "process-x-job", "max-message-size", "max-rcpt-per-message",
@@ -50,9 +52,12 @@ var scopeDirectives = map[scope][]string{
 	scopeVMTA: {"smtp-source-host", "host-name", "max-smtp-out", "max-smtp-msg-rate", "include"},
 	scopePool: {"virtual-mta", "max-smtp-out", "max-smtp-msg-rate"},
 	scopeDomain: {"max-smtp-out", "max-msg-per-connection", "max-rcpt-per-transaction",
-		"max-rcpt-per-message", "max-msg-rate", "max-connect-rate", "connection-idle-timeout",
-		"retry-after", "bounce-after", "bounce-upon-no-mx", "use-starttls", "require-starttls",
-		"tls-verify-certificate", "smtp-hosts", "route", "default-smtp-port", "auth-username",
+		"max-rcpt-per-message", "max-msg-rate", "max-connect-rate", "source-ip-max-smtp-out",
+		"source-ip-max-msg-rate", "source-ip-max-connect-rate", "initial-smtp-out",
+		"adaptive-smtp-out", "connection-idle-timeout", "retry-after", "bounce-after",
+		"notify-of-delay", "bounce-upon-no-mx", "use-starttls", "require-starttls",
+		"tls-verify-certificate", "smtp-hosts", "route", "default-smtp-port",
+		"mx-connection-attempts", "host-down-after", "disable-mx-rollup", "auth-username",
 		"auth-password", "use-unencrypted-plain-auth", "connect-timeout", "smtp-greeting-timeout",
 		"data-send-timeout", "max-errors-per-connection", "queue-priority", "smtp-pattern-list",
 		"backoff-max-smtp-out", "backoff-max-msg-rate", "backoff-retry-after",
@@ -62,6 +67,7 @@ var scopeDirectives = map[scope][]string{
 	scopeSMTPPatternList: {"reply"},
 	scopeAcctFile:        {"records", "max-size", "move-interval"},
 	scopeSpool:           {"min-free-space"},
+	scopeMXRollupList:    {"mx"},
 }
 
 // blockScopes maps each block to the scopes it may be opened in and the
@@ -79,6 +85,7 @@ var blockScopes = map[string]struct {
 	"smtp-pattern-list": {[]scope{scopeTop}, scopeSMTPPatternList},
 	"acct-file":         {[]scope{scopeTop}, scopeAcctFile},
 	"spool":             {[]scope{scopeTop}, scopeSpool},
+	"mx-rollup-list":    {[]scope{scopeTop}, scopeMXRollupList},
 }
 
 // notImplemented is PowerMTA vocabulary Tern recognises but does not act on
@@ -86,7 +93,7 @@ var blockScopes = map[string]struct {
 // ignored, wherever it stands.
 var notImplemented = map[string]bool{
 	"pickup": true, "bounce-processor": true, "feedback-loop-processor": true,
-	"mx-rollup-list": true, "smtp-proxy-source-host": true, "cold-virtual-mta": true,
+	"smtp-proxy-source-host": true, "cold-virtual-mta": true,
 	"reroute-to-virtual-mta": true, "use-dane": true, "use-mta-sts": true,
 	"run-as-root": true, "admin-address": true, "relay-domain": true, "relay-address": true,
 	"sync-msg-create": true, "sync-msg-update": true, "log-rotate": true,
@@ -115,7 +122,7 @@ var notImplemented = map[string]bool{
 // contents and all.
 var notImplementedBlocks = map[string]bool{
 	"bounce-category-patterns": true, "feedback-loop-processor": true, "bounce-processor": true,
-	"pickup": true, "mx-rollup-list": true, "smtp-proxy-source-host": true, "address-list": true,
+	"pickup": true, "smtp-proxy-source-host": true, "address-list": true,
 	"domain-key-list": true, "http-source": true, "virtual-mta-template": true,
 	"rewrite-list": true, "queue-list": true, "bounce-list": true, "mail-merge": true,
 }

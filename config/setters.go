@@ -162,3 +162,21 @@ func vmtaRef(s string) (string, error) {
 	}
 	return s, nil
 }
+
+// limitOrUnlimited reads a limit of at most hi where 0 or `unlimited` means
+// no limit (read as 0).
+func limitOrUnlimited(hi int) func(string) (int, error) {
+	return func(s string) (int, error) {
+		if strings.EqualFold(s, "unlimited") {
+			return 0, nil
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("%q is not a whole number or unlimited", s)
+		}
+		if n > hi {
+			return 0, fmt.Errorf("%d is out of range (0 to %d, or unlimited)", n, hi)
+		}
+		return n, nil
+	}
+}

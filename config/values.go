@@ -497,3 +497,115 @@ func parseDomainPattern(s string) (DomainPattern, error) {
 	}
 	return p, nil
 }
+
+// Every source address, as a line of a source-ip-* directive without a CIDR
+// means: both families, since 0/0 alone is IPv4 only.
+var (
+	allIPv4 = netip.MustParsePrefix("0.0.0.0/0")
+	allIPv6 = netip.MustParsePrefix("::/0")
+)
+
+// SourceIPLimit is one line of source-ip-max-smtp-out: the limit N for the
+// VMTA source addresses in Prefix. N is 0 for `0` or `unlimited`: no limit
+// for those addresses, whatever a wider prefix says.
+type SourceIPLimit struct {
+	Pos    Position
+	Prefix netip.Prefix
+	N      int
+}
+
+// SourceIPLimits are the lines of source-ip-max-smtp-out in one <domain>
+// block, in file order; no two have the same prefix.
+type SourceIPLimits []SourceIPLimit
+
+// For returns the limit for the source address ip: the N of the most
+// specific prefix containing it. ok is false when no limit applies: no
+// prefix contains ip, or the most specific one says unlimited.
+func (l SourceIPLimits) For(ip netip.Addr) (n int, ok bool) {
+	i := mostSpecific(len(l), func(i int) netip.Prefix { return l[i].Prefix }, ip)
+	if i < 0 || l[i].N <= 0 {
+		return 0, false
+	}
+	return l[i].N, true
+}
+
+// String writes the list as in the file, lines separated by "; ". A line
+// written without a CIDR (0.0.0.0/0 and ::/0 from one line) shows as its
+// value alone; an empty list is "unlimited".
+func (l SourceIPLimits) String() string {
+	return formatSourceIP(len(l), func(i int) (Position, netip.Prefix, string) {
+		if l[i].N <= 0 {
+			return l[i].Pos, l[i].Prefix, "unlimited"
+		}
+		return l[i].Pos, l[i].Prefix, strconv.Itoa(l[i].N)
+	})
+}
+
+// SourceIPRate is one line of source-ip-max-msg-rate or
+// source-ip-max-connect-rate: the rate for the VMTA source addresses in
+// Prefix. The zero Rate (`unlimited`) sets no limit for those addresses,
+// whatever a wider prefix says.
+type SourceIPRate struct {
+	Pos    Position
+	Prefix netip.Prefix
+	Rate   Rate
+}
+
+// SourceIPRates are the lines of one source-ip-*-rate directive in one
+// <domain> block, in file order; no two have the same prefix.
+type SourceIPRates []SourceIPRate
+
+// For returns the rate for the source address ip: the Rate of the most
+// specific prefix containing it. ok is false when no limit applies: no
+// prefix contains ip, or the most specific one says unlimited.
+func (l SourceIPRates) For(ip netip.Addr) (Rate, bool) {
+	i := mostSpecific(len(l), func(i int) netip.Prefix { return l[i].Prefix }, ip)
+	if i < 0 || l[i].Rate.Unlimited() {
+		return Rate{}, false
+	}
+	return l[i].Rate, true
+}
+
+// String writes the list as SourceIPLimits.String does.
+func (l SourceIPRates) String() string {
+	return formatSourceIP(len(l), func(i int) (Position, netip.Prefix, string) {
+		return l[i].Pos, l[i].Prefix, l[i].Rate.String()
+	})
+}
+
+// mostSpecific returns the index of the longest of n prefixes that contains
+// ip (an IPv4-mapped address counts as IPv4), the first one for equal
+// lengths; -1 when none does.
+func mostSpecific(n int, prefix func(int) netip.Prefix, ip netip.Addr) int {
+	ip = ip.Unmap()
+	best := -1
+	for i := 0; i < n; i++ {
+		p := prefix(i)
+		if p.Contains(ip) && (best < 0 || p.Bits() > prefix(best).Bits()) {
+			best = i
+		}
+	}
+	return best
+}
+
+// formatSourceIP writes n source-ip entries "CIDR VALUE; …". The pair
+// 0.0.0.0/0 and ::/0 from one line, as a line without a CIDR stores it, is
+// written as the value alone.
+func formatSourceIP(n int, entry func(int) (Position, netip.Prefix, string)) string {
+	if n == 0 {
+		return "unlimited"
+	}
+	var parts []string
+	for i := 0; i < n; i++ {
+		pos, p, v := entry(i)
+		if p == allIPv4 && i+1 < n {
+			if npos, np, nv := entry(i + 1); np == allIPv6 && npos == pos && nv == v {
+				parts = append(parts, v)
+				i++
+				continue
+			}
+		}
+		parts = append(parts, p.String()+" "+v)
+	}
+	return strings.Join(parts, "; ")
+}
