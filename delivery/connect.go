@@ -73,7 +73,12 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 		}
 		targets = append(kept, last...)
 	}
+	// Without the adaptive window, a host may have as many connections
+	// being opened as max-smtp-out allows; with it, the window's start.
 	initial, limit := initialSMTPOut(cpol), mxConnectionLimit(s.opts.Registry().Config())
+	if !adaptiveSMTPOut(cpol) {
+		initial = max(initial, cpol.MaxSMTPOut.Value)
+	}
 	attempts, maxAttempts := 0, mxConnectionAttempts(cpol)
 	var lastErr error
 	var down *hostsDownError
