@@ -17,7 +17,9 @@ func initialSMTPOut(pol *config.DomainSettings) int { return max(pol.InitialSMTP
 
 func adaptiveSMTPOut(pol *config.DomainSettings) bool { return pol.AdaptiveSMTPOut.Value }
 
-func mxConnectionAttempts(pol *config.DomainSettings) int { return max(pol.MXConnectionAttempts.Value, 1) }
+func mxConnectionAttempts(pol *config.DomainSettings) int {
+	return max(pol.MXConnectionAttempts.Value, 1)
+}
 
 func hostDownAfter(pol *config.DomainSettings) int { return max(pol.HostDownAfter.Value, 1) }
 
