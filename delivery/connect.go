@@ -125,6 +125,11 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 			if s.ctx.Err() != nil {
 				return err
 			}
+			if judgeOpen(err, false).refused && s.establishedTo(w) > 0 {
+				// A provider counts connections per client address over
+				// all its hosts: the next host would refuse as well.
+				break
+			}
 		}
 		if lastErr != nil || busy == nil || attempts >= maxAttempts {
 			break
@@ -141,9 +146,35 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 		}
 	}
 	if lastErr != nil {
+		var oe *openError
+		if errors.As(lastErr, &oe) && judgeOpen(lastErr, false).refused && s.establishedTo(w) > 0 {
+			// The provider takes no more connections from this address
+			// than it has: the mail stays with the connections that work.
+			return &capacityError{err: lastErr}
+		}
 		return lastErr
 	}
 	return down
+}
+
+// capacityError is a connect refused at the banner while other sessions
+// to the same provider from the same address work: the provider's cap, not
+// a failure of the mail. The lease goes back to the queue, no attempt
+// counted, and the worker leaves.
+type capacityError struct{ err error }
+
+func (e *capacityError) Error() string { return "provider at its connection cap: " + e.err.Error() }
+func (e *capacityError) Unwrap() error { return e.err }
+
+// establishedTo counts the sessions open from the worker's address to its
+// provider.
+func (s *Scheduler) establishedTo(w *worker) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if win := s.sites[siteKey{src: w.src.IP, provider: w.r.key.Provider}]; win != nil {
+		return win.est
+	}
+	return 0
 }
 
 // open dials one host, within an admission already granted, and records

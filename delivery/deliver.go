@@ -66,6 +66,13 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 				err = s.connect(w, v, domain, pol, cpol)
 			}
 			if err != nil {
+				var capErr *capacityError
+				if errors.As(err, &capErr) {
+					// Released with the lease: the recipients are due again
+					// at once for the sessions that work.
+					w.leave = true
+					return carry, nil
+				}
 				connErr = err
 				var perm *permanentError
 				if errors.As(err, &perm) {

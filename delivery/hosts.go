@@ -203,9 +203,12 @@ func (w *window) room(now time.Time) bool { return w.open < w.limit(now) }
 
 // success grows the window after a delivery, but only while it is in use
 // up to its size (a window that is not the constraint learns nothing),
-// and never beyond max (the largest max-smtp-out asking).
+// while few of its slots are still opening their sessions (so that a
+// burst of successes cannot open many connections beyond a cap not yet
+// found: a quarter of those open, at least one), and never beyond max
+// (the max-smtp-out of the queue asking).
 func (w *window) success(now time.Time, max int) {
-	if w.open < w.limit(now) || w.size >= float64(max) {
+	if w.open < w.limit(now) || w.size >= float64(max) || w.open-w.est >= maxOpening(w.est) {
 		return
 	}
 	if w.slowStart {
@@ -218,6 +221,10 @@ func (w *window) success(now time.Time, max int) {
 	}
 	w.size = math.Min(w.size, float64(max))
 }
+
+// maxOpening is how many slots of a window may be opening at once for it
+// to grow.
+func maxOpening(est int) int { return max(1, est/4) }
 
 // refused records a 4xx banner: the provider takes no more connections
 // from this address than the ones open, for ceilingHold.

@@ -396,6 +396,9 @@ func (s *Scheduler) work(r *runner, vmtaName string, src vmta.SourceHost) {
 		}
 		carry, ahead = s.deliver(reg, v, w, lease, ahead)
 		lease.Release()
+		if w.leave {
+			return
+		}
 	}
 }
 
@@ -409,6 +412,9 @@ type worker struct {
 	host hostKey
 	// opened counts the sessions the worker opened.
 	opened int
+	// leave: the worker must go once its lease is released (its provider
+	// refused it a connection while others work).
+	leave bool
 	// class is what the session was opened for (TLS, AUTH): it carries
 	// only mail whose policy asks for the same.
 	class connClass

@@ -38,17 +38,22 @@ type fakeHost struct {
 	// perConn is how many transactions a session takes before the next
 	// MAIL gets 421; 0 no limit.
 	perConn int
+	// delay is how long a transaction takes, on the world's clock.
+	delay time.Duration
 }
 
 // fakeNet is the simulated network: what every host does, and what the
 // scheduler did to them.
 type fakeNet struct {
+	clock *queuetest.Clock
 	mu    sync.Mutex
 	hosts map[netip.Addr]*fakeHost
 	dials map[netip.Addr]int        // dials per host address
 	live  map[string]int            // sessions open per "source provider"
 	peak  map[string]int            // the most at once
 	held  map[netip.Addr]int        // connections held open by black holes
+	hpeak map[netip.Addr]int        // the most held at once
+	per   map[string]int            // 421s for too many transactions, per provider
 	refus map[string]int            // 421 banners per provider
 	got   map[string]int            // deliveries per recipient
 	conns map[string]map[int]bool   // sessions that carried each provider's domains
@@ -61,7 +66,7 @@ type fakeNet struct {
 
 func newFakeNet() *fakeNet {
 	return &fakeNet{hosts: map[netip.Addr]*fakeHost{}, dials: map[netip.Addr]int{}, live: map[string]int{},
-		peak: map[string]int{}, held: map[netip.Addr]int{}, refus: map[string]int{}, got: map[string]int{},
+		peak: map[string]int{}, held: map[netip.Addr]int{}, hpeak: map[netip.Addr]int{}, per: map[string]int{}, refus: map[string]int{}, got: map[string]int{},
 		conns: map[string]map[int]bool{}, doms: map[int]map[string]bool{}, hole: make(chan struct{}),
 		mails: map[netip.Addr][]string{}}
 }
@@ -82,7 +87,10 @@ func (n *fakeNet) open(ctx context.Context, t target, o connOptions) (session, e
 		return nil, &openError{stage: stageConnect, what: what, err: errors.New("connection refused")}
 	}
 	if h.blackHole {
-		n.stat(func() { n.held[t.ip]++ })
+		n.stat(func() {
+			n.held[t.ip]++
+			n.hpeak[t.ip] = max(n.hpeak[t.ip], n.held[t.ip])
+		})
 		defer n.stat(func() { n.held[t.ip]-- })
 		select {
 		case <-ctx.Done():
@@ -118,10 +126,14 @@ type fakeSession struct {
 }
 
 func (s *fakeSession) sendTxn(t *txn, _ func() *txn) []result {
+	if s.h.delay > 0 {
+		sleep(context.Background(), s.n.clock, s.h.delay)
+	}
 	s.txns++
 	res := make([]result, len(t.rcpts))
 	if s.h.perConn > 0 && s.txns > s.h.perConn {
 		s.broken = true
+		s.n.stat(func() { s.n.per[s.h.provider]++ })
 		for i, rc := range t.rcpts {
 			res[i] = result{rcpt: rc, code: 421, text: "421 4.7.0 Too many messages on this connection", atMail: true}
 		}
@@ -230,6 +242,7 @@ host-name tern.test
 		t.Fatal(err)
 	}
 	w.reg.Store(reg)
+	w.net.clock = w.clock
 	var sched atomic.Pointer[Scheduler]
 	w.q = queuetest.Open(t, queue.Options{Clock: w.clock, OnReady: func(k queue.Key) {
 		if s := sched.Load(); s != nil {
@@ -290,11 +303,13 @@ func (w *world) run() { w.s.Start() }
 func (w *world) waitFor(what string, cond func() bool) {
 	w.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
 			w.t.Fatalf("timed out waiting for %s (queue %+v)", what, w.q.Totals())
 		}
-		time.Sleep(2 * time.Millisecond)
+		<-tick.C
 	}
 }
 
@@ -333,4 +348,213 @@ func TestProviderSharesConnectionsAcrossDomains(t *testing.T) {
 			t.Errorf("no session carried mail for more than one domain of the provider")
 		}
 	})
+}
+
+// ip returns the address of the i-th host of the world (in the order
+// provider added them).
+func (w *world) hostIP(name string) netip.Addr {
+	for ip, h := range w.net.hosts {
+		if h.name == name {
+			return ip
+		}
+	}
+	w.t.Fatalf("no host %s", name)
+	return netip.Addr{}
+}
+
+// A provider that takes 5 connections per client IP, each transaction
+// taking a second: the window grows while deliveries succeed, finds the
+// cap with one refusal, and stays under it; every message arrives, none
+// deferred for the refusal.
+func TestWindowLearnsAProvidersConnectionCap(t *testing.T) {
+	w := newWorld(t, `
+<domain *>
+    max-smtp-out 20
+    retry-after 1m
+</domain>
+`)
+	doms := w.provider("capped", 20, &fakeHost{cap: 5, delay: time.Second}, &fakeHost{cap: 5, delay: time.Second})
+	const n = 400
+	for i := range n {
+		w.put("mta1", fmt.Sprintf("u%d@%s", i, doms[i%len(doms)]))
+	}
+	w.run()
+	w.drive("every delivery", time.Second, func() bool { return w.q.Totals().Recipients == 0 })
+	w.net.stat(func() {
+		refused, sessions := w.net.refus["capped"], w.net.sess
+		t.Logf("%d sessions, %d refused at the banner, peak %d", sessions, refused, w.net.peak["127.0.0.2 capped"])
+		if refused < 1 || refused > 2 {
+			t.Errorf("%d refusals at the banner; the window should grow to the cap of 5 and find it with one or two", refused)
+		}
+		if p := w.net.peak["127.0.0.2 capped"]; p != 5 {
+			t.Errorf("peak of %d sessions, want the cap, 5", p)
+		}
+		if len(w.net.got) != n {
+			t.Errorf("%d recipients delivered, want %d", len(w.net.got), n)
+		}
+	})
+	if ev := w.evs.Load(); ev != n {
+		t.Errorf("%d outcomes for %d recipients: some were deferred", ev, n)
+	}
+}
+
+// drive advances the world's clock by step until cond holds, letting the
+// scheduler's goroutines run between steps.
+func (w *world) drive(what string, step time.Duration, cond func() bool) {
+	w.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			w.t.Fatalf("timed out driving the clock until %s (queue %+v)", what, w.q.Totals())
+		}
+		// Wait until the workers are blocked on the clock (or done),
+		// then move it.
+		w.quiesce()
+		w.clock.Advance(step)
+	}
+}
+
+// quiesce waits until the number of pending clock timers stops changing
+// for a moment: the scheduler's goroutines have reached their waits.
+func (w *world) quiesce() {
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	last, same := -1, 0
+	for same < 3 {
+		<-tick.C
+		if p := w.clock.Pending(); p == last {
+			same++
+		} else {
+			last, same = p, 0
+		}
+	}
+}
+
+// A dead MX is dialed host-down-after times, then once per retry
+// interval (the probe), not once per recipient.
+func TestDeadHostIsProbedNotDialedPerRecipient(t *testing.T) {
+	w := newWorld(t, `
+<domain *>
+    retry-after 1m
+</domain>
+`)
+	doms := w.provider("dead", 1, &fakeHost{dead: true})
+	for i := range 200 {
+		w.put("mta1", fmt.Sprintf("u%d@%s", i, doms[0]))
+	}
+	w.run()
+	w.waitFor("every recipient deferred", func() bool { return w.q.Totals().Deferred == 200 })
+	ip := w.hostIP("mx1.dead.example")
+	dials := func() (n int) {
+		w.net.stat(func() { n = w.net.dials[ip] })
+		return n
+	}
+	if d := dials(); d != 2 {
+		t.Errorf("%d dials to the dead host for 200 recipients, want host-down-after 2", d)
+	}
+	for round := 1; round <= 3; round++ {
+		w.clock.Advance(70 * time.Second)
+		w.waitFor("the retry deferred", func() bool {
+			st := w.q.Totals()
+			return st.Leased == 0 && st.Ready == 0 && st.Deferred == 200
+		})
+		if d := dials(); d != 2+round {
+			t.Errorf("after retry %d: %d dials, want %d (one probe per retry interval)", round, d, 2+round)
+		}
+	}
+}
+
+// A black hole (accepts TCP, never greets) holds at most initial-smtp-out
+// connections from a source, however many recipients wait for it.
+func TestBlackHoleHoldsAFewConnections(t *testing.T) {
+	w := newWorld(t, `
+<domain *>
+    max-smtp-out 20
+    initial-smtp-out 2
+</domain>
+`)
+	doms := w.provider("hole", 10, &fakeHost{blackHole: true})
+	for i := range 300 {
+		w.put("mta1", fmt.Sprintf("u%d@%s", i, doms[i%10]))
+	}
+	w.run()
+	ip := w.hostIP("mx1.hole.example")
+	w.waitFor("connections to the black hole", func() bool {
+		n := 0
+		w.net.stat(func() { n = w.net.held[ip] })
+		return n == 2
+	})
+	// Give the scheduler every chance to open more: let its workers run.
+	w.waitFor("the other workers to wait", func() bool { return w.q.Totals().Leased > 0 })
+	w.net.stat(func() {
+		if p := w.net.hpeak[ip]; p > 2 {
+			t.Errorf("%d connections held by the black hole at once, want at most initial-smtp-out 2", p)
+		}
+	})
+}
+
+// A dead primary MX is skipped for the secondary once it is down.
+func TestDeadPrimaryFallsBackToSecondary(t *testing.T) {
+	w := newWorld(t, `
+<domain *>
+    retry-after 1m
+</domain>
+`)
+	doms := w.provider("half", 5, &fakeHost{dead: true}, &fakeHost{})
+	for i := range 200 {
+		w.put("mta1", fmt.Sprintf("u%d@%s", i, doms[i%5]))
+	}
+	w.run()
+	w.waitFor("every delivery", func() bool { return w.q.Totals().Recipients == 0 })
+	primary := w.hostIP("mx1.half.example")
+	w.net.stat(func() {
+		if d := w.net.dials[primary]; d > 2 {
+			t.Errorf("%d dials to the dead primary, want at most host-down-after 2", d)
+		}
+		if len(w.net.got) != 200 {
+			t.Errorf("%d delivered, want 200", len(w.net.got))
+		}
+	})
+}
+
+// A provider that refuses a connection's 11th transaction with 421: the
+// refused message goes out on a new connection (not deferred), and later
+// connections stop at 10.
+func TestTransactionsPerConnectionLearned(t *testing.T) {
+	w := newWorld(t, `
+<domain *>
+    max-smtp-out 1
+</domain>
+`)
+	doms := w.provider("per", 1, &fakeHost{perConn: 10})
+	for i := range 200 {
+		w.put("mta1", fmt.Sprintf("u%d@%s", i, doms[0]))
+	}
+	w.run()
+	w.waitFor("every delivery", func() bool { return w.q.Totals().Recipients == 0 })
+	w.net.stat(func() {
+		if p := w.net.per["per"]; p != 1 {
+			t.Errorf("%d transactions refused for too many per connection, want 1 (then learned)", p)
+		}
+		if len(w.net.got) != 200 {
+			t.Errorf("%d delivered, want 200", len(w.net.got))
+		}
+	})
+	if n := w.evs.Load(); n != 200 {
+		t.Errorf("%d outcomes for 200 recipients: the refused transaction was deferred instead of resent", n)
+	}
+}
+
+func TestRetryJitter(t *testing.T) {
+	w := newWorld(t, "")
+	entry := queue.Entry{Envelope: queue.Envelope{Received: w.clock.Now()}}
+	pol := config.DefaultDomainSettings()
+	pol.RetryAfter.Value = []time.Duration{10 * time.Minute}
+	for _, j := range []float64{0, 0.5, 0.999} {
+		w.s.opts.Jitter = func() float64 { return j }
+		got := w.s.nextAttempt(entry, queue.RecipientState{}, &pol).Sub(w.clock.Now())
+		if got < 10*time.Minute || got >= 11*time.Minute {
+			t.Errorf("jitter %v: retry after %s, want within [10m, 11m)", j, got)
+		}
+	}
 }

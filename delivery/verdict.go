@@ -34,14 +34,15 @@ func judgeReply(code int, atRcpt bool, act *config.ReplyActions) verdict {
 	switch {
 	case code/100 == 2:
 		return verdict{kind: queue.Delivered}
+	case act != nil && act.SkipMX:
+		// Keep the mail, due again at once, and send this queue to its
+		// other MX hosts for a while: also for a 5xx, which says this
+		// host will not take it, not that no host will.
+		return verdict{kind: queue.Deferred, now: true, closeSession: true, avoidHost: true}
 	case code/100 == 5:
 		return verdict{kind: queue.Bounced}
 	case act != nil && act.BounceRcpt && atRcpt:
 		return verdict{kind: queue.Bounced}
-	case act != nil && act.SkipMX:
-		// Keep the mail, due again at once, and send this queue to its
-		// other MX hosts for a while.
-		return verdict{kind: queue.Deferred, now: true, closeSession: true, avoidHost: true}
 	}
 	v := verdict{kind: queue.Deferred, closeSession: code == 0 || code == 421}
 	if act != nil && act.DeferQueue {
