@@ -1,13 +1,11 @@
 package delivery
 
 import (
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/queue"
-	"github.com/ternmta/tern/vmta"
 )
 
 // modeState is a queue's backoff mode. While on, the queue runs with its
@@ -45,17 +43,37 @@ func (s *Scheduler) withMode(r *runner, p *config.DomainSettings) *config.Domain
 }
 
 // setMode switches the queue's mode and logs the change; it reports
-// whether the mode changed.
+// whether the mode changed. A backoff is a traffic-shaping state: it is
+// kept in the spool until it ends.
 func (s *Scheduler) setMode(r *runner, backoff bool, why string) bool {
 	if r.mode.on.Swap(backoff) == backoff {
 		return false
 	}
+	k := shapeKey{prov: r.key, action: ShapeBackoff}
 	mode := "normal"
 	if backoff {
 		mode = "backoff"
-		r.mode.since.Store(s.clock.Now().UnixNano())
+		now := s.clock.Now()
+		r.mode.since.Store(now.UnixNano())
+		st := Shaping{VMTA: r.key.VMTA, Provider: r.key.Provider, Rollup: r.rollup, Action: ShapeBackoff, Since: now, Rule: why}
+		if a := r.mode.after.Load(); a > 0 {
+			st.Until = now.Add(time.Duration(a))
+		}
+		s.mu.Lock()
+		s.shapes[k] = &st
+		s.mu.Unlock()
+		s.persistShaping(k, &st)
 	} else {
 		r.mode.after.Store(0)
+		s.mu.Lock()
+		_, had := s.shapes[k]
+		delete(s.shapes, k)
+		s.mu.Unlock()
+		if had {
+			if err := s.opts.Queue.DeleteState(k.stateName()); err != nil {
+				s.log.Error("removing a backoff from the spool failed", "queue", r.key.String(), "err", err)
+			}
+		}
 	}
 	s.log.Info("queue mode changed", "queue", r.key.String(), "mode", mode, "reason", why)
 	return true
@@ -78,40 +96,6 @@ func (s *Scheduler) runnerOf(key queue.Key) *runner {
 	defer s.mu.Unlock()
 	if ki := s.keys[key]; ki != nil {
 		return ki.runner
-	}
-	return nil
-}
-
-// matchReply finds the first rule of the queue's smtp-pattern-list that
-// matches reply, and applies its mode actions. The other actions are the
-// caller's to apply.
-func (s *Scheduler) matchReply(reg *vmta.Registry, r *runner, pol *config.DomainSettings, reply string) *config.ReplyActions {
-	name := pol.SMTPPatternList.Value
-	if name == "" || reply == "" {
-		return nil
-	}
-	for _, list := range reg.Config().SMTPPatternLists {
-		if !strings.EqualFold(list.Name, name) {
-			continue
-		}
-		for i := range list.Rules {
-			rule := &list.Rules[i]
-			if !rule.Regexp.MatchString(reply) {
-				continue
-			}
-			act := &rule.Actions
-			switch act.Mode {
-			case config.ModeBackoff:
-				if act.BackoffToNormalAfter.Set {
-					r.mode.after.Store(int64(act.BackoffToNormalAfter.Value))
-				}
-				s.setMode(r, true, "reply matched "+rule.Regexp.String()+": "+reply)
-			case config.ModeNormal:
-				s.setMode(r, false, "reply matched "+rule.Regexp.String()+": "+reply)
-			}
-			return act
-		}
-		return nil
 	}
 	return nil
 }

@@ -41,6 +41,14 @@ func (e *hostsDownError) Error() string {
 // addresses are dialed.
 func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *config.DomainSettings) error {
 	r := w.r
+	s.mu.Lock()
+	disabled := s.sourceDisabledLocked(r, w.src.IP)
+	s.mu.Unlock()
+	if disabled {
+		// A rule disabled this address for the provider: the mail goes
+		// back to the queue for the workers on other addresses.
+		return &capacityError{err: fmt.Errorf("source %s is disabled for %s by traffic shaping", w.src.IP, r.key.Provider)}
+	}
 	targets, err := destinations(s.ctx, s.opts.Resolver, domain, pol)
 	if err != nil {
 		return err
@@ -163,7 +171,7 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 // counted, and the worker leaves.
 type capacityError struct{ err error }
 
-func (e *capacityError) Error() string { return "provider at its connection cap: " + e.err.Error() }
+func (e *capacityError) Error() string { return e.err.Error() }
 func (e *capacityError) Unwrap() error { return e.err }
 
 // establishedTo counts the sessions open from the worker's address to its
@@ -235,7 +243,7 @@ func (s *Scheduler) open(w *worker, t target, src vmta.SourceHost, pol, cpol *co
 	}
 	var oe *openError
 	if errors.As(err, &oe) && oe.reply() != nil {
-		s.matchReply(s.opts.Registry(), r, cpol, oe.reply().Error())
+		s.matchReply(s.opts.Registry(), r, cpol, oe.reply().Error(), src.IP)
 	}
 	return nil, err
 }

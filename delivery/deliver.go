@@ -50,6 +50,10 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 			}
 			pre = nil
 		}
+		if reply := s.bounceShaped(r); reply != "" && pre == nil {
+			s.reportAll(w, lease, entry, queue.Bounced, reply, nil)
+			continue
+		}
 		if age := now.Sub(entry.Envelope.Received); pre == nil && age >= pol.BounceAfter.Value {
 			s.reportAll(w, lease, entry, queue.Bounced,
 				fmt.Sprintf("5.4.7 message expired after %s in the queue (bounce-after %s)",
@@ -163,7 +167,11 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 			out := queue.Outcome{ID: entry.ID, N: res.rcpt.N, Reply: res.text}
 			var act *config.ReplyActions
 			if res.code/100 != 2 {
-				act = s.matchReply(reg, r, cpol, res.text)
+				src := w.src.IP
+				if st != nil {
+					src = st.source
+				}
+				act = s.matchReply(reg, r, cpol, res.text, src)
 				pol = s.msgPolicy(reg, r, pool, domain) // the mode may have changed
 			}
 			vd := judgeReply(res.code, res.atRcpt, act)
@@ -205,6 +213,13 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 		s.bounce(entry, bounced, func() ([]byte, error) { return body, nil })
 		if err := lease.Report(outs...); err != nil {
 			s.log.Error("recording outcomes failed", "id", entry.ID.String(), "err", err)
+		}
+		if st != nil && s.sourceDisabled(r, st.source) {
+			// A rule just disabled this address for the provider: the rest
+			// of the lease goes back to the queue for the other addresses.
+			w.sess.markBroken()
+			w.leave = true
+			return carry, nil
 		}
 	}
 	return carry, ahead

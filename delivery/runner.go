@@ -151,8 +151,9 @@ func (s *Scheduler) kick(r *runner) {
 	}
 	reg := s.opts.Registry()
 	now := s.clock.Now()
+	_, ok := reg.VMTA(r.key.VMTA)
+	v, _ := s.effectiveVMTA(reg, r)
 	s.mu.Lock()
-	v, ok := reg.VMTA(r.key.VMTA)
 	if !ok {
 		// Mail for a VMTA a reload removed waits, never bounces: it is
 		// delivered when the VMTA comes back, or deleted by an operator.
@@ -236,6 +237,9 @@ func (s *Scheduler) pickSourceLocked(r *runner, v *vmta.VMTA, pol *config.Domain
 		src := v.SourceHosts[(start+i)%n]
 		if lim, ok := sourceIPMaxSMTPOut(pol, src.IP); ok && r.bySource[src.IP] >= lim {
 			continue
+		}
+		if s.sourceDisabledLocked(r, src.IP) {
+			continue // kicked again when the state ends
 		}
 		w := s.siteLocked(src.IP, r.key.Provider, pol)
 		if adaptive && !w.room(now) {
@@ -353,9 +357,12 @@ func (s *Scheduler) work(r *runner, vmtaName string, src vmta.SourceHost) {
 	}()
 	for s.ctx.Err() == nil {
 		reg := s.opts.Registry()
-		v, ok := reg.VMTA(r.key.VMTA)
-		if !ok {
+		if _, ok := reg.VMTA(r.key.VMTA); !ok {
 			return
+		}
+		v, _ := s.effectiveVMTA(reg, r)
+		if v.Name != vmtaName {
+			return // rerouted, or back: the worker's slot is counted under the other VMTA
 		}
 		now := s.clock.Now()
 		s.mu.Lock()

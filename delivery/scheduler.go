@@ -108,6 +108,11 @@ type Scheduler struct {
 	sources  map[string]*atomic.Uint64 // round robin over a VMTA's source hosts
 	hosts    map[hostKey]*hostState
 	sites    map[siteKey]*window
+	// shapes are the traffic-shaping states in force; thresh the recent
+	// matches of threshold rules.
+	shapes      map[shapeKey]*Shaping
+	thresh      map[threshKey][]time.Time
+	rerouteTurn uint64 // round robin over a reroute pool's members
 }
 
 // keyInfo is what the scheduler keeps per queue key.
@@ -148,12 +153,15 @@ func New(opts Options) *Scheduler {
 		perVMTA: map[string]int{}, perPool: map[string]int{}, waiting: map[*runner]bool{}, idlers: map[*idler]bool{},
 		vmtaRate: map[string]*limiter{}, poolRate: map[string]*limiter{}, sources: map[string]*atomic.Uint64{},
 		hosts: map[hostKey]*hostState{}, sites: map[siteKey]*window{},
+		shapes: map[shapeKey]*Shaping{}, thresh: map[threshKey][]time.Time{},
 	}
 }
 
 // Start begins delivering what the queue already holds (the spool recovered
-// at open); Notify then brings in keys as they become ready.
+// at open), under the traffic-shaping states the spool kept; Notify then
+// brings in keys as they become ready.
 func (s *Scheduler) Start() {
+	s.loadShaping()
 	for _, st := range s.opts.Queue.Keys(queue.Selector{}) {
 		if st.Ready > 0 && !st.Paused {
 			s.Notify(st.Key)

@@ -8,10 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/queue"
@@ -48,20 +51,22 @@ type fakeNet struct {
 	clock *queuetest.Clock
 	mu    sync.Mutex
 	hosts map[netip.Addr]*fakeHost
-	dials map[netip.Addr]int        // dials per host address
-	live  map[string]int            // sessions open per "source provider"
-	peak  map[string]int            // the most at once
-	held  map[netip.Addr]int        // connections held open by black holes
-	hpeak map[netip.Addr]int        // the most held at once
-	per   map[string]int            // 421s for too many transactions, per provider
-	refus map[string]int            // 421 banners per provider
-	got   map[string]int            // deliveries per recipient
-	conns map[string]map[int]bool   // sessions that carried each provider's domains
-	doms  map[int]map[string]bool   // domains carried per session
-	sess  int                       // sessions ever opened
-	hole  chan struct{}             // closed to release black holes
-	mails map[netip.Addr][]string   // MAIL commands per host, for order checks
-	vmtas map[string]map[string]int // deliveries per VMTA source and provider
+	dials map[netip.Addr]int      // dials per host address
+	live  map[string]int          // sessions open per "source provider"
+	peak  map[string]int          // the most at once
+	held  map[netip.Addr]int      // connections held open by black holes
+	hpeak map[netip.Addr]int      // the most held at once
+	per   map[string]int          // 421s for too many transactions, per provider
+	refus map[string]int          // 421 banners per provider
+	got   map[string]int          // deliveries per recipient
+	conns map[string]map[int]bool // sessions that carried each provider's domains
+	doms  map[int]map[string]bool // domains carried per session
+	sess  int                     // sessions ever opened
+	hole  chan struct{}           // closed to release black holes
+	mails map[netip.Addr][]string // MAIL commands per host, for order checks
+	// srcReply, when set, answers every RCPT by the session's source
+	// address (code 0: as the host would).
+	srcReply func(src netip.Addr) (int, string)
 }
 
 func newFakeNet() *fakeNet {
@@ -145,7 +150,12 @@ func (s *fakeSession) sendTxn(t *txn, _ func() *txn) []result {
 	for i, rc := range t.rcpts {
 		res[i].rcpt = rc
 		code, text := 250, "250 2.0.0 OK"
-		if s.h.rcpt != nil {
+		if s.n.srcReply != nil {
+			if c, m := s.n.srcReply(s.src); c != 0 {
+				code, text = c, fmt.Sprintf("%d %s", c, m)
+			}
+		}
+		if s.h.rcpt != nil && code == 250 {
 			if c, m := s.h.rcpt(rc.Address); c != 0 {
 				code, text = c, fmt.Sprintf("%d %s", c, m)
 			}
@@ -215,6 +225,7 @@ type world struct {
 	net   *fakeNet
 	res   *fakeResolver
 	reg   atomic.Pointer[vmta.Registry]
+	fs    vfs.FS
 	evs   atomic.Int64 // outcomes reported
 	bnc   atomic.Int64 // bounces
 }
@@ -243,12 +254,30 @@ host-name tern.test
 	}
 	w.reg.Store(reg)
 	w.net.clock = w.clock
+	w.fs = vfs.NewMem()
+	w.start()
+	t.Cleanup(func() {
+		close(w.net.hole)
+		w.stop()
+	})
+	return w
+}
+
+// start opens the queue in the world's file system and starts a new
+// scheduler on it (not Start: run does that).
+func (w *world) start() {
 	var sched atomic.Pointer[Scheduler]
-	w.q = queuetest.Open(t, queue.Options{Clock: w.clock, OnReady: func(k queue.Key) {
-		if s := sched.Load(); s != nil {
-			s.Notify(k)
-		}
-	}})
+	q, err := queue.Open(queue.Options{FS: w.fs, Dir: "spool", Clock: w.clock,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnReady: func(k queue.Key) {
+			if s := sched.Load(); s != nil {
+				s.Notify(k)
+			}
+		}})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.q = q
 	w.s = New(Options{Queue: w.q, Registry: w.reg.Load, Resolver: w.res, Clock: w.clock,
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Jitter:    func() float64 { return 0.5 },
@@ -256,15 +285,26 @@ host-name tern.test
 		OnBounce:  func(queue.Envelope, []Event, []byte) { w.bnc.Add(1) },
 		transport: w.net})
 	sched.Store(w.s)
-	t.Cleanup(func() {
-		close(w.net.hole)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := w.s.Stop(ctx); err != nil {
-			t.Errorf("stopping the scheduler: %v", err)
-		}
-	})
-	return w
+}
+
+// stop stops the scheduler and closes the queue.
+func (w *world) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := w.s.Stop(ctx); err != nil {
+		w.t.Errorf("stopping the scheduler: %v", err)
+	}
+	if err := w.q.Close(); err != nil {
+		w.t.Errorf("closing the queue: %v", err)
+	}
+}
+
+// restart stops the scheduler and the queue and starts them again on the
+// same spool, as a restart of the daemon would.
+func (w *world) restart() {
+	w.stop()
+	w.start()
+	w.run()
 }
 
 // provider adds a provider of n domains (name0.test …) served by the
@@ -272,7 +312,8 @@ host-name tern.test
 func (w *world) provider(name string, domains int, hosts ...*fakeHost) []string {
 	var mxs []*net.MX
 	for i, h := range hosts {
-		ip := netip.AddrFrom4([4]byte{127, 1, byte(len(w.net.hosts)/16 + 1), byte(len(w.net.hosts)%16 + i + 1)})
+		n := len(w.net.hosts)
+		ip := netip.AddrFrom4([4]byte{127, 1, byte(n/250 + 1), byte(n%250 + 1)})
 		h.provider = name
 		if h.name == "" {
 			h.name = fmt.Sprintf("mx%d.%s.example", i+1, name)
@@ -556,5 +597,129 @@ func TestRetryJitter(t *testing.T) {
 		if got < 10*time.Minute || got >= 11*time.Minute {
 			t.Errorf("jitter %v: retry after %s, want within [10m, 11m)", j, got)
 		}
+	}
+}
+
+// A provider's rate-limit replies trigger its rule at the threshold; the
+// suspension stops every connection to it, survives a restart, and ends
+// after for=, when the mail goes out.
+func TestShapingSuspendSurvivesRestart(t *testing.T) {
+	w := newWorld(t, `
+<smtp-pattern-list limits>
+    reply /^421 4\.7\.28/ suspend for=10m threshold=3/1m
+</smtp-pattern-list>
+<domain *>
+    retry-after 1m
+    smtp-pattern-list limits
+</domain>
+`)
+	var limited atomic.Bool
+	limited.Store(true)
+	doms := w.provider("rl", 5, &fakeHost{rcpt: func(string) (int, string) {
+		if limited.Load() {
+			return 421, "4.7.28 Our system has detected an unusual rate of unsolicited mail"
+		}
+		return 0, ""
+	}})
+	for i := range 50 {
+		w.put("mta1", fmt.Sprintf("u%d@%s", i, doms[i%5]))
+	}
+	w.run()
+	w.waitFor("the suspension", func() bool { return len(w.s.ShapingStates()) == 1 })
+	st := w.s.ShapingStates()[0]
+	if st.Action != ShapeSuspend || st.Provider != "mx1.rl.example" || st.VMTA != "mta1" ||
+		!st.Until.Equal(st.Since.Add(10*time.Minute)) || !strings.Contains(st.Reply, "4.7.28") {
+		t.Fatalf("state %+v, want a 10m suspension of mx1.rl.example/mta1 after the 4.7.28 reply", st)
+	}
+	w.settle()
+	sessions := func() (n int) {
+		w.net.stat(func() { n = w.net.sess })
+		return n
+	}
+	before := sessions()
+	// Retries come due within the suspension: nothing goes out.
+	w.clock.Advance(2 * time.Minute)
+	w.settle()
+	if n := sessions(); n != before {
+		t.Errorf("%d sessions opened during the suspension", n-before)
+	}
+
+	w.restart()
+	if got := w.s.ShapingStates(); len(got) != 1 || got[0].Action != ShapeSuspend || !got[0].Until.Equal(st.Until) {
+		t.Fatalf("after a restart: %+v, want the suspension until %s", got, st.Until)
+	}
+	w.clock.Advance(2 * time.Minute)
+	w.settle()
+	if n := sessions(); n != before {
+		t.Errorf("%d sessions opened during the suspension after the restart", n-before)
+	}
+
+	limited.Store(false)
+	w.clock.Set(st.Until.Add(time.Second))
+	w.waitFor("the suspension to end", func() bool { return len(w.s.ShapingStates()) == 0 })
+	w.drive("every delivery", time.Minute, func() bool { return w.q.Totals().Recipients == 0 })
+	w.net.stat(func() {
+		if len(w.net.got) != 50 {
+			t.Errorf("%d delivered after the suspension, want 50", len(w.net.got))
+		}
+	})
+	if states, _ := w.q.States("shape/"); len(states) != 0 {
+		t.Errorf("the spool still holds %d shaping states", len(states))
+	}
+}
+
+// disable-source-ip stops one address for the provider: the other
+// address of the VMTA carries the mail.
+func TestShapingDisableSourceIP(t *testing.T) {
+	w := newWorld(t, `
+<virtual-mta two>
+    smtp-source-host 127.0.0.4 a.tern.test
+    smtp-source-host 127.0.0.5 b.tern.test
+</virtual-mta>
+<smtp-pattern-list blocks>
+    reply /550 5\.7\.1 .*blocked/ disable-source-ip for=1h
+</smtp-pattern-list>
+<domain *>
+    smtp-pattern-list blocks
+    max-smtp-out 1
+</domain>
+`)
+	doms := w.provider("bl", 1, &fakeHost{})
+	blocked := netip.MustParseAddr("127.0.0.4")
+	var mu sync.Mutex
+	var srcs []netip.Addr
+	w.net.srcReply = func(src netip.Addr) (int, string) {
+		mu.Lock()
+		srcs = append(srcs, src)
+		mu.Unlock()
+		if src == blocked {
+			return 550, "5.7.1 Service unavailable; client host blocked using a list"
+		}
+		return 0, ""
+	}
+	for i := range 20 {
+		w.put("two", fmt.Sprintf("u%d@%s", i, doms[0]))
+	}
+	w.run()
+	w.waitFor("the 19 others delivered", func() bool { return len(w.s.ShapingStates()) == 1 && w.q.Totals().Recipients <= 1 })
+	st := w.s.ShapingStates()[0]
+	if st.Action != ShapeDisableSource || st.Source != blocked {
+		t.Fatalf("state %+v, want %s disabled", st, blocked)
+	}
+	w.net.stat(func() {
+		if len(w.net.got) != 19 {
+			t.Errorf("%d delivered, want 19 (the first bounced at the block)", len(w.net.got))
+		}
+	})
+	mu.Lock()
+	n := 0
+	for _, s := range srcs {
+		if s == blocked {
+			n++
+		}
+	}
+	mu.Unlock()
+	if n != 1 {
+		t.Errorf("%d transactions from the blocked address, want 1", n)
 	}
 }
