@@ -54,21 +54,32 @@ type session struct {
 func (w *World) serveSMTP(h *host, c net.Conn) {
 	ip := clientIP(c)
 	admitted := w.admit(h, ip)
-	if admitted {
-		defer w.release(h, ip)
-	}
 	w.notify()
 	s := &session{w: w, h: h, p: h.prov, c: c, ip: ip,
 		br: bufio.NewReaderSize(c, maxLine), bw: bufio.NewWriterSize(c, 4096)}
-	if !w.sleep(s.p.spec.BannerDelay) {
-		return
+	if s.run(admitted) {
+		// The server ends the session (421, QUIT): the slot is free now.
+		if admitted {
+			w.release(h, ip)
+		}
+		s.linger()
+	} else if admitted {
+		w.release(h, ip)
+	}
+}
+
+// run greets (or refuses) and serves commands; true when the server ended
+// the session, false when the client left or the world closed.
+func (s *session) run(admitted bool) bool {
+	if !s.w.sleep(s.p.spec.BannerDelay) {
+		return false
 	}
 	if !admitted {
 		s.end = true
-		s.write("421 4.7.0 Too many connections from " + ip)
-		return
+		s.write("421 4.7.0 Too many connections from " + s.ip)
+		return true
 	}
-	s.write("220 " + h.info.Name + " ESMTP world ready")
+	s.write("220 " + s.h.info.Name + " ESMTP world ready")
 	for !s.end {
 		line, err := s.readLine()
 		if errors.Is(err, errLineTooLong) {
@@ -76,9 +87,37 @@ func (w *World) serveSMTP(h *host, c net.Conn) {
 			continue
 		}
 		if err != nil {
-			return
+			return false
 		}
 		s.command(line)
+	}
+	return true
+}
+
+// lingerTime bounds how long a connection the server ends waits for the
+// client to close its side.
+const lingerTime = 2 * time.Second
+
+// linger closes the connection gracefully: a FIN after the last reply,
+// then whatever the client had already sent (pipelined commands after a
+// 421) is read and dropped until it closes. Closing with unread data
+// would send a reset instead, and the client could lose the last reply.
+func (s *session) linger() {
+	tc, ok := s.c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	if tc.CloseWrite() != nil {
+		return
+	}
+	_ = tc.SetReadDeadline(time.Now().Add(lingerTime))
+	buf := make([]byte, 512)
+	for n := 0; n < 1<<20; {
+		k, err := s.br.Read(buf)
+		n += k
+		if err != nil {
+			return
+		}
 	}
 }
 

@@ -734,3 +734,26 @@ func TestBadSpec(t *testing.T) {
 		}
 	}
 }
+
+// A 421 reaches a client that pipelined more after the refused command:
+// the server closes gracefully (FIN, then drains), not with a reset.
+func TestCloseAfter421IsGraceful(t *testing.T) {
+	w := world.StartT(t, smallSpec())
+	for i := range 20 {
+		c := dial(t, w, "mx1.capped.test", "127.0.0.35")
+		c.greet()
+		c.deliver("s@sender.test", fmt.Sprintf("<l%d.1@t>", i), "x@d0000.capped.test")
+		c.deliver("s@sender.test", fmt.Sprintf("<l%d.2@t>", i), "x@d0000.capped.test")
+		// MAIL is refused; the RCPT, DATA and data behind it are unread
+		// when the server closes.
+		c.send("MAIL FROM:<s@sender.test>", "RCPT TO:<x@d0000.capped.test>", "DATA", strings.Repeat("data line\r\n", 20000))
+		l, err := c.reply()
+		if err != nil || !strings.HasPrefix(l, "421 4.7.0 Too many messages") {
+			t.Fatalf("attempt %d: reply %q, %v", i, l, err)
+		}
+		if _, err := c.r.ReadByte(); !errors.Is(err, io.EOF) {
+			t.Fatalf("attempt %d: after the 421: %v, want EOF", i, err)
+		}
+		c.c.Close()
+	}
+}
