@@ -167,6 +167,7 @@ type providerResult struct {
 	Duplicates      int64   `json:"duplicates"`
 	Undeliverable   int     `json:"undeliverable,omitempty"`
 	BounceExpected  int     `json:"bounce_expected"`
+	Bounced         int     `json:"bounced"`
 	DSNNamed        int     `json:"dsn_named"`
 	Connections     int64   `json:"connections"`
 	PeakPerIP       int64   `json:"peak_per_ip"`
@@ -249,18 +250,21 @@ func worldPass(ctx context.Context, o options, w *world.World, load []world.Mess
 	res.Bounced = len(bounced)
 	res.BouncedWithoutDSN = len(after.DSN.Missing(bounced))
 	res.DSNReports = snap.DSN.Reports
-	fillProviders(&res, w, snap, exp, load, inj.Refused)
+	fillProviders(&res, w, snap, exp, load, inj.Refused, bounced)
 	return res, nil
 }
 
 // fillProviders computes the per-provider figures of a pass from the
 // snapshot taken at the end of its window.
-func fillProviders(res *worldResult, w *world.World, snap world.Snapshot, exp expected, load []world.Message, refused map[int]bool) {
+func fillProviders(res *worldResult, w *world.World, snap world.Snapshot, exp expected, load []world.Message, refused map[int]bool, bounced []string) {
 	spec := w.Spec()
-	dsnNamed := map[string]int{}
+	providerOf := func(addr string) string { return w.ProviderOf(addr[strings.LastIndexByte(addr, '@')+1:]) }
+	dsnNamed, bouncedBy := map[string]int{}, map[string]int{}
 	for addr := range snap.DSN.Recipients {
-		at := strings.LastIndexByte(addr, '@')
-		dsnNamed[w.ProviderOf(addr[at+1:])]++
+		dsnNamed[providerOf(addr)]++
+	}
+	for _, addr := range bounced {
+		bouncedBy[providerOf(addr)]++
 	}
 	// Messages the MTA refused at injection cannot be delivered: they
 	// leave the expectations.
@@ -287,7 +291,7 @@ func fillProviders(res *worldResult, w *world.World, snap world.Snapshot, exp ex
 		pr := providerResult{
 			Name: p.Name, Cap: p.ConnCapPerIP,
 			Deliverable: deliverable[p.Name], Delivered: ps.Recipients, Duplicates: ps.Duplicates,
-			Undeliverable: exp.undeliverable[p.Name], BounceExpected: bounce[p.Name], DSNNamed: dsnNamed[p.Name],
+			Undeliverable: exp.undeliverable[p.Name], BounceExpected: bounce[p.Name], Bounced: bouncedBy[p.Name], DSNNamed: dsnNamed[p.Name],
 			Connections: ps.Connections, PeakPerIP: ps.PeakPerIP(), RefusedShare: round(ps.RefusedShare(), 3),
 			Transactions: ps.Transactions, RateLimited: ps.RateLimited, Greylisted: ps.Greylisted,
 			UnknownUser: ps.UnknownUser, TooManyMessages: ps.TooManyMessages,
@@ -348,6 +352,9 @@ func printWorld(out io.Writer, spec world.Spec, exp expected, rs []worldResult, 
 	}
 	head += "bounce exp\t"
 	for _, n := range names {
+		head += n + " bounced\t"
+	}
+	for _, n := range names {
 		head += n + " DSN\t"
 	}
 	head += "undeliverable\t"
@@ -370,6 +377,10 @@ func printWorld(out io.Writer, spec world.Spec, exp expected, rs []worldResult, 
 			line += fmt.Sprintf("%d\t", p.Duplicates)
 		}
 		line += fmt.Sprintf("%d\t", bexp)
+		for _, r := range rs {
+			p, _ := get(r)
+			line += fmt.Sprintf("%d\t", p.Bounced)
+		}
 		undeliverable := 0
 		for _, r := range rs {
 			p, _ := get(r)
@@ -386,7 +397,7 @@ func printWorld(out io.Writer, spec world.Spec, exp expected, rs []worldResult, 
 	}
 	row("total", totalOf(exp.deliverable), func(r worldResult) (providerResult, bool) {
 		return providerResult{Delivered: r.Delivered, Share: r.Share, Duplicates: r.Duplicates,
-			BounceExpected: r.BounceExpected, DSNNamed: r.DSNNamed, Undeliverable: totalOf(exp.undeliverable)}, true
+			BounceExpected: r.BounceExpected, Bounced: r.Bounced, DSNNamed: r.DSNNamed, Undeliverable: totalOf(exp.undeliverable)}, true
 	})
 	tw.Flush()
 
@@ -394,7 +405,7 @@ func printWorld(out io.Writer, spec world.Spec, exp expected, rs []worldResult, 
 	tw = tabwriter.NewWriter(out, 2, 8, 2, ' ', tabwriter.AlignRight)
 	head = "provider\tcap/IP\t"
 	for _, n := range names {
-		head += n + " peak/IP\tconns\trefused\t421/451 rate\tgrey\tdead dials\thole dials\theld\t"
+		head += n + " peak/IP\tconns\trefused\trate-limited\tgreylisted\tdead dials\thole dials\theld\t"
 	}
 	fmt.Fprintln(tw, head)
 	for _, p := range spec.Providers {

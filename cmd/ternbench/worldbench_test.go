@@ -148,7 +148,7 @@ func TestInjectIntoWorld(t *testing.T) {
 
 	exp := expectations(w, load)
 	var r worldResult
-	fillProviders(&r, w, s, exp, load, res.Refused)
+	fillProviders(&r, w, s, exp, load, res.Refused, nil)
 	pr, _ := findProvider(r, "only")
 	if pr.Delivered != int64(wantRcpts) || r.Delivered != pr.Delivered || len(r.ClientIPs) != 1 || r.ClientIPs[0] != "127.0.0.1" {
 		t.Errorf("result %+v", r)
