@@ -29,7 +29,10 @@ const (
 	maxReportBytes = 1 << 20
 )
 
-var errLineTooLong = errors.New("line too long")
+// errLineTooLong reports a command line longer than maxLine.
+type errLineTooLong struct{}
+
+func (errLineTooLong) Error() string { return "line too long" }
 
 // session is one connection to a normal host.
 type session struct {
@@ -82,7 +85,7 @@ func (s *session) run(admitted bool) bool {
 	s.write("220 " + s.h.info.Name + " ESMTP world ready")
 	for !s.end {
 		line, err := s.readLine()
-		if errors.Is(err, errLineTooLong) {
+		if errors.Is(err, errLineTooLong{}) {
 			s.fail("500 5.5.6 Line too long")
 			continue
 		}
@@ -135,7 +138,7 @@ func (s *session) readLine() (string, error) {
 		if err != nil {
 			return "", err
 		}
-		return "", errLineTooLong
+		return "", errLineTooLong{}
 	}
 	if err != nil {
 		return "", err
@@ -242,11 +245,16 @@ func (s *session) command(line string) {
 	}
 }
 
-// mailParams and rcptParams are the ESMTP parameters accepted.
-var (
-	mailParams = []string{"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"}
-	rcptParams = []string{"NOTIFY", "ORCPT"}
-)
+// mailParam and rcptParam tell the ESMTP parameters accepted.
+func mailParam(k string) bool {
+	switch k {
+	case "SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH":
+		return true
+	}
+	return false
+}
+
+func rcptParam(k string) bool { return k == "NOTIFY" || k == "ORCPT" }
 
 func (s *session) mail(arg string) {
 	switch {
@@ -257,7 +265,7 @@ func (s *session) mail(arg string) {
 		s.fail("503 5.5.1 Nested MAIL command")
 		return
 	}
-	addr, params, err := parsePath(arg, "FROM:", mailParams)
+	addr, params, err := parsePath(arg, "FROM:", mailParam)
 	if err != nil {
 		s.fail(err.Error())
 		return
@@ -294,7 +302,7 @@ func (s *session) rcpt(arg string) {
 		s.fail("503 5.5.1 Need MAIL first")
 		return
 	}
-	addr, _, err := parsePath(arg, "TO:", rcptParams)
+	addr, _, err := parsePath(arg, "TO:", rcptParam)
 	if err != nil {
 		s.fail(err.Error())
 		return
@@ -535,7 +543,7 @@ func (w *World) record(p *provider, id string, hasID bool, rcpts []string, from 
 
 // parsePath parses "FROM:<addr> PARAM=V …" (or "TO:…"), the prefix
 // matched without regard to case. The error text is the reply.
-func parsePath(arg, prefix string, allowed []string) (string, map[string]string, error) {
+func parsePath(arg, prefix string, allowed func(string) bool) (string, map[string]string, error) {
 	arg = strings.TrimSpace(arg)
 	if len(arg) < len(prefix) || !strings.EqualFold(arg[:len(prefix)], prefix) {
 		return "", nil, errors.New("501 5.5.4 Syntax: " + prefix + "<address>")
@@ -559,11 +567,7 @@ func parsePath(arg, prefix string, allowed []string) (string, map[string]string,
 	for _, f := range strings.Fields(arg[end+1:]) {
 		k, v, _ := strings.Cut(f, "=")
 		k = strings.ToUpper(k)
-		known := false
-		for _, a := range allowed {
-			known = known || a == k
-		}
-		if !known {
+		if !allowed(k) {
 			return "", nil, fmt.Errorf("555 5.5.4 Unsupported parameter %s", k)
 		}
 		params[k] = v

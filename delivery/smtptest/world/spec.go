@@ -23,7 +23,6 @@
 package world
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -254,40 +253,37 @@ type layout struct {
 	provDomains [][]int
 }
 
-// errSpec wraps every error of a spec.
-var errSpec = errors.New("world: bad spec")
-
 // expand lays the spec out, checking it.
 func (s *Spec) expand() (*layout, error) {
 	l := &layout{domainProv: make(map[string]int)}
 	names := make(map[string]bool)
 	hostNames := make(map[string]bool)
 	if len(s.Providers) == 0 {
-		return nil, fmt.Errorf("%w: no provider", errSpec)
+		return nil, fmt.Errorf("world: bad spec: no provider")
 	}
 	if len(s.Providers) > 245 {
-		return nil, fmt.Errorf("%w: %d providers, at most 245", errSpec, len(s.Providers))
+		return nil, fmt.Errorf("world: bad spec: %d providers, at most 245", len(s.Providers))
 	}
 	for pi := range s.Providers {
 		p := &s.Providers[pi]
 		if !isLabel(p.Name) {
-			return nil, fmt.Errorf("%w: provider name %q is not a DNS label", errSpec, p.Name)
+			return nil, fmt.Errorf("world: bad spec: provider name %q is not a DNS label", p.Name)
 		}
 		if names[p.Name] {
-			return nil, fmt.Errorf("%w: provider %q twice", errSpec, p.Name)
+			return nil, fmt.Errorf("world: bad spec: provider %q twice", p.Name)
 		}
 		names[p.Name] = true
 		if p.Domains < 0 || p.Weight < 0 || p.ConnCapPerIP < 0 || p.MsgsPerConn < 0 ||
 			p.RateLimitShare < 0 || p.RateLimitShare > 1 || p.Greylist < 0 || p.BannerDelay < 0 || p.ReplyDelay < 0 {
-			return nil, fmt.Errorf("%w: provider %s: a negative or out-of-range value", errSpec, p.Name)
+			return nil, fmt.Errorf("world: bad spec: provider %s: a negative or out-of-range value", p.Name)
 		}
 		if p.RateLimitReply != "" {
 			if _, _, err := parseReply(p.RateLimitReply); err != nil {
-				return nil, fmt.Errorf("%w: provider %s: RateLimitReply: %v", errSpec, p.Name, err)
+				return nil, fmt.Errorf("world: bad spec: provider %s: RateLimitReply: %v", p.Name, err)
 			}
 		}
 		if p.Nonexistent && (len(p.Hosts) > 0 || p.Sender) {
-			return nil, fmt.Errorf("%w: provider %s: a nonexistent provider has no hosts and is no sender", errSpec, p.Name)
+			return nil, fmt.Errorf("world: bad spec: provider %s: a nonexistent provider has no hosts and is no sender", p.Name)
 		}
 		var doms []string
 		for d := range p.Domains {
@@ -297,7 +293,7 @@ func (s *Spec) expand() (*layout, error) {
 			doms = append(doms, strings.ToLower(strings.TrimSuffix(n, ".")))
 		}
 		if len(doms) == 0 {
-			return nil, fmt.Errorf("%w: provider %s has no domain", errSpec, p.Name)
+			return nil, fmt.Errorf("world: bad spec: provider %s has no domain", p.Name)
 		}
 		hosts := p.Hosts
 		if len(hosts) == 0 && !p.Nonexistent {
@@ -314,10 +310,10 @@ func (s *Spec) expand() (*layout, error) {
 					name = fmt.Sprintf("%s.%s", name, suffix)
 				}
 				if hostNames[name] || names["dom:"+name] {
-					return nil, fmt.Errorf("%w: host name %s twice", errSpec, name)
+					return nil, fmt.Errorf("world: bad spec: host name %s twice", name)
 				}
 				if ipIndex >= 254*256 {
-					return nil, fmt.Errorf("%w: provider %s has too many hosts", errSpec, p.Name)
+					return nil, fmt.Errorf("world: bad spec: provider %s has too many hosts", p.Name)
 				}
 				hostNames[name] = true
 				ip := fmt.Sprintf("127.%d.%d.%d", 10+pi, ipIndex/254, ipIndex%254+1)
@@ -344,10 +340,10 @@ func (s *Spec) expand() (*layout, error) {
 		var idx []int
 		for di, d := range doms {
 			if !isDomain(d) {
-				return nil, fmt.Errorf("%w: provider %s: bad domain name %q", errSpec, p.Name, d)
+				return nil, fmt.Errorf("world: bad spec: provider %s: bad domain name %q", p.Name, d)
 			}
 			if names["dom:"+d] || hostNames[d] {
-				return nil, fmt.Errorf("%w: domain %s twice", errSpec, d)
+				return nil, fmt.Errorf("world: bad spec: domain %s twice", d)
 			}
 			names["dom:"+d] = true
 			dom := Domain{Name: d, Provider: p.Name, MX: shared, Nonexistent: p.Nonexistent}

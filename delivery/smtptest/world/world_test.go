@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -756,4 +757,67 @@ func TestCloseAfter421IsGraceful(t *testing.T) {
 		}
 		c.c.Close()
 	}
+}
+
+// BenchmarkDelivery measures the receivers: 4 KB messages, one per
+// transaction, over parallel reused connections.
+func BenchmarkDelivery(b *testing.B) {
+	w, err := world.Start(world.Spec{Providers: []world.Provider{{Name: "bench", Domains: 10, Hosts: []world.Host{{}, {}}, Weight: 1}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	var msgs []world.Message
+	for _, m := range w.Load(1000) {
+		if !slices.ContainsFunc(m.To, func(r world.Recipient) bool { return r.Fate != world.Deliverable }) {
+			msgs = append(msgs, m)
+		}
+	}
+	var next atomic.Int64
+	b.SetBytes(world.LoadSize)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		h := w.Hosts()[next.Add(1)%2]
+		c, err := net.Dial("tcp", net.JoinHostPort(h.IP, strconv.Itoa(w.Port())))
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		read := func() {
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				if len(l) < 4 || l[3] != '-' {
+					return
+				}
+			}
+		}
+		read()
+		io.WriteString(c, "EHLO bench.test\r\n")
+		read()
+		for pb.Next() {
+			m := &msgs[next.Add(1)%int64(len(msgs))]
+			var cmd strings.Builder
+			fmt.Fprintf(&cmd, "MAIL FROM:<%s>\r\n", m.From)
+			for _, rc := range m.To {
+				fmt.Fprintf(&cmd, "RCPT TO:<%s>\r\n", rc.Addr)
+			}
+			cmd.WriteString("DATA\r\n")
+			io.WriteString(c, cmd.String())
+			for range 2 + len(m.To) {
+				read()
+			}
+			c.Write(m.Data())
+			io.WriteString(c, ".\r\n")
+			read()
+		}
+	})
+	b.StopTimer()
+	s := w.Snapshot()
+	b.ReportMetric(float64(s.Providers[0].Messages)/b.Elapsed().Seconds(), "msgs/s")
 }
