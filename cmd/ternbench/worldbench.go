@@ -556,10 +556,15 @@ func (t *ternWorld) bounced() ([]string, error) {
 
 func (t *ternWorld) cpu() time.Duration { return t.srv.cpu() }
 
+// ternStopGrace is how long tern serve gets to drain after SIGTERM before
+// SIGKILL: more than its own drain bound (30 s), which connections held
+// by black holes can use up.
+const ternStopGrace = 45 * time.Second
+
 func (t *ternWorld) stop() {
 	if t.srv.cmd != nil && !t.stopped {
 		t.stopped = true
-		stopProcess(t.srv.cmd, t.srv.done, 20*time.Second)
+		stopProcess(t.srv.cmd, t.srv.done, ternStopGrace)
 	}
 }
 
