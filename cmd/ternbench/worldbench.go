@@ -35,9 +35,10 @@ const dsnGrace = 30 * time.Second
 
 // worldMTA is a mail server run in the simulated world.
 type worldMTA interface {
-	// start runs it in dir, listening on 127.0.0.1:port for the injector
-	// and resolving through the world's DNS server at dnsAddr.
-	start(ctx context.Context, dir string, port int, dnsAddr string) error
+	// start runs it in dir, listening on 127.0.0.1:port for the injector,
+	// resolving through the world's DNS server at dnsAddr and delivering
+	// to port mxPort of the MX hosts.
+	start(ctx context.Context, dir string, port int, dnsAddr string, mxPort int) error
 	// bounced lists the recipients it has bounced so far, from its
 	// accounting file (Tern) or its log (Postfix).
 	bounced() ([]string, error)
@@ -209,7 +210,7 @@ func worldPass(ctx context.Context, o options, w *world.World, load []world.Mess
 	}
 	pctx, cancel := context.WithTimeout(ctx, o.Window+5*time.Minute)
 	defer cancel()
-	if err := m.start(pctx, dir, port, w.DNSAddr()); err != nil {
+	if err := m.start(pctx, dir, port, w.DNSAddr(), w.Port()); err != nil {
 		m.stop()
 		return res, err
 	}
@@ -471,10 +472,11 @@ type ternWorld struct {
 // worldTernConfig is the configuration of Tern in the world benchmark:
 // one VMTA sending from ternWorldSource, the world's DNS server, a retry
 // every minute (so greylisted mail is retried within the window, as
-// Postfix's is), and an accounting file with d, b and t records. Every
-// other directive is Tern's default. Rollup and adaptive-connection
-// directives belong here once Tern has them.
-func worldTernConfig(dir string, port, adminPort int, dnsAddr string) string {
+// Postfix's is), an accounting file with d, b and t records, and the MX
+// hosts' port (25 unless -world-port says otherwise). Every other
+// directive is Tern's default. Rollup and adaptive-connection directives
+// belong here once Tern has them.
+func worldTernConfig(dir string, port, adminPort int, dnsAddr string, mxPort int) string {
 	return fmt.Sprintf(`host-name tern.bench.test
 postmaster postmaster@tern.bench.test
 spool %[1]s/spool
@@ -495,18 +497,19 @@ name-server %[4]s
 </virtual-mta>
 <domain *>
     retry-after 1m
+    default-smtp-port %[6]d
 </domain>
-`, dir, port, adminPort, dnsAddr, ternWorldSource)
+`, dir, port, adminPort, dnsAddr, ternWorldSource, mxPort)
 }
 
-func (t *ternWorld) start(ctx context.Context, dir string, port int, dnsAddr string) error {
+func (t *ternWorld) start(ctx context.Context, dir string, port int, dnsAddr string, mxPort int) error {
 	adminPort, err := freePort()
 	if err != nil {
 		return err
 	}
 	t.dir = dir
 	conf := filepath.Join(dir, "tern.conf")
-	if err := os.WriteFile(conf, []byte(worldTernConfig(dir, port, adminPort, dnsAddr)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(worldTernConfig(dir, port, adminPort, dnsAddr, mxPort)), 0o644); err != nil {
 		return err
 	}
 	out, err := exec.CommandContext(ctx, t.bin, "check", conf).CombinedOutput()
@@ -584,10 +587,10 @@ type postfixWorld struct {
 // queue scanned every 15s, so a deferred recipient is retried 60 to 75 s
 // later). smtp(8) runs chrooted in the queue directory, where its
 // resolv.conf points the C library's resolver at the world's DNS server
-// (which must therefore be on port 53); the port is numeric so that no
-// /etc/services is needed there. It logs to DIR/maillog, which is where
-// its bounces are counted.
-func worldPostfixConfig(dir string) []byte {
+// (which must therefore be on port 53); the MX port (mxPort) is numeric
+// so that no /etc/services is needed there. It logs to DIR/maillog, which
+// is where its bounces are counted.
+func worldPostfixConfig(dir string, mxPort int) []byte {
 	return fmt.Appendf(nil, `compatibility_level = 3.6
 queue_directory = %[1]s/queue
 data_directory = %[1]s/data
@@ -603,13 +606,13 @@ alias_database =
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 smtp_bind_address = %[2]s
-smtp_tcp_port = 25
+smtp_tcp_port = %[3]d
 minimal_backoff_time = 60s
 maximal_backoff_time = 60s
 queue_run_delay = 15s
 maillog_file = %[1]s/maillog
 maillog_file_prefixes = %[1]s
-`, dir, postfixWorldSource)
+`, dir, postfixWorldSource, mxPort)
 }
 
 // worldMasterCf is Debian's master.cf with smtpd on 127.0.0.1:port, the
@@ -627,7 +630,7 @@ func worldMasterCf(orig []byte, port int) []byte {
 	return bytes.TrimSuffix(out.Bytes(), []byte("\n"))
 }
 
-func (p *postfixWorld) start(ctx context.Context, dir string, port int, dnsAddr string) error {
+func (p *postfixWorld) start(ctx context.Context, dir string, port int, dnsAddr string, mxPort int) error {
 	host, dnsPort, err := net.SplitHostPort(dnsAddr)
 	if err != nil {
 		return err
@@ -646,7 +649,7 @@ func (p *postfixWorld) start(ctx context.Context, dir string, port int, dnsAddr 
 	if tz, err := os.ReadFile("/etc/localtime"); err == nil {
 		files["queue/etc/localtime"] = tz
 	}
-	return p.srv.startWith(ctx, dir, port, worldPostfixConfig(dir), worldMasterCf(master, port), files)
+	return p.srv.startWith(ctx, dir, port, worldPostfixConfig(dir, mxPort), worldMasterCf(master, port), files)
 }
 
 // bounced reads the recipients of the status=bounced lines of the log.

@@ -17,7 +17,7 @@ import (
 // The generated Tern configuration loads without errors or warnings.
 func TestWorldTernConfig(t *testing.T) {
 	dir := t.TempDir()
-	src := worldTernConfig(dir, 2525, 8081, "127.0.1.53:53")
+	src := worldTernConfig(dir, 2525, 8081, "127.0.1.53:53", 25)
 	cfg, err := config.Parse(filepath.Join(dir, "tern.conf"), []byte(src), config.Options{Hostname: "bench.test"})
 	if err != nil {
 		t.Fatalf("the world's tern.conf is refused: %v\n%s", err, src)
@@ -25,7 +25,7 @@ func TestWorldTernConfig(t *testing.T) {
 	if len(cfg.Warnings) > 0 {
 		t.Errorf("warnings: %v", cfg.Warnings)
 	}
-	for _, want := range []string{"smtp-source-host 127.0.0.2 ", "name-server 127.0.1.53:53", "records d,b,t", "retry-after 1m"} {
+	for _, want := range []string{"smtp-source-host 127.0.0.2 ", "name-server 127.0.1.53:53", "records d,b,t", "retry-after 1m", "default-smtp-port 25"} {
 		if !strings.Contains(src, want) {
 			t.Errorf("config lacks %q", want)
 		}
@@ -53,7 +53,7 @@ relay     unix  -       -       y       -       -       smtp
 			t.Errorf("master.cf lacks %q:\n%s", want, out)
 		}
 	}
-	main := string(worldPostfixConfig("/x"))
+	main := string(worldPostfixConfig("/x", 25))
 	for _, want := range []string{"smtp_bind_address = 127.0.0.3\n", "smtp_tcp_port = 25\n", "minimal_backoff_time = 60s\n", "maillog_file = /x/maillog\n"} {
 		if !strings.Contains(main, want) {
 			t.Errorf("main.cf lacks %q", want)

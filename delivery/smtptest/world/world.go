@@ -49,7 +49,12 @@ func Start(spec Spec) (*World, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The world keeps its own copy: the caller may reuse its spec.
 	spec.Providers = slices.Clone(spec.Providers)
+	for i := range spec.Providers {
+		spec.Providers[i].Names = slices.Clone(spec.Providers[i].Names)
+		spec.Providers[i].Hosts = slices.Clone(spec.Providers[i].Hosts)
+	}
 	w := &World{spec: spec, lay: lay, done: make(chan struct{}), conns: make(map[net.Conn]struct{})}
 	for i, p := range spec.Providers {
 		w.providers = append(w.providers, newProvider(p, i))
@@ -299,14 +304,12 @@ func (w *World) accept(h *host, ln net.Listener) {
 				return
 			default:
 			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				// Out of descriptors: wait for some to close.
-				if !w.sleep(10 * time.Millisecond) {
-					return
-				}
-				continue
-			}
 			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors (EMFILE) or another passing error:
+			// wait a little for it to pass.
+			if !w.sleep(10 * time.Millisecond) {
 				return
 			}
 			continue

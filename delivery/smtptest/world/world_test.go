@@ -3,6 +3,7 @@ package world_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -820,4 +821,21 @@ func BenchmarkDelivery(b *testing.B) {
 	b.StopTimer()
 	s := w.Snapshot()
 	b.ReportMetric(float64(s.Providers[0].Messages)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// A snapshot marshals to JSON with host kinds by name.
+func TestSnapshotJSON(t *testing.T) {
+	w := world.StartT(t, smallSpec())
+	c := dial(t, w, "mx1.d0000.holes.test", "127.0.0.36")
+	waitFor(t, w, "a held connection", func(s *world.Snapshot) bool { return s.Provider("holes").Held == 1 })
+	c.c.Close()
+	b, err := json.Marshal(w.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"kind":"blackhole"`, `"name":"capped"`, `"dials":{"127.0.0.36":1}`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("JSON lacks %s:\n%s", want, b)
+		}
+	}
 }
