@@ -24,7 +24,7 @@ TESTTIMEOUT ?= 4m
 # `spool ../var/spool`, relative to the config file.
 RUN_ARGS = serve -c $(CONFIG)
 
-.PHONY: build test fmt-check vet unit fuzz run bench bench-tools bench-e2e bench-peer bench-backlog lint clean help
+.PHONY: build test fmt-check vet unit fuzz run bench bench-tools bench-e2e bench-peer bench-backlog bench-world lint clean help
 
 ## build: compile the tern binary into bin/tern
 build:
@@ -95,6 +95,13 @@ bench-e2e: build bench-tools
 bench-peer: build bench-tools
 	@mkdir -p bench/out
 	timeout $(BENCH_TIMEOUT) $(GO) run ./cmd/ternbench peer -tern bin/tern $(BENCH_ARGS) | tee bench/out/peer.txt
+
+## bench-world: a simulated Internet on port 25 (2,000+ domains, caps, rate limits, greylisting, dead hosts); the same load through Postfix then Tern, delivered per provider in a 2-minute window
+# Runs as root (port 25, port 53 for Postfix's resolver). JSON lines in
+# bench/out/world.jsonl, the tables in bench/out/world.txt.
+bench-world: build bench-tools
+	@mkdir -p bench/out
+	timeout $(BENCH_TIMEOUT) $(GO) run ./cmd/ternbench world -tern bin/tern -jsonl bench/out/world.jsonl $(BENCH_ARGS) | tee bench/out/world.txt
 
 ## bench-backlog: queue 1,000,000 recipients with the sink down and report Tern's peak RSS
 bench-backlog: build bench-tools

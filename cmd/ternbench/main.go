@@ -7,6 +7,10 @@
 //	                         rounds; each figure as a Tern/Postfix ratio
 //	ternbench backlog        queue -n recipients with the destination down;
 //	                         Tern's peak RSS, and its restart time with them
+//	ternbench world  [flags] a simulated Internet (package
+//	                         delivery/smtptest/world) on port 25: the same
+//	                         load through Postfix then Tern, what each
+//	                         delivered per provider within -window
 //
 // Every process it starts is stopped by PID when it ends, also on a timeout
 // or an interrupt. Only 127.0.0.0/8 is used.
@@ -22,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 )
@@ -41,8 +46,14 @@ type options struct {
 	Source   string
 	Postfix  string
 	Profile  string // directory for CPU and heap profiles of tern serve
-	Out      io.Writer
-	Log      io.Writer
+	// world mode
+	Window    time.Duration // measured from the start of injection
+	MTAs      []string      // in the order run
+	JSONL     string        // where the JSON lines go too
+	WorldPort int           // the port of every MX host
+	WorldDNS  string        // the world's DNS server, IP:53
+	Out       io.Writer
+	Log       io.Writer
 }
 
 func main() {
@@ -50,8 +61,8 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "e2e" && args[0] != "peer" && args[0] != "backlog") {
-		fmt.Fprintln(stderr, "usage: ternbench e2e|peer|backlog [flags]; ternbench e2e -h lists the flags")
+	if len(args) == 0 || !slices.Contains([]string{"e2e", "peer", "backlog", "world"}, args[0]) {
+		fmt.Fprintln(stderr, "usage: ternbench e2e|peer|backlog|world [flags]; ternbench e2e -h lists the flags")
 		return 2
 	}
 	mode := args[0]
@@ -66,7 +77,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.Rcpts, "rcpts", 100, "recipients per message (backlog)")
 	fs.IntVar(&o.Size, "size", 4096, "message payload in bytes")
 	fs.IntVar(&o.Sessions, "sessions", 20, "parallel injecting sessions")
-	fs.IntVar(&o.Rounds, "rounds", 3, "rounds of Postfix then Tern (peer)")
+	defRounds := 3
+	if mode == "world" {
+		defRounds = 1
+	}
+	fs.IntVar(&o.Rounds, "rounds", defRounds, "rounds of Postfix then Tern (peer, world)")
 	fs.StringVar(&o.Tern, "tern", "bin/tern", "the tern binary")
 	fs.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on one pass")
 	passes := fs.String("passes", "new,reuse", "injection passes: new (a connection per message), reuse (connections reused)")
@@ -75,6 +90,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Source, "smtp-source", "/usr/sbin/smtp-source", "Postfix's smtp-source")
 	fs.StringVar(&o.Postfix, "postfix", "/usr/sbin/postfix", "Postfix's postfix command (peer)")
 	fs.StringVar(&o.Profile, "profile", "", "write CPU and heap profiles of tern serve to this directory (e2e)")
+	fs.DurationVar(&o.Window, "window", 2*time.Minute, "how long after the start of injection the world is measured (world)")
+	mtas := fs.String("mtas", "postfix,tern", "the MTAs run, in order (world)")
+	fs.StringVar(&o.JSONL, "jsonl", "bench/out/world.jsonl", "also write the JSON lines here (world; empty: nowhere)")
+	fs.IntVar(&o.WorldPort, "world-port", 25, "the port of every MX host of the world (world)")
+	fs.StringVar(&o.WorldDNS, "world-dns", "127.0.1.53:53", "the world's DNS server; Postfix needs port 53 (world)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -83,7 +103,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ternbench: bad flags: %v\n", err)
 		return 2
 	}
-	for _, bin := range []string{o.SinkBin, o.Source, o.Tern} {
+	if o.MTAs, err = parseMTAs(*mtas); err != nil || o.Window <= 0 {
+		fmt.Fprintf(stderr, "ternbench: bad flags: %v\n", err)
+		return 2
+	}
+	bins := []string{o.SinkBin, o.Source, o.Tern}
+	if mode == "world" {
+		bins = nil
+		if slices.Contains(o.MTAs, "tern") {
+			bins = append(bins, o.Tern)
+		}
+		if slices.Contains(o.MTAs, "postfix") {
+			bins = append(bins, o.Postfix)
+		}
+	}
+	for _, bin := range bins {
 		if _, err := os.Stat(bin); err != nil {
 			fmt.Fprintf(stderr, "ternbench: %v (make bench-e2e installs Postfix's tools and builds tern)\n", err)
 			return 2
@@ -102,6 +136,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runE2E(ctx, o)
 	case "peer":
 		err = runPeer(ctx, o)
+	case "world":
+		err = runWorld(ctx, o)
 	default:
 		err = runBacklog(ctx, o)
 	}

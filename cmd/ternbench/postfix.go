@@ -47,6 +47,17 @@ type postfixServer struct {
 }
 
 func (p *postfixServer) start(ctx context.Context, dir string, port, sinkPort int) error {
+	master, err := os.ReadFile("/etc/postfix/master.cf")
+	if err != nil {
+		return err
+	}
+	return p.startWith(ctx, dir, port, fmt.Appendf(nil, postfixMain, dir, sinkPort), masterCf(master, port), nil)
+}
+
+// startWith starts the instance in dir with the given main.cf and
+// master.cf, after writing files (paths relative to dir, such as the
+// chroot's queue/etc/resolv.conf), and waits until port accepts.
+func (p *postfixServer) startWith(ctx context.Context, dir string, port int, mainCf, master []byte, files map[string][]byte) error {
 	if _, err := user.Lookup("postfix"); err != nil {
 		return fmt.Errorf("no postfix user (is Debian's postfix package installed?): %w", err)
 	}
@@ -64,18 +75,23 @@ func (p *postfixServer) start(ctx context.Context, dir string, port, sinkPort in
 	if err := exec.Command("chown", "postfix", filepath.Join(dir, "data")).Run(); err != nil {
 		return fmt.Errorf("chown postfix %s/data: %w", dir, err)
 	}
-	if err := os.WriteFile(filepath.Join(p.etc, "main.cf"), fmt.Appendf(nil, postfixMain, dir, sinkPort), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p.etc, "main.cf"), mainCf, 0o644); err != nil {
 		return err
 	}
-	master, err := os.ReadFile("/etc/postfix/master.cf")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(p.etc, "master.cf"), masterCf(master, port), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p.etc, "master.cf"), master, 0o644); err != nil {
 		return err
 	}
 	if dm, err := os.ReadFile("/etc/postfix/dynamicmaps.cf"); err == nil {
 		_ = os.WriteFile(filepath.Join(p.etc, "dynamicmaps.cf"), dm, 0o644)
+	}
+	for name, data := range files {
+		path := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			return err
+		}
 	}
 	if out, err := p.postfix("start"); err != nil {
 		return fmt.Errorf("postfix -c %s start: %v: %s %s", p.etc, err, out, p.logTail())

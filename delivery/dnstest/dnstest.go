@@ -4,7 +4,8 @@
 // over UDP and TCP on the same 127.0.0.1 port, and counts the queries it
 // receives per (name, type) so that tests can check a resolver's cache.
 // Zones can be changed while the server runs. Nothing here is global: each
-// test starts its own server, which stops when the test ends.
+// test starts its own server (Start), which stops when the test ends; New
+// starts one outside a test, stopped by its caller.
 package dnstest
 
 import (
@@ -79,30 +80,60 @@ type Server struct {
 // serving a copy of zones, and stops it when t ends.
 func Start(t testing.TB, zones Zones) *Server {
 	t.Helper()
-	s := &Server{zones: make(Zones), queries: make(map[queryKey]int)}
-	for name, r := range zones {
-		if err := check(name, r); err != nil {
-			t.Fatalf("dnstest: %v", err)
-		}
-		s.zones[canonical(name)] = r
-	}
-	pc, ln, err := listenBoth()
+	s, err := New("", zones)
 	if err != nil {
-		t.Fatalf("dnstest: %v", err)
+		t.Fatal(err)
 	}
-	s.addr = pc.LocalAddr().String()
-	s.udp = s.serve(t, &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(s.handle)})
-	s.tcp = s.serve(t, &dns.Server{Listener: ln, Handler: dns.HandlerFunc(s.handle)})
 	t.Cleanup(s.Stop)
 	return s
 }
 
-// listenBoth opens a UDP socket on 127.0.0.1:0 and a TCP listener on the
-// same port, retrying with a fresh port when the TCP port is taken.
-func listenBoth() (net.PacketConn, net.Listener, error) {
+// New starts a server serving a copy of zones, for callers without a
+// testing.TB (a benchmark, a long-running simulation); the caller stops it
+// with Stop. addr is the address for UDP and TCP both: "" or
+// "127.0.0.1:0" for a random port free for both protocols, or a fixed one
+// such as "127.0.1.53:53" (a resolver that cannot be told a port, like the
+// C library's, needs port 53).
+func New(addr string, zones Zones) (*Server, error) {
+	s := &Server{zones: make(Zones), queries: make(map[queryKey]int)}
+	for name, r := range zones {
+		if err := check(name, r); err != nil {
+			return nil, fmt.Errorf("dnstest: %w", err)
+		}
+		s.zones[canonical(name)] = r
+	}
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	pc, ln, err := listenBoth(addr)
+	if err != nil {
+		return nil, fmt.Errorf("dnstest: %w", err)
+	}
+	s.addr = pc.LocalAddr().String()
+	if s.udp, err = serve(&dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(s.handle)}); err != nil {
+		pc.Close()
+		ln.Close()
+		return nil, err
+	}
+	if s.tcp, err = serve(&dns.Server{Listener: ln, Handler: dns.HandlerFunc(s.handle)}); err != nil {
+		_ = s.udp.Shutdown()
+		ln.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// listenBoth opens a UDP socket on addr and a TCP listener on the same
+// port. With port 0 it retries with a fresh port when the TCP port is
+// taken.
+func listenBoth(addr string) (net.PacketConn, net.Listener, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, err
+	}
 	var lastErr error
 	for range 20 {
-		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		pc, err := net.ListenPacket("udp4", addr)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -112,22 +143,25 @@ func listenBoth() (net.PacketConn, net.Listener, error) {
 		}
 		lastErr = err
 		pc.Close()
+		if port != "0" {
+			break
+		}
 	}
 	return nil, nil, fmt.Errorf("no port free for both UDP and TCP: %w", lastErr)
 }
 
 // serve runs srv in a goroutine and returns once it is ready to answer.
-func (s *Server) serve(t testing.TB, srv *dns.Server) *dns.Server {
+func serve(srv *dns.Server) (*dns.Server, error) {
 	started := make(chan struct{})
 	done := make(chan error, 1)
 	srv.NotifyStartedFunc = func() { close(started) }
 	go func() { done <- srv.ActivateAndServe() }()
 	select {
 	case <-started:
+		return srv, nil
 	case err := <-done:
-		t.Fatalf("dnstest: serve: %v", err)
+		return nil, fmt.Errorf("dnstest: serve: %w", err)
 	}
-	return srv
 }
 
 // Stop stops the server before the test ends, so that a test can tell an

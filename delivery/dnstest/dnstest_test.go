@@ -196,3 +196,31 @@ func TestSetRejectsBadAddress(t *testing.T) {
 	}()
 	s.Set("bad.example", dnstest.Records{AAAA: []string{"127.0.0.1"}})
 }
+
+// New serves without a testing.TB, on a random port or a fixed address,
+// until Stop; a taken fixed address and a bad record are errors.
+func TestNewWithoutTB(t *testing.T) {
+	s, err := dnstest.New("", zones())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	if got := rdata(query(t, s, "udp", "mx1.example.com", dns.TypeA)); !slices.Equal(got, []string{"A 300 127.0.0.1"}) {
+		t.Errorf("answer %q", got)
+	}
+	fixed, err := dnstest.New(s.Addr(), nil)
+	if err == nil {
+		fixed.Stop()
+		t.Fatalf("New on the taken address %s succeeded", s.Addr())
+	}
+	if _, err := dnstest.New("", dnstest.Zones{"bad.example": {A: []string{"::1"}}}); err == nil {
+		t.Error("New with a bad A address succeeded")
+	}
+	s.Stop()
+	c := &dns.Client{Net: "tcp", Timeout: 200 * time.Millisecond}
+	m := new(dns.Msg)
+	m.SetQuestion("mx1.example.com.", dns.TypeA)
+	if _, _, err := c.Exchange(m, s.Addr()); err == nil {
+		t.Error("a stopped server answered over TCP")
+	}
+}
