@@ -9,9 +9,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
-	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
@@ -23,14 +23,15 @@ import (
 )
 
 // outConn is one outbound SMTP session, from a VMTA source address to one
-// destination address. The client is Tern's own over net/textproto rather
-// than go-smtp's: go-smtp's client cannot STARTTLS after an EHLO with our
-// own name, and it does not pipeline (RFC 2920), which halves the round
-// trips of every transaction.
+// destination address. The client is Tern's own rather than go-smtp's:
+// go-smtp's client cannot STARTTLS after an EHLO with our own name, and it
+// does not pipeline (RFC 2920), which halves the round trips of every
+// transaction. Replies are read by replyReader, which bounds what a
+// server can make Tern hold.
 type outConn struct {
 	raw      net.Conn // the TCP connection
 	conn     net.Conn // raw, or the TLS connection over it
-	r        *textproto.Reader
+	r        *replyReader
 	w        *bufio.Writer
 	ext      map[string]string // EHLO keywords (upper case) and their parameters
 	target   target
@@ -164,7 +165,7 @@ func open(ctx context.Context, t target, o connOptions) (*outConn, error) {
 // connection).
 func (oc *outConn) attach(c net.Conn) {
 	oc.conn = c
-	oc.r = textproto.NewReader(bufio.NewReaderSize(c, 4096))
+	oc.r = newReplyReader(c, oc.target.host)
 	oc.w = bufio.NewWriterSize(c, 32<<10)
 }
 
@@ -199,16 +200,164 @@ func (oc *outConn) read(expect int) (int, string, error) {
 }
 
 // readWithin reads one reply within d, which must have code expect.
+//
+// The deadline is set once for the whole reply, not renewed per read: a
+// server trickling a byte every few seconds cannot stretch a reply past
+// d. A failure to read a reply (I/O, the deadline, a malformed reply, one
+// past the bounds of replyReader) drops the connection at once: the
+// replies can no longer be matched to the commands, and a hostile stream
+// must not be read any further, whatever the caller does next.
 func (oc *outConn) readWithin(expect int, d time.Duration) (int, string, error) {
 	oc.raw.SetReadDeadline(time.Now().Add(d))
-	code, msg, err := oc.r.ReadResponse(0)
+	code, msg, err := oc.r.read()
 	if err != nil {
-		return 0, "", err // I/O, or a malformed reply
+		oc.drop()
+		return 0, "", err
 	}
 	if code != expect {
 		return code, msg, &reply{code, msg}
 	}
 	return code, msg, nil
+}
+
+// drop marks the connection broken and closes the socket beneath it (and
+// beneath TLS, so that no alert is written to a server that may not be
+// reading). close later closes it again, harmlessly.
+func (oc *outConn) drop() {
+	oc.broken = true
+	oc.raw.Close()
+}
+
+// Bounds on one reply from a remote server. RFC 5321 §4.5.3.1.5 limits a
+// reply line to 512 octets, code and CRLF included; real servers write
+// longer ones (verbose refusals, long EHLO keywords), so the line bound is
+// twice that. The longest legitimate replies are answers to EHLO, one line
+// per extension: a few dozen lines at most. A server past any bound is
+// broken or hostile.
+const (
+	// maxReplyText is the most text a reply line may carry after its
+	// code and separator ("250-"), the CRLF not counted.
+	maxReplyText = 1000
+	// maxReplyLine is the longest reply line in bytes: code, separator,
+	// text and CRLF.
+	maxReplyLine = 4 + maxReplyText + 2
+	// maxReplyLines is the most lines one reply may have.
+	maxReplyLines = 100
+	// maxReplyBytes is the most bytes one reply may have, every line
+	// counted whole (code, separator, text, line end).
+	maxReplyBytes = 16 << 10
+)
+
+// replyReader reads SMTP replies (RFC 5321 §4.2) within the bounds above.
+//
+// It stands where net/textproto's ReadResponse stood, which bounds
+// nothing: it reads a line for as long as no LF comes and appends
+// continuation lines for as long as the server sends them, so an MX
+// streaming an endless "250-" reply, or a banner without CRLF, grew Tern's
+// heap by gigabytes. ReadResponse also accepts what a client should not:
+// it folds lines with another code, or none, into a multiline reply.
+//
+// The buffer holds exactly one longest line, so bufio.Reader.ReadSlice
+// reports a longer one (ErrBufferFull) having read no more than the bound,
+// and a line costs no allocation until its text is kept. At most
+// maxReplyBytes (plus one line) are read per reply.
+type replyReader struct {
+	br   *bufio.Reader
+	host string // the server's name, for errors
+}
+
+func newReplyReader(r io.Reader, host string) *replyReader {
+	return &replyReader{br: bufio.NewReaderSize(r, maxReplyLine), host: host}
+}
+
+// badReplyError is a reply that breaks SMTP's grammar or replyReader's
+// bounds. It is not a *reply: the server said nothing Tern can act on, so
+// replyOf makes it a connection failure (code 0, deferred), never a
+// bounce.
+type badReplyError struct {
+	host string
+	what string // "exceeds 1000 bytes per line"
+}
+
+func (e *badReplyError) Error() string { return "reply from " + e.host + " " + e.what }
+
+// read reads one reply: its code and its text, the lines' text (after the
+// code and separator, enhanced status code included) joined by newlines.
+// Errors are the connection's (io.EOF, a timeout) or a *badReplyError.
+func (rr *replyReader) read() (code int, text string, err error) {
+	var b strings.Builder
+	size := 0
+	for n := 1; ; n++ {
+		if n > maxReplyLines {
+			return 0, "", rr.bad(fmt.Sprintf("exceeds %d lines", maxReplyLines))
+		}
+		line, err := rr.br.ReadSlice('\n')
+		switch {
+		case err == bufio.ErrBufferFull:
+			return 0, "", rr.bad(fmt.Sprintf("exceeds %d bytes per line", maxReplyText))
+		case err == io.EOF && (n > 1 || len(line) > 0):
+			return 0, "", io.ErrUnexpectedEOF // hung up within a reply
+		case err != nil:
+			return 0, "", err
+		}
+		if size += len(line); size > maxReplyBytes {
+			return 0, "", rr.bad(fmt.Sprintf("exceeds %d bytes", maxReplyBytes))
+		}
+		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+		c, last, lineText, ok := parseReplyLine(line)
+		switch {
+		case !ok:
+			return 0, "", rr.bad(fmt.Sprintf("is not an SMTP reply: %q", clip(line)))
+		case len(lineText) > maxReplyText:
+			// A line ended by a bare LF fits the buffer with a byte more.
+			return 0, "", rr.bad(fmt.Sprintf("exceeds %d bytes per line", maxReplyText))
+		case n == 1:
+			code = c
+		case c != code:
+			return 0, "", rr.bad(fmt.Sprintf("mixes codes %d and %d", code, c))
+		default:
+			b.WriteByte('\n')
+		}
+		b.Write(lineText)
+		if last {
+			return code, b.String(), nil
+		}
+	}
+}
+
+func (rr *replyReader) bad(what string) error { return &badReplyError{host: rr.host, what: what} }
+
+// parseReplyLine splits a reply line, without its line end, into its code,
+// whether it is the reply's last line, and its text. A line is a code
+// (RFC 5321 §4.2: a first digit 2 to 5) followed by "-" and more lines,
+// or by a space or nothing on the last line ("250" alone is allowed, if
+// rarely seen).
+func parseReplyLine(line []byte) (code int, last bool, text []byte, ok bool) {
+	if len(line) < 3 || line[0] < '2' || line[0] > '5' || !isDigit(line[1]) || !isDigit(line[2]) {
+		return 0, false, nil, false
+	}
+	code = int(line[0]-'0')*100 + int(line[1]-'0')*10 + int(line[2]-'0')
+	if len(line) == 3 {
+		return code, true, nil, true
+	}
+	switch line[3] {
+	case ' ':
+		return code, true, line[4:], true
+	case '-':
+		return code, false, line[4:], true
+	}
+	return 0, false, nil, false
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// clip shortens a line quoted in an error: the error ends up in logs and
+// accounting records, which the server must not fill.
+func clip(b []byte) []byte {
+	if len(b) > 64 {
+		return b[:64]
+	}
+	return b
 }
 
 // hello sends EHLO (HELO if the server refuses it) and records the
