@@ -459,6 +459,12 @@ func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body [
 // two. next is asked only once t's message is about to be sent; whatever
 // it returns must be the next sendTxn on this connection, unless the
 // connection breaks (then nothing of it was acknowledged).
+//
+// Recipients the server cannot take for want of SMTPUTF8 (see
+// addressesFor) get a 553 of Tern's own, as if refused at RCPT, and their
+// RCPT is not sent; when no recipient is left, the transaction is not
+// started at all: no MAIL, so nothing to RSET, and the connection stays
+// ready for the next one.
 func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 	env, rcpts, body := t.env, t.rcpts, t.body
 	sent := false // t's commands are already on the wire
@@ -471,7 +477,6 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 		}
 		oc.ahead, sent = nil, true
 	}
-	oc.txns++
 	oc.lastUsed = time.Now()
 	oc.txnStart = oc.lastUsed
 	defer func() { oc.txnDur = time.Since(oc.txnStart) }()
@@ -479,6 +484,22 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 	for i, r := range rcpts {
 		res[i].rcpt = r
 	}
+	ad := oc.addressesFor(env, rcpts)
+	// live are the recipients whose RCPT goes out, in order: the replies
+	// to read are MAIL's, one per live recipient, and DATA's.
+	live := make([]int, 0, len(rcpts))
+	for i := range rcpts {
+		if why := ad.refusal(i); why != "" {
+			res[i].code, res[i].text, res[i].atRcpt = 553, why, true
+			continue
+		}
+		live = append(live, i)
+	}
+	if len(live) == 0 {
+		// Never pipelined ahead (see below), so nothing is on the wire.
+		return res
+	}
+	oc.txns++
 	setAll := func(err error) []result {
 		for i := range res {
 			if res[i].code == 0 || res[i].code/100 == 2 {
@@ -491,7 +512,7 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 	_, pipelining := oc.ext["PIPELINING"]
 
 	if !sent {
-		oc.writeEnvelope(env, rcpts, body, dsn, pipelining)
+		oc.writeEnvelope(ad, rcpts, body, dsn, pipelining)
 		if err := oc.flushWithin(oc.cmdTimeout); err != nil {
 			oc.stale = oc.txns > 1
 			return setAll(err)
@@ -500,19 +521,19 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 	if _, _, err := oc.read(250); err != nil {
 		oc.stale = oc.noteBroken(err) && oc.txns > 1
 		if pipelining && !oc.broken {
-			oc.drain(len(rcpts) + 1)
+			oc.drain(len(live) + 1)
 		}
 		oc.reset()
 		setAll(err)
-		for i := range res {
+		for _, i := range live {
 			res[i].atMail = true
 		}
 		return res
 	}
 	accepted := 0
-	for i := range res {
+	for _, i := range live {
 		if !pipelining {
-			oc.writeRcpt(rcpts[i], dsn)
+			oc.writeRcpt(ad.rcpt(i, rcpts), rcpts[i], dsn)
 			if err := oc.flushWithin(oc.cmdTimeout); err != nil {
 				return setAll(err)
 			}
@@ -564,9 +585,13 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 	}
 	writeDotted(oc.w, body)
 	if pipelining && next != nil {
+		// A transaction with no recipient to send is not written ahead:
+		// its sendTxn will have no reply to read.
 		if n := next(); n != nil {
-			oc.writeEnvelope(n.env, n.rcpts, n.body, dsn, true)
-			oc.ahead = n
+			if nad := oc.addressesFor(n.env, n.rcpts); nad.any(len(n.rcpts)) {
+				oc.writeEnvelope(nad, n.rcpts, n.body, dsn, true)
+				oc.ahead = n
+			}
 		}
 	}
 	if err := oc.flushWithin(oc.dataTimeout); err != nil {
@@ -588,12 +613,15 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 	return res
 }
 
-// writeEnvelope buffers MAIL, and with pipelining the RCPTs and DATA.
-func (oc *outConn) writeEnvelope(env queue.Envelope, rcpts []queue.RecipientState, body []byte, dsn, pipelining bool) {
-	oc.writeMail(env, rcpts, body, dsn)
+// writeEnvelope buffers MAIL, and with pipelining the RCPTs (of the
+// recipients ad does not refuse) and DATA.
+func (oc *outConn) writeEnvelope(ad addresses, rcpts []queue.RecipientState, body []byte, dsn, pipelining bool) {
+	oc.writeMail(ad, body, dsn)
 	if pipelining {
 		for i := range rcpts {
-			oc.writeRcpt(rcpts[i], dsn)
+			if ad.refusal(i) == "" {
+				oc.writeRcpt(ad.rcpt(i, rcpts), rcpts[i], dsn)
+			}
 		}
 		oc.w.WriteString("DATA\r\n")
 	}
@@ -609,12 +637,139 @@ func errorResults(rcpts []queue.RecipientState, err error) []result {
 	return res
 }
 
+// addresses is how one transaction's addresses go to this server.
+type addresses struct {
+	env    queue.Envelope // its DSN parameters are sent as they are
+	sender string         // for MAIL FROM
+	// utf8: MAIL carries SMTPUTF8 (RFC 6531 §3.4).
+	utf8 bool
+	// as holds the address to send for each recipient whose RCPT
+	// differs from its stored address; nil when none does.
+	as []string
+	// refused holds Tern's own 553 for each recipient the server cannot
+	// take ("" for the others); nil when there is none.
+	refused []string
+}
+
+// addressesFor decides how env and rcpts go to this server (RFC 6531).
+// With SMTPUTF8 offered they go as they are, and MAIL says SMTPUTF8 when
+// any is not ASCII. Without it, only ASCII can go:
+//   - a non-ASCII domain goes as its A-labels, which name the same
+//     mailbox (RFC 5890); the stored address is unchanged;
+//   - a non-ASCII local part has no ASCII form: its recipient is refused
+//     with 553 5.6.7 (it bounces) and its RCPT not sent, while the other
+//     recipients go on; a sender's refuses every recipient, and nothing
+//     is sent;
+//   - a non-ASCII domain that is not a valid IDN is refused likewise,
+//     with 5.1.2 for a recipient and 5.1.7 for the sender.
+//
+// It depends on nothing but its arguments and the server's extensions, so
+// that a transaction written ahead (behind the previous message) and its
+// own sendTxn agree on which replies are coming.
+func (oc *outConn) addressesFor(env queue.Envelope, rcpts []queue.RecipientState) addresses {
+	ad := addresses{env: env, sender: env.Sender}
+	if addressesASCII(env.Sender, rcpts) {
+		return ad
+	}
+	if _, ok := oc.ext["SMTPUTF8"]; ok {
+		ad.utf8 = true
+		return ad
+	}
+	const noUTF8 = " (the server does not support SMTPUTF8)"
+	refuseAll := func(why string) addresses {
+		ad.refused = make([]string, len(rcpts))
+		for i := range ad.refused {
+			ad.refused[i] = why
+		}
+		return ad
+	}
+	sender, utf8Local, err := asciiAddress(env.Sender)
+	switch {
+	case utf8Local:
+		return refuseAll("553 5.6.7 sender <" + env.Sender + "> has a non-ASCII local part" + noUTF8)
+	case err != nil:
+		return refuseAll("553 5.1.7 sender <" + env.Sender + ">: " + err.Error() + noUTF8)
+	}
+	ad.sender = sender
+	for i, r := range rcpts {
+		a, utf8Local, err := asciiAddress(r.Address)
+		var why string
+		switch {
+		case utf8Local:
+			why = "553 5.6.7 recipient <" + r.Address + "> has a non-ASCII local part" + noUTF8
+		case err != nil:
+			why = "553 5.1.2 recipient <" + r.Address + ">: " + err.Error() + noUTF8
+		case a != r.Address:
+			if ad.as == nil {
+				ad.as = make([]string, len(rcpts))
+			}
+			ad.as[i] = a
+		}
+		if why != "" {
+			if ad.refused == nil {
+				ad.refused = make([]string, len(rcpts))
+			}
+			ad.refused[i] = why
+		}
+	}
+	return ad
+}
+
+// refusal is Tern's own reply for recipient i, "" when its RCPT goes out.
+func (ad addresses) refusal(i int) string {
+	if ad.refused == nil {
+		return ""
+	}
+	return ad.refused[i]
+}
+
+// rcpt is the address to send for recipient i of rcpts.
+func (ad addresses) rcpt(i int, rcpts []queue.RecipientState) string {
+	if ad.as != nil && ad.as[i] != "" {
+		return ad.as[i]
+	}
+	return rcpts[i].Address
+}
+
+// any reports whether any of n recipients goes out.
+func (ad addresses) any(n int) bool {
+	for i := 0; i < n; i++ {
+		if ad.refusal(i) == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// asciiAddress is addr with its domain as A-labels. utf8Local reports a
+// local part that is not ASCII, of which no ASCII form exists; err a
+// domain that is not a valid IDN. The domain follows the last "@": a
+// quoted local part may hold one.
+func asciiAddress(addr string) (out string, utf8Local bool, err error) {
+	at := strings.LastIndexByte(addr, '@')
+	local, domain := addr, ""
+	if at >= 0 {
+		local, domain = addr[:at], addr[at+1:]
+	}
+	if !isASCII([]byte(local)) {
+		return "", true, nil
+	}
+	if at < 0 || isASCII([]byte(domain)) {
+		return addr, false, nil
+	}
+	a, err := asciiDomain(domain)
+	if err != nil {
+		return "", false, fmt.Errorf("domain %s is not a valid internationalised domain name (%v)", domain, err)
+	}
+	return local + "@" + a, false, nil
+}
+
 // writeMail buffers the MAIL command with the parameters the server
 // supports.
-func (oc *outConn) writeMail(env queue.Envelope, rcpts []queue.RecipientState, body []byte, dsn bool) {
-	w := oc.w
+func (oc *outConn) writeMail(ad addresses, body []byte, dsn bool) {
+	w, env := oc.w, ad.env
 	w.WriteString("MAIL FROM:<")
-	w.WriteString(env.Sender)
+	w.WriteString(ad.sender)
 	w.WriteString(">")
 	if _, ok := oc.ext["SIZE"]; ok {
 		w.WriteString(" SIZE=")
@@ -623,7 +778,7 @@ func (oc *outConn) writeMail(env queue.Envelope, rcpts []queue.RecipientState, b
 	if _, ok := oc.ext["8BITMIME"]; ok && !isASCII(body) {
 		w.WriteString(" BODY=8BITMIME")
 	}
-	if _, ok := oc.ext["SMTPUTF8"]; ok && !addressesASCII(env.Sender, rcpts) {
+	if ad.utf8 {
 		w.WriteString(" SMTPUTF8")
 	}
 	if dsn {
@@ -641,11 +796,12 @@ func (oc *outConn) writeMail(env queue.Envelope, rcpts []queue.RecipientState, b
 	w.WriteString("\r\n")
 }
 
-// writeRcpt buffers one RCPT command, with DSN parameters when supported.
-func (oc *outConn) writeRcpt(r queue.RecipientState, dsn bool) {
+// writeRcpt buffers one RCPT command for r, to addr (r's address, or its
+// A-label form), with DSN parameters when supported.
+func (oc *outConn) writeRcpt(addr string, r queue.RecipientState, dsn bool) {
 	w := oc.w
 	w.WriteString("RCPT TO:<")
-	w.WriteString(r.Address)
+	w.WriteString(addr)
 	w.WriteString(">")
 	if dsn {
 		if n := notifyOf(r.Notify); n != "" {
