@@ -477,8 +477,7 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 		}
 		oc.ahead, sent = nil, true
 	}
-	oc.lastUsed = time.Now()
-	oc.txnStart = oc.lastUsed
+	oc.txnStart = time.Now()
 	defer func() { oc.txnDur = time.Since(oc.txnStart) }()
 	res := make([]result, len(rcpts))
 	for i, r := range rcpts {
@@ -496,10 +495,16 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 		live = append(live, i)
 	}
 	if len(live) == 0 {
-		// Never pipelined ahead (see below), so nothing is on the wire.
+		if sent {
+			// Cannot happen: such a transaction is never written ahead
+			// (see below). Were it, its replies would be read by the
+			// next transaction.
+			oc.broken = true
+		}
 		return res
 	}
 	oc.txns++
+	oc.lastUsed = oc.txnStart
 	setAll := func(err error) []result {
 		for i := range res {
 			if res[i].code == 0 || res[i].code/100 == 2 {
