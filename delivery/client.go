@@ -9,9 +9,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
-	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
@@ -23,14 +23,15 @@ import (
 )
 
 // outConn is one outbound SMTP session, from a VMTA source address to one
-// destination address. The client is Tern's own over net/textproto rather
-// than go-smtp's: go-smtp's client cannot STARTTLS after an EHLO with our
-// own name, and it does not pipeline (RFC 2920), which halves the round
-// trips of every transaction.
+// destination address. The client is Tern's own rather than go-smtp's:
+// go-smtp's client cannot STARTTLS after an EHLO with our own name, and it
+// does not pipeline (RFC 2920), which halves the round trips of every
+// transaction. Replies are read by replyReader, which bounds what a
+// server can make Tern hold.
 type outConn struct {
 	raw      net.Conn // the TCP connection
 	conn     net.Conn // raw, or the TLS connection over it
-	r        *textproto.Reader
+	r        *replyReader
 	w        *bufio.Writer
 	ext      map[string]string // EHLO keywords (upper case) and their parameters
 	target   target
@@ -164,7 +165,7 @@ func open(ctx context.Context, t target, o connOptions) (*outConn, error) {
 // connection).
 func (oc *outConn) attach(c net.Conn) {
 	oc.conn = c
-	oc.r = textproto.NewReader(bufio.NewReaderSize(c, 4096))
+	oc.r = newReplyReader(c, oc.target.host)
 	oc.w = bufio.NewWriterSize(c, 32<<10)
 }
 
@@ -199,16 +200,164 @@ func (oc *outConn) read(expect int) (int, string, error) {
 }
 
 // readWithin reads one reply within d, which must have code expect.
+//
+// The deadline is set once for the whole reply, not renewed per read: a
+// server trickling a byte every few seconds cannot stretch a reply past
+// d. A failure to read a reply (I/O, the deadline, a malformed reply, one
+// past the bounds of replyReader) drops the connection at once: the
+// replies can no longer be matched to the commands, and a hostile stream
+// must not be read any further, whatever the caller does next.
 func (oc *outConn) readWithin(expect int, d time.Duration) (int, string, error) {
 	oc.raw.SetReadDeadline(time.Now().Add(d))
-	code, msg, err := oc.r.ReadResponse(0)
+	code, msg, err := oc.r.read()
 	if err != nil {
-		return 0, "", err // I/O, or a malformed reply
+		oc.drop()
+		return 0, "", err
 	}
 	if code != expect {
 		return code, msg, &reply{code, msg}
 	}
 	return code, msg, nil
+}
+
+// drop marks the connection broken and closes the socket beneath it (and
+// beneath TLS, so that no alert is written to a server that may not be
+// reading). close later closes it again, harmlessly.
+func (oc *outConn) drop() {
+	oc.broken = true
+	oc.raw.Close()
+}
+
+// Bounds on one reply from a remote server. RFC 5321 §4.5.3.1.5 limits a
+// reply line to 512 octets, code and CRLF included; real servers write
+// longer ones (verbose refusals, long EHLO keywords), so the line bound is
+// twice that. The longest legitimate replies are answers to EHLO, one line
+// per extension: a few dozen lines at most. A server past any bound is
+// broken or hostile.
+const (
+	// maxReplyText is the most text a reply line may carry after its
+	// code and separator ("250-"), the CRLF not counted.
+	maxReplyText = 1000
+	// maxReplyLine is the longest reply line in bytes: code, separator,
+	// text and CRLF.
+	maxReplyLine = 4 + maxReplyText + 2
+	// maxReplyLines is the most lines one reply may have.
+	maxReplyLines = 100
+	// maxReplyBytes is the most bytes one reply may have, every line
+	// counted whole (code, separator, text, line end).
+	maxReplyBytes = 16 << 10
+)
+
+// replyReader reads SMTP replies (RFC 5321 §4.2) within the bounds above.
+//
+// It stands where net/textproto's ReadResponse stood, which bounds
+// nothing: it reads a line for as long as no LF comes and appends
+// continuation lines for as long as the server sends them, so an MX
+// streaming an endless "250-" reply, or a banner without CRLF, grew Tern's
+// heap by gigabytes. ReadResponse also accepts what a client should not:
+// it folds lines with another code, or none, into a multiline reply.
+//
+// The buffer holds exactly one longest line, so bufio.Reader.ReadSlice
+// reports a longer one (ErrBufferFull) having read no more than the bound,
+// and a line costs no allocation until its text is kept. At most
+// maxReplyBytes (plus one line) are read per reply.
+type replyReader struct {
+	br   *bufio.Reader
+	host string // the server's name, for errors
+}
+
+func newReplyReader(r io.Reader, host string) *replyReader {
+	return &replyReader{br: bufio.NewReaderSize(r, maxReplyLine), host: host}
+}
+
+// badReplyError is a reply that breaks SMTP's grammar or replyReader's
+// bounds. It is not a *reply: the server said nothing Tern can act on, so
+// replyOf makes it a connection failure (code 0, deferred), never a
+// bounce.
+type badReplyError struct {
+	host string
+	what string // "exceeds 1000 bytes per line"
+}
+
+func (e *badReplyError) Error() string { return "reply from " + e.host + " " + e.what }
+
+// read reads one reply: its code and its text, the lines' text (after the
+// code and separator, enhanced status code included) joined by newlines.
+// Errors are the connection's (io.EOF, a timeout) or a *badReplyError.
+func (rr *replyReader) read() (code int, text string, err error) {
+	var b strings.Builder
+	size := 0
+	for n := 1; ; n++ {
+		if n > maxReplyLines {
+			return 0, "", rr.bad(fmt.Sprintf("exceeds %d lines", maxReplyLines))
+		}
+		line, err := rr.br.ReadSlice('\n')
+		switch {
+		case err == bufio.ErrBufferFull:
+			return 0, "", rr.bad(fmt.Sprintf("exceeds %d bytes per line", maxReplyText))
+		case err == io.EOF && (n > 1 || len(line) > 0):
+			return 0, "", io.ErrUnexpectedEOF // hung up within a reply
+		case err != nil:
+			return 0, "", err
+		}
+		if size += len(line); size > maxReplyBytes {
+			return 0, "", rr.bad(fmt.Sprintf("exceeds %d bytes", maxReplyBytes))
+		}
+		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+		c, last, lineText, ok := parseReplyLine(line)
+		switch {
+		case !ok:
+			return 0, "", rr.bad(fmt.Sprintf("is not an SMTP reply: %q", clip(line)))
+		case len(lineText) > maxReplyText:
+			// A line ended by a bare LF fits the buffer with a byte more.
+			return 0, "", rr.bad(fmt.Sprintf("exceeds %d bytes per line", maxReplyText))
+		case n == 1:
+			code = c
+		case c != code:
+			return 0, "", rr.bad(fmt.Sprintf("mixes codes %d and %d", code, c))
+		default:
+			b.WriteByte('\n')
+		}
+		b.Write(lineText)
+		if last {
+			return code, b.String(), nil
+		}
+	}
+}
+
+func (rr *replyReader) bad(what string) error { return &badReplyError{host: rr.host, what: what} }
+
+// parseReplyLine splits a reply line, without its line end, into its code,
+// whether it is the reply's last line, and its text. A line is a code
+// (RFC 5321 §4.2: a first digit 2 to 5) followed by "-" and more lines,
+// or by a space or nothing on the last line ("250" alone is allowed, if
+// rarely seen).
+func parseReplyLine(line []byte) (code int, last bool, text []byte, ok bool) {
+	if len(line) < 3 || line[0] < '2' || line[0] > '5' || !isDigit(line[1]) || !isDigit(line[2]) {
+		return 0, false, nil, false
+	}
+	code = int(line[0]-'0')*100 + int(line[1]-'0')*10 + int(line[2]-'0')
+	if len(line) == 3 {
+		return code, true, nil, true
+	}
+	switch line[3] {
+	case ' ':
+		return code, true, line[4:], true
+	case '-':
+		return code, false, line[4:], true
+	}
+	return 0, false, nil, false
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// clip shortens a line quoted in an error: the error ends up in logs and
+// accounting records, which the server must not fill.
+func clip(b []byte) []byte {
+	if len(b) > 64 {
+		return b[:64]
+	}
+	return b
 }
 
 // hello sends EHLO (HELO if the server refuses it) and records the
@@ -310,6 +459,12 @@ func (oc *outConn) send(env queue.Envelope, rcpts []queue.RecipientState, body [
 // two. next is asked only once t's message is about to be sent; whatever
 // it returns must be the next sendTxn on this connection, unless the
 // connection breaks (then nothing of it was acknowledged).
+//
+// Recipients the server cannot take for want of SMTPUTF8 (see
+// addressesFor) get a 553 of Tern's own, as if refused at RCPT, and their
+// RCPT is not sent; when no recipient is left, the transaction is not
+// started at all: no MAIL, so nothing to RSET, and the connection stays
+// ready for the next one.
 func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 	env, rcpts, body := t.env, t.rcpts, t.body
 	sent := false // t's commands are already on the wire
@@ -322,14 +477,34 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 		}
 		oc.ahead, sent = nil, true
 	}
-	oc.txns++
-	oc.lastUsed = time.Now()
-	oc.txnStart = oc.lastUsed
+	oc.txnStart = time.Now()
 	defer func() { oc.txnDur = time.Since(oc.txnStart) }()
 	res := make([]result, len(rcpts))
 	for i, r := range rcpts {
 		res[i].rcpt = r
 	}
+	ad := oc.addressesFor(env, rcpts)
+	// live are the recipients whose RCPT goes out, in order: the replies
+	// to read are MAIL's, one per live recipient, and DATA's.
+	live := make([]int, 0, len(rcpts))
+	for i := range rcpts {
+		if why := ad.refusal(i); why != "" {
+			res[i].code, res[i].text, res[i].atRcpt = 553, why, true
+			continue
+		}
+		live = append(live, i)
+	}
+	if len(live) == 0 {
+		if sent {
+			// Cannot happen: such a transaction is never written ahead
+			// (see below). Were it, its replies would be read by the
+			// next transaction.
+			oc.broken = true
+		}
+		return res
+	}
+	oc.txns++
+	oc.lastUsed = oc.txnStart
 	setAll := func(err error) []result {
 		for i := range res {
 			if res[i].code == 0 || res[i].code/100 == 2 {
@@ -342,7 +517,7 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 	_, pipelining := oc.ext["PIPELINING"]
 
 	if !sent {
-		oc.writeEnvelope(env, rcpts, body, dsn, pipelining)
+		oc.writeEnvelope(ad, rcpts, body, dsn, pipelining)
 		if err := oc.flushWithin(oc.cmdTimeout); err != nil {
 			oc.stale = oc.txns > 1
 			return setAll(err)
@@ -351,19 +526,19 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 	if _, _, err := oc.read(250); err != nil {
 		oc.stale = oc.noteBroken(err) && oc.txns > 1
 		if pipelining && !oc.broken {
-			oc.drain(len(rcpts) + 1)
+			oc.drain(len(live) + 1)
 		}
 		oc.reset()
 		setAll(err)
-		for i := range res {
+		for _, i := range live {
 			res[i].atMail = true
 		}
 		return res
 	}
 	accepted := 0
-	for i := range res {
+	for _, i := range live {
 		if !pipelining {
-			oc.writeRcpt(rcpts[i], dsn)
+			oc.writeRcpt(ad.rcpt(i, rcpts), rcpts[i], dsn)
 			if err := oc.flushWithin(oc.cmdTimeout); err != nil {
 				return setAll(err)
 			}
@@ -415,9 +590,13 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 	}
 	writeDotted(oc.w, body)
 	if pipelining && next != nil {
+		// A transaction with no recipient to send is not written ahead:
+		// its sendTxn will have no reply to read.
 		if n := next(); n != nil {
-			oc.writeEnvelope(n.env, n.rcpts, n.body, dsn, true)
-			oc.ahead = n
+			if nad := oc.addressesFor(n.env, n.rcpts); nad.any(len(n.rcpts)) {
+				oc.writeEnvelope(nad, n.rcpts, n.body, dsn, true)
+				oc.ahead = n
+			}
 		}
 	}
 	if err := oc.flushWithin(oc.dataTimeout); err != nil {
@@ -439,12 +618,15 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 	return res
 }
 
-// writeEnvelope buffers MAIL, and with pipelining the RCPTs and DATA.
-func (oc *outConn) writeEnvelope(env queue.Envelope, rcpts []queue.RecipientState, body []byte, dsn, pipelining bool) {
-	oc.writeMail(env, rcpts, body, dsn)
+// writeEnvelope buffers MAIL, and with pipelining the RCPTs (of the
+// recipients ad does not refuse) and DATA.
+func (oc *outConn) writeEnvelope(ad addresses, rcpts []queue.RecipientState, body []byte, dsn, pipelining bool) {
+	oc.writeMail(ad, body, dsn)
 	if pipelining {
 		for i := range rcpts {
-			oc.writeRcpt(rcpts[i], dsn)
+			if ad.refusal(i) == "" {
+				oc.writeRcpt(ad.rcpt(i, rcpts), rcpts[i], dsn)
+			}
 		}
 		oc.w.WriteString("DATA\r\n")
 	}
@@ -460,12 +642,139 @@ func errorResults(rcpts []queue.RecipientState, err error) []result {
 	return res
 }
 
+// addresses is how one transaction's addresses go to this server.
+type addresses struct {
+	env    queue.Envelope // its DSN parameters are sent as they are
+	sender string         // for MAIL FROM
+	// utf8: MAIL carries SMTPUTF8 (RFC 6531 §3.4).
+	utf8 bool
+	// as holds the address to send for each recipient whose RCPT
+	// differs from its stored address; nil when none does.
+	as []string
+	// refused holds Tern's own 553 for each recipient the server cannot
+	// take ("" for the others); nil when there is none.
+	refused []string
+}
+
+// addressesFor decides how env and rcpts go to this server (RFC 6531).
+// With SMTPUTF8 offered they go as they are, and MAIL says SMTPUTF8 when
+// any is not ASCII. Without it, only ASCII can go:
+//   - a non-ASCII domain goes as its A-labels, which name the same
+//     mailbox (RFC 5890); the stored address is unchanged;
+//   - a non-ASCII local part has no ASCII form: its recipient is refused
+//     with 553 5.6.7 (it bounces) and its RCPT not sent, while the other
+//     recipients go on; a sender's refuses every recipient, and nothing
+//     is sent;
+//   - a non-ASCII domain that is not a valid IDN is refused likewise,
+//     with 5.1.2 for a recipient and 5.1.7 for the sender.
+//
+// It depends on nothing but its arguments and the server's extensions, so
+// that a transaction written ahead (behind the previous message) and its
+// own sendTxn agree on which replies are coming.
+func (oc *outConn) addressesFor(env queue.Envelope, rcpts []queue.RecipientState) addresses {
+	ad := addresses{env: env, sender: env.Sender}
+	if addressesASCII(env.Sender, rcpts) {
+		return ad
+	}
+	if _, ok := oc.ext["SMTPUTF8"]; ok {
+		ad.utf8 = true
+		return ad
+	}
+	const noUTF8 = " (the server does not support SMTPUTF8)"
+	refuseAll := func(why string) addresses {
+		ad.refused = make([]string, len(rcpts))
+		for i := range ad.refused {
+			ad.refused[i] = why
+		}
+		return ad
+	}
+	sender, utf8Local, err := asciiAddress(env.Sender)
+	switch {
+	case utf8Local:
+		return refuseAll("553 5.6.7 sender <" + env.Sender + "> has a non-ASCII local part" + noUTF8)
+	case err != nil:
+		return refuseAll("553 5.1.7 sender <" + env.Sender + ">: " + err.Error() + noUTF8)
+	}
+	ad.sender = sender
+	for i, r := range rcpts {
+		a, utf8Local, err := asciiAddress(r.Address)
+		var why string
+		switch {
+		case utf8Local:
+			why = "553 5.6.7 recipient <" + r.Address + "> has a non-ASCII local part" + noUTF8
+		case err != nil:
+			why = "553 5.1.2 recipient <" + r.Address + ">: " + err.Error() + noUTF8
+		case a != r.Address:
+			if ad.as == nil {
+				ad.as = make([]string, len(rcpts))
+			}
+			ad.as[i] = a
+		}
+		if why != "" {
+			if ad.refused == nil {
+				ad.refused = make([]string, len(rcpts))
+			}
+			ad.refused[i] = why
+		}
+	}
+	return ad
+}
+
+// refusal is Tern's own reply for recipient i, "" when its RCPT goes out.
+func (ad addresses) refusal(i int) string {
+	if ad.refused == nil {
+		return ""
+	}
+	return ad.refused[i]
+}
+
+// rcpt is the address to send for recipient i of rcpts.
+func (ad addresses) rcpt(i int, rcpts []queue.RecipientState) string {
+	if ad.as != nil && ad.as[i] != "" {
+		return ad.as[i]
+	}
+	return rcpts[i].Address
+}
+
+// any reports whether any of n recipients goes out.
+func (ad addresses) any(n int) bool {
+	for i := 0; i < n; i++ {
+		if ad.refusal(i) == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// asciiAddress is addr with its domain as A-labels. utf8Local reports a
+// local part that is not ASCII, of which no ASCII form exists; err a
+// domain that is not a valid IDN. The domain follows the last "@": a
+// quoted local part may hold one.
+func asciiAddress(addr string) (out string, utf8Local bool, err error) {
+	at := strings.LastIndexByte(addr, '@')
+	local, domain := addr, ""
+	if at >= 0 {
+		local, domain = addr[:at], addr[at+1:]
+	}
+	if !isASCII([]byte(local)) {
+		return "", true, nil
+	}
+	if at < 0 || isASCII([]byte(domain)) {
+		return addr, false, nil
+	}
+	a, err := asciiDomain(domain)
+	if err != nil {
+		return "", false, fmt.Errorf("domain %s is not a valid internationalised domain name (%v)", domain, err)
+	}
+	return local + "@" + a, false, nil
+}
+
 // writeMail buffers the MAIL command with the parameters the server
 // supports.
-func (oc *outConn) writeMail(env queue.Envelope, rcpts []queue.RecipientState, body []byte, dsn bool) {
-	w := oc.w
+func (oc *outConn) writeMail(ad addresses, body []byte, dsn bool) {
+	w, env := oc.w, ad.env
 	w.WriteString("MAIL FROM:<")
-	w.WriteString(env.Sender)
+	w.WriteString(ad.sender)
 	w.WriteString(">")
 	if _, ok := oc.ext["SIZE"]; ok {
 		w.WriteString(" SIZE=")
@@ -474,7 +783,7 @@ func (oc *outConn) writeMail(env queue.Envelope, rcpts []queue.RecipientState, b
 	if _, ok := oc.ext["8BITMIME"]; ok && !isASCII(body) {
 		w.WriteString(" BODY=8BITMIME")
 	}
-	if _, ok := oc.ext["SMTPUTF8"]; ok && !addressesASCII(env.Sender, rcpts) {
+	if ad.utf8 {
 		w.WriteString(" SMTPUTF8")
 	}
 	if dsn {
@@ -492,11 +801,12 @@ func (oc *outConn) writeMail(env queue.Envelope, rcpts []queue.RecipientState, b
 	w.WriteString("\r\n")
 }
 
-// writeRcpt buffers one RCPT command, with DSN parameters when supported.
-func (oc *outConn) writeRcpt(r queue.RecipientState, dsn bool) {
+// writeRcpt buffers one RCPT command for r, to addr (r's address, or its
+// A-label form), with DSN parameters when supported.
+func (oc *outConn) writeRcpt(addr string, r queue.RecipientState, dsn bool) {
 	w := oc.w
 	w.WriteString("RCPT TO:<")
-	w.WriteString(r.Address)
+	w.WriteString(addr)
 	w.WriteString(">")
 	if dsn {
 		if n := notifyOf(r.Notify); n != "" {

@@ -260,9 +260,17 @@ func (r *DNSResolver) now() time.Time {
 }
 
 // query returns the answer records of (name, qtype), from the cache when
-// fresh.
+// fresh. An internationalised name is asked by its A-labels, whoever asks
+// (destinations converts recipient domains itself; the provider routing
+// and smart host names come here as they are): sent as UTF-8 it would
+// only draw an NXDOMAIN. A name that cannot be converted is not found,
+// without a query.
 func (r *DNSResolver) query(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
-	name = dns.Fqdn(strings.ToLower(name))
+	ascii, err := asciiDomain(name)
+	if err != nil {
+		return nil, &DNSError{Name: name, NotFound: true}
+	}
+	name = dns.Fqdn(strings.ToLower(ascii))
 	key := cacheKey{name, qtype}
 	now := r.now()
 	g := r.current()
