@@ -161,7 +161,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 			st = &ss
 		}
 		outs := make([]queue.Outcome, 0, len(results))
-		var bounced []Event
+		var bounced, delayed []Event
 		delivered := false
 		for _, res := range results {
 			out := queue.Outcome{ID: entry.ID, N: res.rcpt.N, Reply: res.text}
@@ -202,15 +202,19 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 				w.sess.markBroken()
 			}
 			outs = append(outs, out)
-			ev := s.record(lease.Key, entry, res.rcpt, st, out, len(body))
-			if out.Kind == queue.Bounced {
+			ev := s.record(lease.Key, entry, res.rcpt, st, out, len(body), pol)
+			switch {
+			case out.Kind == queue.Bounced:
 				bounced = append(bounced, ev)
+			case delayReport(&ev, res.rcpt, pol):
+				delayed = append(delayed, ev)
 			}
 		}
 		if delivered {
 			s.windowSuccess(w, cpol)
 		}
 		s.bounce(entry, bounced, func() ([]byte, error) { return body, nil })
+		s.delay(entry, delayed, func() ([]byte, error) { return body, nil })
 		if err := lease.Report(outs...); err != nil {
 			s.log.Error("recording outcomes failed", "id", entry.ID.String(), "err", err)
 		}
@@ -321,7 +325,7 @@ func (s *Scheduler) prepare(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 // reportAll gives every live recipient of entry the same outcome.
 func (s *Scheduler) reportAll(w *worker, lease *queue.Lease, entry queue.Entry, kind queue.Kind, reply string, pol *config.DomainSettings) {
 	outs := make([]queue.Outcome, 0, len(entry.Recipients))
-	var bounced []Event
+	var bounced, delayed []Event
 	for _, rc := range entry.Recipients {
 		if !lease.Live(entry.ID, rc.N) {
 			continue
@@ -331,11 +335,16 @@ func (s *Scheduler) reportAll(w *worker, lease *queue.Lease, entry queue.Entry, 
 			out.Until = s.nextAttempt(entry, rc, pol)
 		}
 		outs = append(outs, out)
-		if ev := s.record(lease.Key, entry, rc, nil, out, 0); kind == queue.Bounced {
+		ev := s.record(lease.Key, entry, rc, nil, out, 0, pol)
+		switch {
+		case kind == queue.Bounced:
 			bounced = append(bounced, ev)
+		case delayReport(&ev, rc, pol):
+			delayed = append(delayed, ev)
 		}
 	}
 	s.bounce(entry, bounced, func() ([]byte, error) { return lease.Body(entry.ID) })
+	s.delay(entry, delayed, func() ([]byte, error) { return lease.Body(entry.ID) })
 	if err := lease.Report(outs...); err != nil {
 		s.log.Error("recording outcomes failed", "id", entry.ID.String(), "err", err)
 	}

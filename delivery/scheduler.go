@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/queue"
 	"github.com/ternmta/tern/vmta"
 )
@@ -40,6 +41,12 @@ type Options struct {
 	// body is still in the spool): the hook that writes one bounce report
 	// (DSN) per message rather than one per recipient.
 	OnBounce func(env queue.Envelope, bounced []Event, body []byte)
+	// OnDelay, if set, is called once per message and lease with the
+	// deferred recipients that asked for delay reports (NOTIFY=DELAY) and
+	// have now waited notify-of-delay since the message arrived: each
+	// recipient once, at its first deferral past that point. It is the
+	// hook for delay reports (DSN action "delayed").
+	OnDelay func(env queue.Envelope, delayed []Event, body []byte)
 	// Jitter returns a number in [0, 1) that spreads retries: a deferred
 	// recipient is due again after its retry interval plus up to a tenth
 	// of it, so that mail deferred together (an outage, a restart) does
@@ -63,6 +70,8 @@ type Event struct {
 	// answered (e.g. "5.1.10 domain … accepts no mail (null MX)").
 	Reply       string
 	NextAttempt time.Time // for Deferred
+	// RetryUntil is, for Deferred, when the message expires (bounce-after).
+	RetryUntil time.Time
 	// The connection, when one was open; zero values otherwise.
 	SourceIP   netip.Addr
 	RemoteHost string
@@ -294,9 +303,12 @@ func (s *Scheduler) after(d time.Duration, f func()) {
 
 // record writes the one line per recipient attempt operators grep for and
 // hands the outcome to OnOutcome.
-func (s *Scheduler) record(key queue.Key, entry queue.Entry, rc queue.RecipientState, st *sessionState, out queue.Outcome, size int) Event {
+func (s *Scheduler) record(key queue.Key, entry queue.Entry, rc queue.RecipientState, st *sessionState, out queue.Outcome, size int, pol *config.DomainSettings) Event {
 	ev := Event{Time: s.clock.Now(), ID: entry.ID, Envelope: entry.Envelope, Recipient: rc,
 		Kind: out.Kind, Reply: out.Reply, NextAttempt: out.Until, Size: size}
+	if out.Kind == queue.Deferred && pol != nil {
+		ev.RetryUntil = entry.Envelope.Received.Add(pol.BounceAfter.Value)
+	}
 	if st != nil {
 		ev.SourceIP, ev.RemoteHost, ev.RemoteIP, ev.TLSVersion = st.source, st.target.host, st.target.ip, st.tls
 		ev.Duration = st.txnDur
@@ -334,6 +346,36 @@ func (s *Scheduler) activityOf(key queue.Key) *activity {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return &s.keyInfoLocked(key).act
+}
+
+// delayReport reports whether the deferral ev of rc crosses notify-of-delay
+// for a recipient that asked for delay reports: the first deferral
+// recorded at or after that point (the one before came earlier, or there
+// was none), so each recipient gets one report without the spool keeping
+// a mark.
+func delayReport(ev *Event, rc queue.RecipientState, pol *config.DomainSettings) bool {
+	d := pol.NotifyOfDelay.Value
+	if ev.Kind != queue.Deferred || rc.Notify&queue.NotifyDelay == 0 || rc.Notify&queue.NotifyNever != 0 || d == config.Never || d <= 0 {
+		return false
+	}
+	recv := ev.Envelope.Received
+	if ev.Time.Sub(recv) < d {
+		return false
+	}
+	return rc.LastAttempt.IsZero() || rc.LastAttempt.Sub(recv) < d
+}
+
+// delay hands the recipients of one message that are due a delay report
+// to OnDelay.
+func (s *Scheduler) delay(entry queue.Entry, delayed []Event, body func() ([]byte, error)) {
+	if len(delayed) == 0 || s.opts.OnDelay == nil {
+		return
+	}
+	b, err := body()
+	if err != nil {
+		s.log.Error("reading a delayed message for its report failed", "id", entry.ID.String(), "err", err)
+	}
+	s.opts.OnDelay(entry.Envelope, delayed, b)
 }
 
 // bounce hands the bounced recipients of one message to OnBounce.

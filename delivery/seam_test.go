@@ -228,6 +228,7 @@ type world struct {
 	fs    vfs.FS
 	evs   atomic.Int64 // outcomes reported
 	bnc   atomic.Int64 // bounces
+	dly   atomic.Int64 // recipients given delay reports
 }
 
 // newWorld builds a scheduler for conf (appended to two VMTAs on
@@ -283,6 +284,7 @@ func (w *world) start() {
 		Jitter:    func() float64 { return 0.5 },
 		OnOutcome: func(ev Event) { w.evs.Add(1) },
 		OnBounce:  func(queue.Envelope, []Event, []byte) { w.bnc.Add(1) },
+		OnDelay:   func(_ queue.Envelope, d []Event, _ []byte) { w.dly.Add(int64(len(d))) },
 		transport: w.net})
 	sched.Store(w.s)
 }
@@ -721,5 +723,32 @@ func TestShapingDisableSourceIP(t *testing.T) {
 	mu.Unlock()
 	if n != 1 {
 		t.Errorf("%d transactions from the blocked address, want 1", n)
+	}
+}
+
+// A recipient that asked for NOTIFY=DELAY gets one delay report, at its
+// first deferral after notify-of-delay; one that did not gets none.
+func TestDelayReportOnce(t *testing.T) {
+	w := newWorld(t, `
+<domain *>
+    retry-after 1m
+    notify-of-delay 5m
+</domain>
+`)
+	doms := w.provider("slow", 1, &fakeHost{rcpt: func(string) (int, string) { return 451, "4.7.1 try later" }})
+	m := queuetest.Message("mta1", "asked@"+doms[0], "silent@"+doms[0])
+	m.Recipients[0].Notify = queue.NotifyDelay | queue.NotifyFailure
+	if _, err := w.q.Put(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	w.run()
+	attempts := 0
+	for range 12 {
+		w.waitFor("the deferral", func() bool { st := w.q.Totals(); return st.Deferred == 2 && st.Leased == 0 })
+		attempts++
+		w.clock.Advance(70 * time.Second)
+	}
+	if n := w.dly.Load(); n != 1 {
+		t.Errorf("%d delay reports over %d attempts (~14 minutes), want 1 (for the recipient that asked)", n, attempts)
 	}
 }

@@ -119,7 +119,10 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 			}
 		},
 		OnBounce: func(env queue.Envelope, bounced []delivery.Event, body []byte) {
-			sendDSN(q, current.Load().Config(), env, bounced, body, log)
+			sendDSN(q, current.Load().Config(), env, bounced, body, dsn.ActionFailed, log)
+		},
+		OnDelay: func(env queue.Envelope, delayed []delivery.Event, body []byte) {
+			sendDSN(q, current.Load().Config(), env, delayed, body, dsn.ActionDelayed, log)
 		},
 	})
 	sched.Store(sch)
@@ -484,7 +487,7 @@ func freeSpace(dir string) (uint64, error) {
 // sendDSN spools one bounce report (RFC 3464) to the sender of a message
 // for its bounced recipients. It goes out through {default} from the null
 // sender, so a report that bounces never makes another report.
-func sendDSN(q *queue.Queue, cfg *config.Config, env queue.Envelope, bounced []delivery.Event, body []byte, log *slog.Logger) {
+func sendDSN(q *queue.Queue, cfg *config.Config, env queue.Envelope, bounced []delivery.Event, body []byte, action dsn.Action, log *slog.Logger) {
 	in := dsn.Input{
 		ReportingMTA: cfg.HostName.Value,
 		Postmaster:   cfg.Postmaster.Value,
@@ -502,6 +505,8 @@ func sendDSN(q *queue.Queue, cfg *config.Config, env queue.Envelope, bounced []d
 			RemoteMTA:   ev.RemoteHost,
 			Diagnostic:  ev.Reply,
 			LastAttempt: ev.Time,
+			Action:      action,
+			RetryUntil:  ev.RetryUntil,
 		})
 	}
 	msg, ok, err := dsn.Build(in)
@@ -520,5 +525,9 @@ func sendDSN(q *queue.Queue, cfg *config.Config, env queue.Envelope, bounced []d
 		log.Error("spooling a bounce report failed", "to", env.Sender, "err", err)
 		return
 	}
-	log.Info("bounce report queued", "id", id.String(), "to", env.Sender, "recipients", len(bounced))
+	what := "bounce report queued"
+	if action == dsn.ActionDelayed {
+		what = "delay report queued"
+	}
+	log.Info(what, "id", id.String(), "to", env.Sender, "recipients", len(bounced))
 }
