@@ -171,6 +171,7 @@ func New(opts Options) *Scheduler {
 // brings in keys as they become ready.
 func (s *Scheduler) Start() {
 	s.loadShaping()
+	s.after(sweepInterval, s.sweep)
 	for _, st := range s.opts.Queue.Keys(queue.Selector{}) {
 		if st.Ready > 0 && !st.Paused {
 			s.Notify(st.Key)

@@ -752,3 +752,65 @@ func TestDelayReportOnce(t *testing.T) {
 		t.Errorf("%d delay reports over %d attempts (~14 minutes), want 1 (for the recipient that asked)", n, attempts)
 	}
 }
+
+// The provider view shows a rollup's domains, its window and its state;
+// the sweep forgets the domains once their mail is gone.
+func TestProvidersViewAndSweep(t *testing.T) {
+	w := newWorld(t, `
+<domain *>
+    retry-after 1m
+</domain>
+`)
+	doms := w.provider("view", 3, &fakeHost{})
+	for i := range 30 {
+		w.put("mta1", fmt.Sprintf("u%d@%s", i, doms[i%3]))
+	}
+	w.run()
+	w.waitFor("every delivery", func() bool { return w.q.Totals().Recipients == 0 })
+	var pv *ProviderView
+	for _, p := range w.s.Providers() {
+		if p.Provider == "mx1.view.example" && p.VMTA == "mta1" {
+			pv = &p
+		}
+	}
+	if pv == nil {
+		t.Fatalf("no provider view for mx1.view.example/mta1 in %+v", w.s.Providers())
+	}
+	if strings.Join(pv.Domains, ",") != strings.Join(doms, ",") {
+		t.Errorf("domains %v, want %v", pv.Domains, doms)
+	}
+	if len(pv.Windows) != 1 || pv.Windows[0].Source != netip.MustParseAddr("127.0.0.2") || pv.Windows[0].Limit < 2 {
+		t.Errorf("windows %+v, want one from 127.0.0.2 of at least 2", pv.Windows)
+	}
+	if got := w.s.ProviderOf(queue.Key{VMTA: "mta1", Domain: doms[1]}); got != "mx1.view.example" {
+		t.Errorf("ProviderOf = %q", got)
+	}
+	// The idle connection closes first (connection-idle-timeout 30s), then
+	// the sweep finds nothing to keep.
+	w.clock.Advance(time.Minute)
+	w.waitFor("the idle connection to close", func() bool { return w.s.Connections() == 0 })
+	w.clock.Advance(sweepInterval)
+	w.waitFor("the sweep", func() bool { return len(w.s.Providers()) == 0 })
+}
+
+// matchFamily gives an IPv6 host an IPv6 source and the other way round.
+func TestMatchFamily(t *testing.T) {
+	v4 := vmta.SourceHost{IP: netip.MustParseAddr("192.0.2.1"), HostName: "a"}
+	v6 := vmta.SourceHost{IP: netip.MustParseAddr("2001:db8::1"), HostName: "b"}
+	both := &vmta.VMTA{Name: "both", SourceHosts: []vmta.SourceHost{v4, v6}}
+	only4 := &vmta.VMTA{Name: "only4", SourceHosts: []vmta.SourceHost{v4}}
+	t4 := target{host: "mx4", ip: netip.MustParseAddr("198.51.100.1"), port: 25}
+	t6 := target{host: "mx6", ip: netip.MustParseAddr("2001:db8::25"), port: 25}
+	if got, src, err := matchFamily([]target{t6, t4}, v4, both); err != nil || src != v4 || len(got) != 1 || got[0] != t4 {
+		t.Errorf("v4 source, mixed hosts: %v from %v (%v), want mx4 from %v", got, src, err, v4)
+	}
+	if got, src, err := matchFamily([]target{t6}, v4, both); err != nil || src != v6 || len(got) != 1 {
+		t.Errorf("v4 source, IPv6-only host: %v from %v (%v), want the VMTA's IPv6 source", got, src, err)
+	}
+	if _, _, err := matchFamily([]target{t6}, v4, only4); err == nil || !strings.Contains(err.Error(), "only IPv4") {
+		t.Errorf("no IPv6 source: %v, want an error saying so", err)
+	}
+	if got, _, err := matchFamily([]target{t6, t4}, vmta.SourceHost{}, both); err != nil || len(got) != 2 {
+		t.Errorf("no source address (the system's choice) keeps every host: %v %v", got, err)
+	}
+}
