@@ -218,10 +218,13 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 		if err := lease.Report(outs...); err != nil {
 			s.log.Error("recording outcomes failed", "id", entry.ID.String(), "err", err)
 		}
-		if st != nil && s.sourceDisabled(r, st.source) {
-			// A rule just disabled this address for the provider: the rest
-			// of the lease goes back to the queue for the other addresses.
-			w.sess.markBroken()
+		if (st != nil && s.sourceDisabled(r, st.source)) || s.reroutedAway(reg, r, v) {
+			// A rule just disabled this address for the provider, or sent
+			// the provider queue through another VMTA: the rest of the
+			// lease goes back to the queue for the workers that may send it.
+			if w.sess != nil {
+				w.sess.markBroken()
+			}
 			w.leave = true
 			return carry, nil
 		}

@@ -814,3 +814,71 @@ func TestMatchFamily(t *testing.T) {
 		t.Errorf("no source address (the system's choice) keeps every host: %v %v", got, err)
 	}
 }
+
+// reroute= sends a provider queue's mail through another VMTA for the
+// rule's time: from that VMTA's address.
+func TestShapingReroute(t *testing.T) {
+	w := newWorld(t, `
+<smtp-pattern-list rr>
+    reply /^421 4\.7\.0 .*reputation/ reroute=mta2 for=30m
+</smtp-pattern-list>
+<domain *>
+    smtp-pattern-list rr
+    retry-after 1m
+</domain>
+`)
+	doms := w.provider("rep", 1, &fakeHost{})
+	from := map[netip.Addr]int{}
+	var mu sync.Mutex
+	w.net.srcReply = func(src netip.Addr) (int, string) {
+		mu.Lock()
+		from[src]++
+		mu.Unlock()
+		if src == netip.MustParseAddr("127.0.0.2") {
+			return 421, "4.7.0 poor reputation from this address"
+		}
+		return 0, ""
+	}
+	for i := range 10 {
+		w.put("mta1", fmt.Sprintf("u%d@%s", i, doms[0]))
+	}
+	w.run()
+	w.waitFor("the reroute", func() bool { return len(w.s.ShapingStates()) == 1 })
+	if st := w.s.ShapingStates()[0]; st.Action != ShapeReroute || st.Reroute != "mta2" {
+		t.Fatalf("state %+v, want a reroute to mta2", st)
+	}
+	w.drive("every delivery", time.Minute, func() bool { return w.q.Totals().Recipients == 0 })
+	mu.Lock()
+	defer mu.Unlock()
+	if from[netip.MustParseAddr("127.0.0.2")] != 1 || from[netip.MustParseAddr("127.0.0.3")] != 10 {
+		t.Errorf("transactions by source %v, want 1 from mta1's 127.0.0.2 (the trigger) and 10 from mta2's 127.0.0.3", from)
+	}
+}
+
+// bounce-queue bounces what the provider queue holds, without connecting.
+func TestShapingBounceQueue(t *testing.T) {
+	w := newWorld(t, `
+<smtp-pattern-list gone>
+    reply /^550 5\.1\.2 .*domain disabled/ bounce-queue for=1h
+</smtp-pattern-list>
+<domain *>
+    smtp-pattern-list gone
+    max-smtp-out 1
+    max-rcpt-per-transaction 1
+</domain>
+`)
+	doms := w.provider("gone", 2, &fakeHost{rcpt: func(string) (int, string) { return 550, "5.1.2 domain disabled" }})
+	for i := range 20 {
+		w.put("mta1", fmt.Sprintf("u%d@%s", i, doms[i%2]))
+	}
+	w.run()
+	w.waitFor("every bounce", func() bool { return w.q.Totals().Recipients == 0 })
+	var txns int
+	w.net.stat(func() { txns = len(w.net.mails[w.hostIP("mx1.gone.example")]) })
+	if txns != 1 {
+		t.Errorf("%d transactions, want 1: the rest bounced by the rule without connecting", txns)
+	}
+	if n := w.bnc.Load(); n != 20 {
+		t.Errorf("%d bounce reports, want 20", n)
+	}
+}

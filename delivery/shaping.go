@@ -401,6 +401,22 @@ func (s *Scheduler) effectiveVMTA(reg *vmta.Registry, r *runner) (*vmta.VMTA, bo
 	return v, ok
 }
 
+// reroutedAway reports whether a reroute state sends r's mail through
+// another VMTA than v (a pool counts when v is not one of its members).
+func (s *Scheduler) reroutedAway(reg *vmta.Registry, r *runner, v *vmta.VMTA) bool {
+	st := s.shapingOf(r, ShapeReroute)
+	if st == nil {
+		return false
+	}
+	if rv, ok := reg.VMTA(st.Reroute); ok {
+		return rv.Name != v.Name
+	}
+	if p, ok := reg.Pool(st.Reroute); ok {
+		return !slices.Contains(p.Members, v)
+	}
+	return false
+}
+
 // bounceShaped reports the reply a bounce-queue state gives r's mail, ""
 // when none is in force.
 func (s *Scheduler) bounceShaped(r *runner) string {
