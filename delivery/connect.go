@@ -107,6 +107,9 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 				if busy == nil {
 					busy = h.wait()
 				}
+				// A connection idling at this host for another queue from
+				// the same address gives its place up.
+				s.closeIdlerLocked(func(id *idler) bool { return id.host == hk })
 			case hostDown:
 				if down.probe.IsZero() || h.downUntil.Before(down.probe) {
 					down.probe = h.downUntil

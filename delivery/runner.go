@@ -121,6 +121,7 @@ type idler struct {
 	vmta  string
 	pool  string  // the pool it is counted under, "" for none
 	site  siteKey // the window its connection counts in
+	host  hostKey // the host its connection is open to
 	close context.CancelFunc
 }
 
@@ -559,7 +560,7 @@ func (s *Scheduler) idle(w *worker, reg *vmta.Registry, pool, vmtaName, poolSlot
 	pol := s.connPolicy(reg, r, pool, lead)
 	ctx, cancel := withTimeout(s.ctx, s.clock, pol.ConnectionIdleTimeout.Value)
 	defer cancel()
-	id := &idler{vmta: vmtaName, pool: poolSlot, site: siteKey{src: w.src.IP, provider: r.key.Provider}, close: cancel}
+	id := &idler{vmta: vmtaName, pool: poolSlot, site: siteKey{src: w.src.IP, provider: r.key.Provider}, host: w.host, close: cancel}
 	s.mu.Lock()
 	if len(r.ready) > 0 {
 		s.mu.Unlock()

@@ -882,3 +882,38 @@ func TestShapingBounceQueue(t *testing.T) {
 		t.Errorf("%d bounce reports, want 20", n)
 	}
 }
+
+// mx-connection-limit caps the sessions from one address to one host over
+// every queue; a queue waiting for the host takes the place of a
+// connection idling there for another queue. The two domains are two
+// providers (their MX sets differ) on the same host address.
+func TestMXConnectionLimitSharedAcrossProviders(t *testing.T) {
+	w := newWorld(t, `
+mx-connection-limit 1
+<domain *>
+    connection-idle-timeout 10m
+</domain>
+`)
+	doms := w.provider("one", 1, &fakeHost{})
+	ip := w.hostIP("mx1.one.example")
+	w.res.addr["alias.one.example"] = []netip.Addr{ip}
+	w.res.mx["other.test"] = []*net.MX{{Host: "mx1.one.example.", Pref: 10}, {Host: "alias.one.example.", Pref: 20}}
+	w.put("mta1", "a@"+doms[0])
+	w.run()
+	w.waitFor("the first delivery", func() bool { return w.q.Totals().Recipients == 0 })
+	// The first connection now idles for 10 minutes; other.test's mail
+	// needs the host's only place.
+	w.put("mta1", "b@other.test")
+	w.waitFor("the second delivery", func() bool { return w.q.Totals().Recipients == 0 })
+	if a, b := w.s.ProviderOf(queue.Key{VMTA: "mta1", Domain: doms[0]}), w.s.ProviderOf(queue.Key{VMTA: "mta1", Domain: "other.test"}); a == b {
+		t.Fatalf("both domains routed to %q; the test needs two providers", a)
+	}
+	w.net.stat(func() {
+		if p := w.net.peak["127.0.0.2 one"]; p != 1 {
+			t.Errorf("%d sessions at once from 127.0.0.2 to the host, want mx-connection-limit 1", p)
+		}
+		if len(w.net.got) != 2 {
+			t.Errorf("%d delivered, want 2", len(w.net.got))
+		}
+	})
+}
