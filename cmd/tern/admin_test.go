@@ -66,22 +66,21 @@ http-api-key s3cret
 		}
 		return resp, rows
 	}
-	resp, rows := get(http.DefaultClient, "s3cret")
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET /api/queues: %s", resp.Status)
-	}
-	found := false
-	for _, r := range rows {
-		if r["queue"] == "tsq.test/mta1" {
-			found = true
-			if r["mode"] != "backoff" || r["deferred"] != float64(1) {
-				t.Errorf("queue view row %v, want mode backoff with 1 deferred", r)
+	// The mode changes as the reply is matched, a moment before the
+	// recipient's deferral is recorded: wait for both.
+	var row map[string]any
+	waitUntil(t, deliverTimeout, "tsq.test/mta1 in backoff with 1 deferred", func() bool {
+		resp, rows := get(http.DefaultClient, "s3cret")
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET /api/queues: %s", resp.Status)
+		}
+		for _, r := range rows {
+			if r["queue"] == "tsq.test/mta1" {
+				row = r
 			}
 		}
-	}
-	if !found {
-		t.Fatalf("queue tsq.test/mta1 not in the view: %v", rows)
-	}
+		return row != nil && row["mode"] == "backoff" && row["deferred"] == float64(1)
+	})
 	if resp, _ := get(http.DefaultClient, "wrong"); resp.StatusCode != http.StatusForbidden {
 		t.Errorf("wrong key: %s, want 403", resp.Status)
 	}
