@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -232,19 +233,14 @@ func (s *Scheduler) pickSourceLocked(r *runner, v *vmta.VMTA, pol *config.Domain
 	}
 	n := len(v.SourceHosts)
 	start := int(c.Load() % uint64(n))
-	adaptive := adaptiveSMTPOut(pol)
 	var full []*window
 	for i := range n {
 		src := v.SourceHosts[(start+i)%n]
-		if lim, ok := sourceIPMaxSMTPOut(pol, src.IP); ok && r.bySource[src.IP] >= lim {
-			continue
-		}
-		if s.sourceDisabledLocked(r, src.IP) {
-			continue // kicked again when the state ends
-		}
-		w := s.siteLocked(src.IP, r.key.Provider, pol)
-		if adaptive && !w.room(now) {
-			full = append(full, w)
+		w, ok := s.roomLocked(r, src.IP, pol, now)
+		if !ok {
+			if w != nil {
+				full = append(full, w)
+			}
 			continue
 		}
 		c.Add(uint64(i + 1))
@@ -257,20 +253,29 @@ func (s *Scheduler) pickSourceLocked(r *runner, v *vmta.VMTA, pol *config.Domain
 		w.waiters[r] = true
 	}
 	if len(full) > 0 {
-		sk := siteKey{provider: r.key.Provider}
 		s.closeIdlerLocked(func(id *idler) bool {
-			if id.site.provider != sk.provider {
-				return false
-			}
-			for _, w := range full {
-				if s.sites[id.site] == w {
-					return true
-				}
-			}
-			return false
+			return id.site.provider == r.key.Provider && slices.Contains(full, s.sites[id.site])
 		})
 	}
 	return vmta.SourceHost{}, false
+}
+
+// roomLocked reports whether r may start one more connection from src: it
+// is under source-ip-max-smtp-out there, the address is not disabled for
+// the provider, and the provider's window from it has room. When only the
+// window is full, that window is returned.
+func (s *Scheduler) roomLocked(r *runner, src netip.Addr, pol *config.DomainSettings, now time.Time) (*window, bool) {
+	if lim, ok := sourceIPMaxSMTPOut(pol, src); ok && r.bySource[src] >= lim {
+		return nil, false
+	}
+	if s.sourceDisabledLocked(r, src) {
+		return nil, false // kicked again when the state ends
+	}
+	w := s.siteLocked(src, r.key.Provider, pol)
+	if adaptiveSMTPOut(pol) && !w.room(now) {
+		return w, false
+	}
+	return w, true
 }
 
 // siteLocked returns the window of provider from src, made on first use.
@@ -469,11 +474,8 @@ func (s *Scheduler) reseat(w *worker, v *vmta.VMTA, pol *config.DomainSettings) 
 			c.Add(uint64(i + 1))
 			break
 		}
-		if lim, ok := sourceIPMaxSMTPOut(pol, src.IP); ok && r.bySource[src.IP] >= lim {
-			continue
-		}
-		nw := s.siteLocked(src.IP, r.key.Provider, pol)
-		if adaptiveSMTPOut(pol) && !nw.room(now) {
+		nw, ok := s.roomLocked(r, src.IP, pol, now)
+		if !ok {
 			continue
 		}
 		c.Add(uint64(i + 1))
