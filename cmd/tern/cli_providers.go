@@ -46,13 +46,22 @@ func (s *shapingRow) what() string {
 	return s.Action
 }
 
-// expiry is when the state ends: "until 14:03 (in 9m12s)", or "no set
-// end" for a backoff that ends at a delivery or when lifted.
-func (s *shapingRow) expiry(now time.Time) string {
+// ends is when the state ends: "14:03 (in 9m12s)", or "no set end" for a
+// backoff that ends at a delivery or when lifted.
+func (s *shapingRow) ends(now time.Time) string {
 	if s.Until == nil {
 		return "no set end"
 	}
-	return "until " + clockTime(*s.Until, now) + " (" + inSeconds(s.Until, s.ExpiresInSeconds, now) + ")"
+	return clockTime(*s.Until, now) + " (" + inSeconds(s.Until, s.ExpiresInSeconds, now) + ")"
+}
+
+// withEnd is the state and its end: "suspend until 14:03 (in 9m12s)",
+// "backoff (no set end)".
+func (s *shapingRow) withEnd(now time.Time) string {
+	if s.Until == nil {
+		return s.what() + " (no set end)"
+	}
+	return s.what() + " until " + s.ends(now)
 }
 
 // clockTime is t as local wall-clock time: "14:03" today, with the date
@@ -140,7 +149,7 @@ func (p *providerRow) state(now time.Time) string {
 	var out []string
 	suspended := false
 	for _, s := range p.Shaping {
-		out = append(out, s.what()+" "+s.expiry(now))
+		out = append(out, s.withEnd(now))
 		suspended = suspended || s.Action == "suspend"
 	}
 	if p.HeldUntil != nil && !suspended && p.HeldUntil.After(now) {
@@ -234,7 +243,7 @@ and when it ends. tern lift ends them early.
 	now := time.Now()
 	t := newTable(stdout, "PROVIDER", "VMTA", "ACTION", "SINCE", "ENDS", "RULE", "REPLY")
 	for _, s := range rows {
-		t.row(clip(s.Provider, 40), s.VMTA, s.what(), clockTime(s.Since, now), strings.TrimPrefix(s.expiry(now), "until "),
+		t.row(clip(s.Provider, 40), s.VMTA, s.what(), clockTime(s.Since, now), s.ends(now),
 			s.Rule, clip(s.Reply, 60))
 	}
 	t.flush()
