@@ -373,6 +373,14 @@ func TestCLIUsage(t *testing.T) {
 		{"settings", api, "*/mta1"},
 		{"settings", api},
 		{"domains", api, "--top", "0"},
+		{"providers", api, "extra"},
+		{"shaping", api, "--action", "pause"},
+		{"hosts", api, "extra"},
+		{"lift", api},
+		{"lift", api, "--action", "pause"},
+		{"lift", api, "--all", "--vmta", "mta1"},
+		{"lift", api, "mx.example.net"},
+		{"queues", api, "--provider"},
 		{"status", "--api", "ftp://x"},
 		{"status", api, "-c", filepath.Join(t.TempDir(), "missing.conf")},
 	} {
@@ -380,6 +388,7 @@ func TestCLIUsage(t *testing.T) {
 		r.want(t, strings.Join(args, " "), exitUsage, "stderr:usage: tern "+args[0])
 	}
 	cliRun(t, nil, "pause", "-h").want(t, "pause -h", 0, "stderr:exit codes:", "stderr:4  access denied")
+	cliRun(t, nil, "lift", "-h").want(t, "lift -h", 0, "stderr:--provider", "stderr:--all", "stderr:exit codes:")
 }
 
 // TestCLIDefaultMgmtAddr keeps the CLI's default API address equal to

@@ -51,14 +51,18 @@ http-api-key k3y
 	apiURL := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	s := &cliServer{proc: startTern(t, conf), conf: conf, smtpAddr: fmt.Sprintf("127.0.0.1:%d", smtpPort),
 		api: []string{"--api", apiURL, "--key", "k3y"}, apiURL: apiURL}
+	injected := time.Now()
 	mustInject(t, s.smtpAddr, "r@shape.test", "shaped", "X-Virtual-MTA: mta1")
 	mustInject(t, s.smtpAddr, "d@dead.test", "dead", "X-Virtual-MTA: mta1")
-	injected := time.Now()
-
-	// The suspension, as tern shaping --json shows it.
+	// Both domains have been routed and tried once these are logged.
 	s.proc.waitLog(t, 0, deliverTimeout, "the suspension", func(l string) bool {
 		return strings.Contains(l, "traffic shaping in force") && strings.Contains(l, "action=suspend")
 	})
+	s.proc.waitLog(t, 0, deliverTimeout, "the host going down", func(l string) bool {
+		return strings.Contains(l, "host is down")
+	})
+
+	// The suspension, as tern shaping --json shows it.
 	var states []shapingRow
 	waitUntil(t, deliverTimeout, "the suspension in tern shaping --json", func() bool {
 		states = nil
@@ -71,7 +75,7 @@ http-api-key k3y
 		!strings.HasPrefix(st.Rule, conf+":") {
 		t.Fatalf("shaping states %+v, want the suspension of mx.sink.test/mta1 by the rule of %s", states, conf)
 	}
-	if st.Until == nil || !st.Until.Equal(st.Since.Add(10*time.Minute)) || st.Since.Before(injected.Add(-time.Second)) ||
+	if st.Until == nil || !st.Until.Equal(st.Since.Add(10*time.Minute)) || st.Since.Before(injected) ||
 		st.ExpiresInSeconds == nil || *st.ExpiresInSeconds <= 0 || *st.ExpiresInSeconds > 600 {
 		t.Errorf("suspension %+v, want it to end 10m after it began, in the future", st)
 	}
@@ -139,11 +143,8 @@ http-api-key k3y
 	})
 
 	// The dead host, down with its next probe.
-	s.proc.waitLog(t, 0, deliverTimeout, "the host going down", func(l string) bool {
-		return strings.Contains(l, "host is down")
-	})
 	host := fmt.Sprintf("%s:%d", sinkIP, deadPort)
-	var hosts []struct {
+	type hostRow struct {
 		Host           string     `json:"host"`
 		Source         string     `json:"source"`
 		Failures       int        `json:"failures"`
@@ -152,15 +153,22 @@ http-api-key k3y
 		ProbeInSeconds *int64     `json:"probe_in_seconds"`
 		LastError      string     `json:"last_error"`
 	}
+	var h hostRow
 	waitUntil(t, deliverTimeout, "the dead host in tern hosts --json", func() bool {
-		hosts = nil
+		var hosts []hostRow
 		s.run(t, "hosts", "--json").decode(t, "hosts --json", &hosts)
-		return len(hosts) > 0
+		for _, r := range hosts {
+			if r.Host == host {
+				h = r
+				return true
+			}
+		}
+		return false
 	})
-	if h := hosts[0]; len(hosts) != 1 || h.Host != host || h.Source != mta1.ip || !h.Down || h.Failures < 1 ||
+	if h.Source != mta1.ip || !h.Down || h.Failures < 1 ||
 		h.DownUntil == nil || !h.DownUntil.After(injected) || h.ProbeInSeconds == nil || *h.ProbeInSeconds <= 0 ||
 		!strings.Contains(h.LastError, "refused") {
-		t.Errorf("hosts --json: %+v, want %s down from %s with a probe to come after a refused connection", hosts, host, mta1.ip)
+		t.Errorf("hosts --json: %+v, want %s down from %s with a probe to come after a refused connection", h, host, mta1.ip)
 	}
 	r = s.run(t, "hosts")
 	r.want(t, "hosts", 0, "HOST", "NEXT PROBE")
