@@ -267,18 +267,25 @@ func readParams(r *http.Request) (opParams, error) {
 		p.Mode = *j.Mode
 	}
 	if j.All != nil {
-		var b bool
-		var s string
-		switch {
-		case json.Unmarshal(*j.All, &b) == nil:
-			p.All = b
-		case json.Unmarshal(*j.All, &s) == nil:
-			p.All = isYes(s)
-		default:
-			return p, errors.New(`"all" must be yes, no, true or false`)
+		if p.All, err = jsonYes(*j.All); err != nil {
+			return p, err
 		}
 	}
 	return p, nil
+}
+
+// jsonYes reads "all" of a JSON body: a boolean, or a string that isYes
+// judges.
+func jsonYes(raw json.RawMessage) (bool, error) {
+	var b bool
+	var s string
+	switch {
+	case json.Unmarshal(raw, &b) == nil:
+		return b, nil
+	case json.Unmarshal(raw, &s) == nil:
+		return isYes(s), nil
+	}
+	return false, errors.New(`"all" must be yes, no, true or false`)
 }
 
 // isYes reports whether s is a yes value of a parameter.

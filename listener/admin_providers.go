@@ -96,9 +96,13 @@ func (f ShapingFilter) empty() bool { return f.VMTA == "" && f.Provider == "" &&
 
 // matches reports whether f selects st.
 func (f ShapingFilter) matches(st ShapingState) bool {
-	return (f.VMTA == "" || strings.EqualFold(f.VMTA, st.VMTA)) &&
-		(f.Provider == "" || strings.EqualFold(f.Provider, st.Provider)) &&
-		(f.Action == "" || f.Action == st.Action)
+	return f.selects(st.VMTA, st.Provider) && (f.Action == "" || f.Action == st.Action)
+}
+
+// selects reports whether f's VMTA and provider select a provider queue.
+func (f ShapingFilter) selects(vmta, provider string) bool {
+	return (f.VMTA == "" || strings.EqualFold(f.VMTA, vmta)) &&
+		(f.Provider == "" || strings.EqualFold(f.Provider, provider))
 }
 
 // HostInfo is an MX host address that failed from a source address.
@@ -222,7 +226,7 @@ func (a *Admin) providers(w http.ResponseWriter, r *http.Request) {
 	}
 	now := time.Now()
 	for _, p := range a.opts.Providers() {
-		if !filter.matches(ShapingState{VMTA: p.VMTA, Provider: p.Provider}) {
+		if !filter.selects(p.VMTA, p.Provider) {
 			continue
 		}
 		v := providerView{Provider: p.Provider, VMTA: p.VMTA, Rollup: p.Rollup, DomainCount: len(p.Domains),
@@ -335,15 +339,8 @@ func readLiftParams(r *http.Request) (ShapingFilter, bool, error) {
 			}
 		}
 		if j.All != nil {
-			var b bool
-			var s string
-			switch {
-			case json.Unmarshal(*j.All, &b) == nil:
-				all = b
-			case json.Unmarshal(*j.All, &s) == nil:
-				all = isYes(s)
-			default:
-				return f, all, errors.New(`"all" must be yes, no, true or false`)
+			if all, err = jsonYes(*j.All); err != nil {
+				return f, all, err
 			}
 		}
 	}
