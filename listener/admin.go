@@ -48,6 +48,21 @@ type AdminOptions struct {
 	// SetMode, if not nil, switches the queues sel matches to backoff or
 	// normal mode and returns how many changed.
 	SetMode func(sel queue.Selector, backoff bool) int
+	// ProviderOf, if not nil, names the provider a queue key is routed to
+	// ("" before it is routed), for the provider of GET /api/queues.
+	ProviderOf func(queue.Key) string
+	// Providers, if not nil, lists the provider queues (GET
+	// /api/providers).
+	Providers func() []ProviderInfo
+	// Shaping, if not nil, lists the traffic-shaping states in force (GET
+	// /api/shaping).
+	Shaping func() []ShapingState
+	// LiftShaping, if not nil, ends the shaping states f selects and
+	// returns how many it ended (POST /api/lift-shaping).
+	LiftShaping func(f ShapingFilter) int
+	// HostsDown, if not nil, lists the MX host addresses down or failing
+	// (GET /api/hosts).
+	HostsDown func() []HostInfo
 	// Reload, if not nil, reloads the configuration file (POST
 	// /api/reload). It returns the new configuration and its warnings, or
 	// an error (a *config.ErrorList for a refused file) when the running
@@ -163,11 +178,15 @@ var adminRoutes = []adminRoute{
 	{"GET", "/api/vmtas", config.AccessMonitor, (*Admin).vmtas},
 	{"GET", "/api/domains", config.AccessMonitor, (*Admin).domains},
 	{"GET", "/api/settings", config.AccessMonitor, (*Admin).settings},
+	{"GET", "/api/providers", config.AccessMonitor, (*Admin).providers},
+	{"GET", "/api/shaping", config.AccessMonitor, (*Admin).shapingStates},
+	{"GET", "/api/hosts", config.AccessMonitor, (*Admin).hosts},
 	{"POST", "/api/pause", config.AccessOperator, (*Admin).pause},
 	{"POST", "/api/resume", config.AccessOperator, (*Admin).resume},
 	{"POST", "/api/retry", config.AccessOperator, (*Admin).retry},
 	{"POST", "/api/delete", config.AccessOperator, (*Admin).delete},
 	{"POST", "/api/set-mode", config.AccessOperator, (*Admin).setMode},
+	{"POST", "/api/lift-shaping", config.AccessOperator, (*Admin).liftShaping},
 	{"POST", "/api/reload", config.AccessAdmin, (*Admin).reload},
 	{"GET", "/debug/pprof/{name}", config.AccessAdmin, (*Admin).profile},
 }
@@ -248,18 +267,25 @@ func readParams(r *http.Request) (opParams, error) {
 		p.Mode = *j.Mode
 	}
 	if j.All != nil {
-		var b bool
-		var s string
-		switch {
-		case json.Unmarshal(*j.All, &b) == nil:
-			p.All = b
-		case json.Unmarshal(*j.All, &s) == nil:
-			p.All = isYes(s)
-		default:
-			return p, errors.New(`"all" must be yes, no, true or false`)
+		if p.All, err = jsonYes(*j.All); err != nil {
+			return p, err
 		}
 	}
 	return p, nil
+}
+
+// jsonYes reads "all" of a JSON body: a boolean, or a string that isYes
+// judges.
+func jsonYes(raw json.RawMessage) (bool, error) {
+	var b bool
+	var s string
+	switch {
+	case json.Unmarshal(raw, &b) == nil:
+		return b, nil
+	case json.Unmarshal(raw, &s) == nil:
+		return isYes(s), nil
+	}
+	return false, errors.New(`"all" must be yes, no, true or false`)
 }
 
 // isYes reports whether s is a yes value of a parameter.

@@ -42,6 +42,7 @@ type queueView struct {
 	Queue            string     `json:"queue"`
 	VMTA             string     `json:"vmta"`
 	Domain           string     `json:"domain"`
+	Provider         string     `json:"provider,omitempty"` // its provider queue; none before delivery routed it
 	Ready            int        `json:"ready"`
 	Deferred         int        `json:"deferred"`
 	Leased           int        `json:"leased"`
@@ -99,6 +100,9 @@ func (a *Admin) view(st queue.KeyStats, act QueueActivity, reg *vmta.Registry, n
 		Ready: st.Ready, Deferred: st.Deferred, Leased: st.Leased, Total: st.Total(), Paused: st.Paused, Mode: "normal",
 		Connections: act.Connections, RatePerMinute: act.DeliveredLastMinute, LastError: act.LastError,
 		Orphaned: !a.configured(reg, st.Key.VMTA)}
+	if a.opts.ProviderOf != nil {
+		v.Provider = a.opts.ProviderOf(st.Key)
+	}
 	if a.opts.Mode != nil {
 		if on, since := a.opts.Mode(st.Key); on {
 			v.Mode, v.BackoffSince = "backoff", &since
@@ -132,7 +136,8 @@ func boolFilter(r *http.Request, name string) (want, on bool, err error) {
 }
 
 // queues lists every non-empty queue, largest first. ?vmta= and ?domain=
-// select exactly; ?mode=, ?paused= and ?orphaned= filter the rows.
+// select exactly; ?provider= (whatever its case), ?mode=, ?paused= and
+// ?orphaned= filter the rows.
 func (a *Admin) queues(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	mode := strings.ToLower(q.Get("mode"))
@@ -146,11 +151,13 @@ func (a *Admin) queues(w http.ResponseWriter, r *http.Request) {
 		orphaned, byOrphaned, err = boolFilter(r, "orphaned")
 		if err == nil {
 			sel := queue.Selector{VMTA: q.Get("vmta"), Domain: strings.ToLower(q.Get("domain"))}
+			provider := q.Get("provider")
 			reg, now := a.registry(), time.Now()
 			out := []queueView{}
 			for _, st := range a.opts.Queue.Keys(sel) {
 				v := a.view(st, a.activity(st.Key, 0), reg, now)
-				if (mode != "" && v.Mode != mode) || (byPaused && v.Paused != paused) || (byOrphaned && v.Orphaned != orphaned) {
+				if (mode != "" && v.Mode != mode) || (byPaused && v.Paused != paused) || (byOrphaned && v.Orphaned != orphaned) ||
+					(provider != "" && !strings.EqualFold(v.Provider, provider)) {
 					continue
 				}
 				out = append(out, v)

@@ -20,7 +20,8 @@ import (
 var statusPageHTML string
 
 // statusPage serves the status page. The page itself holds no data: its
-// script reads GET /api/status and GET /api/queues every few seconds.
+// script reads GET /api/status, /api/queues, /api/providers and /api/shaping
+// every few seconds.
 func (a *Admin) statusPage(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")

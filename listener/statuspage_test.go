@@ -116,7 +116,7 @@ func TestStatusPageSelfContained(t *testing.T) {
 			t.Errorf("%d <%s tags, want 1 without attributes", n, tag)
 		}
 	}
-	for _, id := range []string{`<table id="queues">`, `id="chart"`, `id="st-recipients"`} {
+	for _, id := range []string{`<table id="queues">`, `<table id="providers">`, `<table id="shaping">`, `id="chart"`, `id="st-recipients"`} {
 		if !strings.Contains(page, id) {
 			t.Errorf("the page lacks %s", id)
 		}
@@ -203,8 +203,11 @@ func dumpDOMUntil(t *testing.T, bin, url string, ok func(dom string) bool) strin
 }
 
 // domRow is the <tr data-queue="name"> element of dom, "" if none.
-func domRow(dom, name string) string {
-	i := strings.Index(dom, `<tr data-queue="`+name+`"`)
+func domRow(dom, name string) string { return domRowBy(dom, "queue", name) }
+
+// domRowBy is the <tr data-ATTR="name"> element of dom, "" if none.
+func domRowBy(dom, attr, name string) string {
+	i := strings.Index(dom, `<tr data-`+attr+`="`+name+`"`)
 	if i < 0 {
 		return ""
 	}
@@ -235,12 +238,13 @@ func domText(dom, id string) string {
 }
 
 // TestStatusPageChromium loads the status page in headless Chromium, waits
-// for the queue table to show the queue holding mail, and saves a
-// screenshot in the test's temporary directory (set
+// for the queue table to show the queue holding mail, checks the providers
+// and traffic-shaping tables (from fakes), and saves a screenshot in the test's temporary directory (set
 // TERN_STATUSPAGE_SCREENSHOT to a file name to keep a copy).
 func TestStatusPageChromium(t *testing.T) {
 	bin := chromiumBinary(t)
-	e := startAdminTest(t, config.AccessMonitor, "")
+	fp := newFakeProviders()
+	e := startAdminTest(t, config.AccessMonitor, "", fp.options)
 	e.put(t, "", "a@example.com mta1", "b@example.com mta1", "c@example.net mta2")
 	e.put(t, "", "d@example.com mta1")
 	e.put(t, "", "e@example.org mta2")
@@ -283,6 +287,48 @@ func TestStatusPageChromium(t *testing.T) {
 		if got := domText(dom, id); !strings.HasPrefix(got, want) {
 			t.Errorf("#%s: %q, want %s", id, got, want)
 		}
+	}
+	if got := domCell(domRow(dom, "example.net/mta2"), "queue"); got != "example.net/mta2" {
+		t.Errorf("example.net/mta2 row: %q", got)
+	}
+
+	// The providers: counts, the window with its ceiling, the mode and
+	// the shaping states with their ends.
+	gmail := domRowBy(dom, "provider", "gmail.rollup/mta1")
+	for col, want := range map[string]string{"provider": "gmail.rollup", "vmta": "mta1", "domains": "150", "queued": "0", "connections": "3"} {
+		if got := domCell(gmail, col); got != want {
+			t.Errorf("provider gmail.rollup/mta1 %s: %q, want %q\n%s", col, got, want, gmail)
+		}
+	}
+	if got := domCell(gmail, "window"); !strings.HasPrefix(got, "127.0.0.2 3/5 (ceiling 5 until ") {
+		t.Errorf("provider gmail.rollup/mta1 window: %q", got)
+	}
+	if got := domCell(gmail, "state"); got != "backoff (no set end)" {
+		t.Errorf("provider gmail.rollup/mta1 state: %q, want the backoff", got)
+	}
+	net := domRowBy(dom, "provider", "mx.example.net/mta2")
+	// The fake's suspension ends 10 minutes after it was made; however
+	// slow chromium is, some minutes are left.
+	left := regexp.MustCompile(`\(in \d+m \d+s\)`)
+	if got := domCell(net, "state"); !strings.HasPrefix(got, "suspend until ") || !left.MatchString(got) ||
+		!strings.Contains(got, "; disable-source-ip 127.0.0.3 until ") || !strings.Contains(net, `class="badge bad"`) {
+		t.Errorf("provider mx.example.net/mta2 state: %q, want the suspension and the disabled source with their ends\n%s", got, net)
+	}
+	if got := domCell(net, "queued"); got != "1" {
+		t.Errorf("provider mx.example.net/mta2 queued: %q, want 1", got)
+	}
+	suspend := domRowBy(dom, "state", "mx.example.net/mta2/suspend/")
+	for col, want := range map[string]string{"provider": "mx.example.net", "vmta": "mta2", "action": "suspend",
+		"rule": `tern.conf:41:5 /^451 4\.7\.1/`, "reply": "451 4.7.1 try later"} {
+		if got := domCell(suspend, col); got != want {
+			t.Errorf("shaping state suspend %s: %q, want %q\n%s", col, got, want, suspend)
+		}
+	}
+	if got := domCell(suspend, "ends"); !left.MatchString(got) {
+		t.Errorf("shaping state suspend ends: %q, want the time left", got)
+	}
+	if got := domText(dom, "shaping-count"); got != "3 states in force" {
+		t.Errorf("#shaping-count: %q", got)
 	}
 	if strings.Contains(dom, `id="alert" role="alert">`) { // no hidden attribute
 		t.Errorf("the page shows an error:\n%s", domText(dom, "alert"))

@@ -2,8 +2,9 @@ package main
 
 // The operator CLI over the admin API: the common flags, finding the API
 // and its key, sending a request and turning the answer into an exit code.
-// The commands themselves are in cli_commands.go, their tables and units in
-// cli_format.go; inject (SMTP, not the API) is in inject.go.
+// The commands themselves are in cli_commands.go and cli_providers.go,
+// their tables and units in cli_format.go; inject (SMTP, not the API) is in
+// inject.go.
 
 import (
 	"bytes"

@@ -3,7 +3,8 @@ package main
 // The CLI commands over the admin API (see api-contract in docs/operations.md,
 // "CLI"): views (status, queues, vmtas, domains, settings) and operations
 // (pause, resume, retry, delete, set-mode, reload). Each prints a table, or
-// with --json the server's answer as it came.
+// with --json the server's answer as it came. The provider views and lift
+// are in cli_providers.go.
 
 import (
 	"flag"
@@ -133,6 +134,7 @@ type queueRow struct {
 	Queue            string     `json:"queue"`
 	VMTA             string     `json:"vmta"`
 	Domain           string     `json:"domain"`
+	Provider         string     `json:"provider"`
 	Ready            int        `json:"ready"`
 	Deferred         int        `json:"deferred"`
 	Leased           int        `json:"leased"`
@@ -215,6 +217,7 @@ queue and its recent delivery events.
 `, stderr)
 	vmtaF := fs.String("vmta", "", "only the queues of this `VMTA`")
 	domainF := fs.String("domain", "", "only the queues of this `DOMAIN`")
+	providerF := fs.String("provider", "", "only the queues routed to this `PROVIDER` (see tern providers)")
 	modeF := fs.String("mode", "", "only queues in this `mode`: normal or backoff")
 	pausedF := fs.String("paused", "", "only paused (yes) or unpaused (no) queues")
 	orphanedF := fs.String("orphaned", "", "only queues whose VMTA is (yes) or is not (no) missing from the running configuration")
@@ -237,7 +240,7 @@ queue and its recent delivery events.
 		name, value string
 		allowed     []string
 	}{
-		{"vmta", *vmtaF, nil}, {"domain", *domainF, nil},
+		{"vmta", *vmtaF, nil}, {"domain", *domainF, nil}, {"provider", *providerF, nil},
 		{"mode", *modeF, []string{"normal", "backoff"}},
 		{"paused", *pausedF, []string{"yes", "no"}},
 		{"orphaned", *orphanedF, []string{"yes", "no"}},
@@ -259,11 +262,11 @@ queue and its recent delivery events.
 		return exitOK
 	}
 	now := time.Now()
-	t := newTable(stdout, "QUEUE", "TOTAL", "READY", "DEFERRED", "LEASED", "OLDEST", "NEXT ATTEMPT", "MODE", "STATE", "CONN", "RATE/MIN", "LAST ERROR")
+	t := newTable(stdout, "QUEUE", "PROVIDER", "TOTAL", "READY", "DEFERRED", "LEASED", "OLDEST", "NEXT ATTEMPT", "MODE", "STATE", "CONN", "RATE/MIN", "LAST ERROR")
 	for _, r := range rows {
-		t.row(r.Queue, strconv.Itoa(r.total()), strconv.Itoa(r.Ready), strconv.Itoa(r.Deferred), strconv.Itoa(r.Leased),
-			r.oldestAge(now), until(r.NextAttempt, now), r.mode(now), r.state(), optInt(r.Connections),
-			optRate(r.RatePerMinute), clip(r.LastError, 60))
+		t.row(r.Queue, clip(r.Provider, 32), strconv.Itoa(r.total()), strconv.Itoa(r.Ready), strconv.Itoa(r.Deferred),
+			strconv.Itoa(r.Leased), r.oldestAge(now), until(r.NextAttempt, now), r.mode(now), r.state(),
+			optInt(r.Connections), optRate(r.RatePerMinute), clip(r.LastError, 60))
 	}
 	t.flush()
 	return exitOK
@@ -281,6 +284,7 @@ func showQueue(c *apiClient, name string, events int) int {
 	now := time.Now()
 	t := newBlock(c.stdout)
 	t.row("queue", q.Queue)
+	t.row("provider", q.Provider)
 	t.row("recipients", fmt.Sprintf("%d (ready %d, deferred %d, leased %d)", q.total(), q.Ready, q.Deferred, q.Leased))
 	t.row("state", q.state())
 	t.row("mode", q.mode(now))

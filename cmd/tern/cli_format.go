@@ -113,3 +113,14 @@ func clip(s string, n int) string {
 	}
 	return string(r[:n-1]) + "…"
 }
+
+// clipStart shortens s to n runes keeping its end, for errors whose last
+// words say the most ("…: connect: connection refused").
+func clipStart(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return "…" + strings.TrimLeft(string(r[len(r)-n+1:]), " ")
+}

@@ -188,11 +188,11 @@ func TestCLIViewsAndOperations(t *testing.T) {
 
 	t.Run("queues", func(t *testing.T) {
 		r := s.run(t, "queues")
-		r.want(t, "queues", 0, "QUEUE", "TOTAL", "DEFERRED", "NEXT ATTEMPT", "LAST ERROR")
-		// QUEUE TOTAL READY DEFERRED LEASED OLDEST NEXT ATTEMPT ...
-		if f := tableRow(r.stdout, "adm.test/mta1"); len(f) < 5 || f[1] != "1" || f[3] != "1" ||
+		r.want(t, "queues", 0, "QUEUE", "PROVIDER", "TOTAL", "DEFERRED", "NEXT ATTEMPT", "LAST ERROR")
+		// QUEUE PROVIDER TOTAL READY DEFERRED LEASED OLDEST NEXT ATTEMPT ...
+		if f := tableRow(r.stdout, "adm.test/mta1"); len(f) < 6 || f[1] != "mx.sink.test" || f[2] != "1" || f[4] != "1" ||
 			!strings.Contains(r.stdout, "normal") || !strings.Contains(r.stdout, "active") {
-			t.Errorf("queues: row of adm.test/mta1 %q, want 1 deferred, normal, active\n%s", f, r.stdout)
+			t.Errorf("queues: row of adm.test/mta1 %q, want provider mx.sink.test, 1 deferred, normal, active\n%s", f, r.stdout)
 		}
 		var rows []queueRow
 		s.run(t, "queues", "--domain", "adm.test", "--json").decode(t, "queues --domain --json", &rows)
@@ -201,7 +201,7 @@ func TestCLIViewsAndOperations(t *testing.T) {
 		}
 		// Flags after the argument work as before it.
 		s.run(t, "queues", "adm.test/mta1", "--events", "5").want(t, "queues QUEUE", 0,
-			"adm.test/mta1", "1 (ready 0, deferred 1, leased 0)", "KIND", "deferred", "p@adm.test")
+			"adm.test/mta1", "mx.sink.test", "1 (ready 0, deferred 1, leased 0)", "KIND", "deferred", "p@adm.test")
 	})
 
 	t.Run("views", func(t *testing.T) {
@@ -373,6 +373,14 @@ func TestCLIUsage(t *testing.T) {
 		{"settings", api, "*/mta1"},
 		{"settings", api},
 		{"domains", api, "--top", "0"},
+		{"providers", api, "extra"},
+		{"shaping", api, "--action", "pause"},
+		{"hosts", api, "extra"},
+		{"lift", api},
+		{"lift", api, "--action", "pause"},
+		{"lift", api, "--all", "--vmta", "mta1"},
+		{"lift", api, "mx.example.net"},
+		{"queues", api, "--provider"},
 		{"status", "--api", "ftp://x"},
 		{"status", api, "-c", filepath.Join(t.TempDir(), "missing.conf")},
 	} {
@@ -380,6 +388,7 @@ func TestCLIUsage(t *testing.T) {
 		r.want(t, strings.Join(args, " "), exitUsage, "stderr:usage: tern "+args[0])
 	}
 	cliRun(t, nil, "pause", "-h").want(t, "pause -h", 0, "stderr:exit codes:", "stderr:4  access denied")
+	cliRun(t, nil, "lift", "-h").want(t, "lift -h", 0, "stderr:--provider", "stderr:--all", "stderr:exit codes:")
 }
 
 // TestCLIDefaultMgmtAddr keeps the CLI's default API address equal to
@@ -426,6 +435,12 @@ func TestCLIHelpers(t *testing.T) {
 		if got := size(c.n); got != c.want {
 			t.Errorf("size(%d) = %q, want %q", c.n, got, c.want)
 		}
+	}
+	if got := clipStart("dial tcp: connect:  connection refused", 20); got != "…connection refused" {
+		t.Errorf("clipStart = %q", got)
+	}
+	if got := clipStart("short", 20); got != "short" {
+		t.Errorf("clipStart of a short text = %q", got)
 	}
 	for _, c := range []struct {
 		args []string

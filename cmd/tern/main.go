@@ -14,6 +14,8 @@
 //	tern queues [QUEUE]      queues holding mail (filters), or one queue's events
 //	tern vmtas | domains     virtual MTAs; the domains holding the most mail
 //	tern settings DOMAIN/VMTA  the delivery settings in effect and where set
+//	tern providers | hosts   provider queues (windows, mode, shaping); MX hosts down
+//	tern shaping | lift      traffic-shaping states in force; end some (lift)
 //	tern pause|resume|retry QUEUE, delete QUEUE|--job JOB, set-mode QUEUE MODE
 //	tern reload              read the configuration again (errors: exit 1)
 //
@@ -52,11 +54,15 @@ func commands() []command {
 		{"vmtas", "list the virtual MTAs and the mail they hold", runVMTAs},
 		{"domains", "list the destination domains holding the most mail", runDomains},
 		{"settings", "delivery settings in effect for a queue: settings DOMAIN/VMTA", runSettings},
+		{"providers", "list the provider queues: windows, mode, traffic shaping", runProviders},
+		{"shaping", "list the traffic-shaping states in force", runShaping},
+		{"hosts", "list the MX hosts down or failing, with their next probe", runHosts},
 		{"pause", "stop delivery from queues: pause QUEUE|--all", runPause},
 		{"resume", "resume delivery from paused queues: resume QUEUE|--all", runResume},
 		{"retry", "make deferred recipients due now: retry QUEUE|--all", runRetry},
 		{"delete", "delete queued recipients: delete QUEUE|--job JOB|--all", runDelete},
 		{"set-mode", "put queues in backoff mode or back: set-mode QUEUE backoff|normal", runSetMode},
+		{"lift", "end traffic-shaping states: lift --vmta V|--provider P|--action A|--all", runLift},
 		{"reload", "make the server read its configuration again", runReload},
 		{"inject", "submit .eml files over SMTP: inject [flags] FILE|DIR...", runInject},
 		{"version", "print the version", func(_ []string, _ io.Reader, stdout, _ io.Writer) int {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -170,6 +171,10 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Registry:            current.Load,
 		Activity:            func(k queue.Key, n int) listener.QueueActivity { return activityView(sch.Activity(k, n)) },
 		SetMode:             sch.SetMode,
+		ProviderOf:          sch.ProviderOf,
+		Providers:           func() []listener.ProviderInfo { return providersView(sch.Providers()) },
+		Shaping:             func() []listener.ShapingState { return shapingView(sch.ShapingStates()) },
+		HostsDown:           func() []listener.HostInfo { return hostsView(sch.HostsDown()) },
 		Reload:              func() (*config.Config, []config.Diagnostic, error) { return rl.reload("admin API") },
 		InboundConnections:  srv.Connections,
 		OutboundConnections: sch.Connections,
@@ -178,6 +183,9 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		ConfigPath:          absPath(*path),
 		SpoolDir:            absPath(spoolDir),
 		Version:             version,
+		LiftShaping: func(f listener.ShapingFilter) int {
+			return sch.LiftShaping(delivery.ShapingSelector{VMTA: f.VMTA, Provider: f.Provider, Action: f.Action})
+		},
 	})
 	if err != nil {
 		log.Error("admin API not available", "err", err)
@@ -439,6 +447,58 @@ func activityView(a delivery.QueueActivity) listener.QueueActivity {
 		out.Events = append(out.Events, e)
 	}
 	return out
+}
+
+// providersView converts the scheduler's provider queues for the admin
+// API.
+func providersView(ps []delivery.ProviderView) []listener.ProviderInfo {
+	out := make([]listener.ProviderInfo, 0, len(ps))
+	for _, p := range ps {
+		v := listener.ProviderInfo{VMTA: p.VMTA, Provider: p.Provider, Rollup: p.Rollup, Domains: p.Domains,
+			Connections: p.Connections, Backoff: p.Backoff, BackoffSince: p.BackoffSince, HeldUntil: p.HeldUntil,
+			MsgsPerConnection: p.MsgsPerConnection, Shaping: shapingView(p.Shaping)}
+		for _, w := range p.Windows {
+			v.Windows = append(v.Windows, listener.ProviderWindow{Source: addrString(w.Source), Limit: w.Limit,
+				Open: w.Open, Established: w.Established, Ceiling: w.Ceiling, CeilingUntil: w.CeilingUntil,
+				Refusals: w.Refusals, LastRefusal: w.LastRefusal})
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// shapingView converts the scheduler's traffic-shaping states for the
+// admin API.
+func shapingView(sts []delivery.Shaping) []listener.ShapingState {
+	out := make([]listener.ShapingState, 0, len(sts))
+	for _, st := range sts {
+		out = append(out, listener.ShapingState{VMTA: st.VMTA, Provider: st.Provider, Rollup: st.Rollup,
+			Action: st.Action, Source: addrString(st.Source), Reroute: st.Reroute, Since: st.Since, Until: st.Until,
+			Rule: st.Rule, Reply: st.Reply})
+	}
+	return out
+}
+
+// hostsView converts the scheduler's failing hosts for the admin API.
+func hostsView(hs []delivery.HostView) []listener.HostInfo {
+	out := make([]listener.HostInfo, 0, len(hs))
+	for _, h := range hs {
+		host := ""
+		if h.Host.IsValid() {
+			host = h.Host.String()
+		}
+		out = append(out, listener.HostInfo{Source: addrString(h.Source), Host: host, Failures: h.Failures,
+			DownUntil: h.DownUntil, LastError: h.LastError, Open: h.Open})
+	}
+	return out
+}
+
+// addrString is a's text, "" for the zero address.
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 // absPath is path made absolute, for messages that outlive the working
