@@ -46,6 +46,12 @@ func (s *Scheduler) withMode(r *runner, p *config.DomainSettings) *config.Domain
 // whether the mode changed. A backoff is a traffic-shaping state: it is
 // kept in the spool until it ends.
 func (s *Scheduler) setMode(r *runner, backoff bool, why string) bool {
+	return s.switchMode(r, backoff, why, "", "")
+}
+
+// switchMode is setMode for a reply rule: rule (where it is and its
+// pattern) and reply are kept with a backoff's state for the views.
+func (s *Scheduler) switchMode(r *runner, backoff bool, why, rule, reply string) bool {
 	if r.mode.on.Swap(backoff) == backoff {
 		return false
 	}
@@ -55,7 +61,10 @@ func (s *Scheduler) setMode(r *runner, backoff bool, why string) bool {
 		mode = "backoff"
 		now := s.clock.Now()
 		r.mode.since.Store(now.UnixNano())
-		st := Shaping{VMTA: r.key.VMTA, Provider: r.key.Provider, Rollup: r.rollup, Action: ShapeBackoff, Since: now, Rule: why}
+		st := Shaping{VMTA: r.key.VMTA, Provider: r.key.Provider, Rollup: r.rollup, Action: ShapeBackoff, Since: now, Rule: why, Reply: reply}
+		if rule != "" {
+			st.Rule = rule
+		}
 		if a := r.mode.after.Load(); a > 0 {
 			st.Until = now.Add(time.Duration(a))
 		}

@@ -101,6 +101,7 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 			now := s.clock.Now()
 			s.mu.Lock()
 			h := s.hostLocked(hk)
+			h.name = t.host
 			adm := h.admit(now, initial, limit)
 			switch adm {
 			case hostBusy:

@@ -32,6 +32,8 @@ type hostState struct {
 	// probing: the one probe of a down host is under way.
 	probing bool
 	lastErr string
+	// name is the host's name (the MX or smart host it was dialed as).
+	name string
 	// changed is closed and replaced when a pending open ends or a
 	// session closes: connects waiting for room at this host look again.
 	changed chan struct{}

@@ -135,12 +135,13 @@ func (s *Scheduler) reached(r *runner, rule *config.ReplyRule) bool {
 func (s *Scheduler) trigger(r *runner, rule *config.ReplyRule, reply string, src netip.Addr) {
 	act := &rule.Actions
 	why := "reply matched " + rule.Regexp.String() + ": " + reply
+	where := rule.Pos.String() + " " + rule.Regexp.String()
 	switch act.Mode {
 	case config.ModeBackoff:
 		if act.BackoffToNormalAfter.Set {
 			r.mode.after.Store(int64(act.BackoffToNormalAfter.Value))
 		}
-		s.setMode(r, true, why)
+		s.switchMode(r, true, why, where, reply)
 	case config.ModeNormal:
 		s.setMode(r, false, why)
 	}
@@ -150,7 +151,7 @@ func (s *Scheduler) trigger(r *runner, rule *config.ReplyRule, reply string, src
 		d = config.DefaultReplyFor
 	}
 	st := Shaping{VMTA: r.key.VMTA, Provider: r.key.Provider, Rollup: r.rollup, Since: now, Until: now.Add(d),
-		Rule: rule.Pos.String() + " " + rule.Regexp.String(), Reply: reply}
+		Rule: where, Reply: reply}
 	switch {
 	case act.Suspend:
 		st.Action = ShapeSuspend

@@ -55,7 +55,9 @@ type WindowView struct {
 // HostView is a host the scheduler found down from a source address.
 type HostView struct {
 	Source netip.Addr
-	Host   netip.AddrPort
+	// Name is the MX (or smart host) name the address was dialed as.
+	Name string
+	Host netip.AddrPort
 	// Failures counts consecutive failures to open a session.
 	Failures int
 	// DownUntil is when its next probe is due; zero while up.
@@ -145,7 +147,7 @@ func (s *Scheduler) HostsDown() []HostView {
 		if h.failures == 0 && h.downUntil.IsZero() {
 			continue
 		}
-		out = append(out, HostView{Source: hk.src, Host: hk.dst, Failures: h.failures, DownUntil: h.downUntil,
+		out = append(out, HostView{Source: hk.src, Name: h.name, Host: hk.dst, Failures: h.failures, DownUntil: h.downUntil,
 			LastError: h.lastErr, Open: h.conns})
 	}
 	s.mu.Unlock()

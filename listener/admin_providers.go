@@ -108,6 +108,8 @@ func (f ShapingFilter) selects(vmta, provider string) bool {
 // HostInfo is an MX host address that failed from a source address.
 type HostInfo struct {
 	Source string
+	// Name is the MX (or smart host) name the address was dialed as.
+	Name string
 	// Host is the address and port, as "192.0.2.1:25" or "[2001:db8::1]:25".
 	Host string
 	// Failures counts consecutive failures to open a session.
@@ -374,6 +376,7 @@ func (a *Admin) liftShaping(w http.ResponseWriter, r *http.Request) {
 // hostView is one row of GET /api/hosts.
 type hostView struct {
 	Host      string     `json:"host"`
+	Name      string     `json:"name,omitempty"`
 	Source    string     `json:"source"`
 	Failures  int        `json:"failures"`
 	Down      bool       `json:"down"`
@@ -392,7 +395,7 @@ func (a *Admin) hosts(w http.ResponseWriter, r *http.Request) {
 	if a.opts.HostsDown != nil {
 		now := time.Now()
 		for _, h := range a.opts.HostsDown() {
-			out = append(out, hostView{Host: h.Host, Source: h.Source, Failures: h.Failures, Down: !h.DownUntil.IsZero(),
+			out = append(out, hostView{Host: h.Host, Name: h.Name, Source: h.Source, Failures: h.Failures, Down: !h.DownUntil.IsZero(),
 				DownUntil: optTime(h.DownUntil), ProbeInSeconds: secondsUntil(h.DownUntil, now),
 				LastError: h.LastError, Open: h.Open})
 		}

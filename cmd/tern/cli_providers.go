@@ -323,6 +323,7 @@ its next probe, one per retry interval), "failing" before that.
 	}
 	var rows []struct {
 		Host           string     `json:"host"`
+		Name           string     `json:"name"`
 		Source         string     `json:"source"`
 		Failures       int        `json:"failures"`
 		Down           bool       `json:"down"`
@@ -339,7 +340,7 @@ its next probe, one per retry interval), "failing" before that.
 		return exitOK
 	}
 	now := time.Now()
-	t := newTable(stdout, "HOST", "SOURCE", "STATE", "FAILURES", "NEXT PROBE", "OPEN", "LAST ERROR")
+	t := newTable(stdout, "HOST", "NAME", "SOURCE", "STATE", "FAILURES", "NEXT PROBE", "OPEN", "LAST ERROR")
 	for _, h := range rows {
 		state, probe := "failing", ""
 		if h.Down {
@@ -348,7 +349,7 @@ its next probe, one per retry interval), "failing" before that.
 				probe = clockTime(*h.DownUntil, now) + " (" + inSeconds(h.DownUntil, h.ProbeInSeconds, now) + ")"
 			}
 		}
-		t.row(h.Host, h.Source, state, strconv.Itoa(h.Failures), probe, strconv.Itoa(h.Open), clipStart(h.LastError, 60))
+		t.row(h.Host, h.Name, h.Source, state, strconv.Itoa(h.Failures), probe, strconv.Itoa(h.Open), clipStart(h.LastError, 60))
 	}
 	t.flush()
 	return exitOK

@@ -172,8 +172,8 @@ http-api-key k3y
 	}
 	r = s.run(t, "hosts")
 	r.want(t, "hosts", 0, "HOST", "NEXT PROBE")
-	if f := tableRow(r.stdout, host); len(f) < 5 || f[1] != mta1.ip || f[2] != "down" || !strings.Contains(r.stdout, "(in ") {
-		t.Errorf("hosts: row %q, want %s down from %s with its next probe\n%s", f, host, mta1.ip, r.stdout)
+	if f := tableRow(r.stdout, host); len(f) < 6 || f[1] != "mx.dead.test" || f[2] != mta1.ip || f[3] != "down" || !strings.Contains(r.stdout, "(in ") {
+		t.Errorf("hosts: row %q, want %s (mx.dead.test) down from %s with its next probe\n%s", f, host, mta1.ip, r.stdout)
 	}
 	t.Logf("tern hosts:\n%s", r.stdout)
 	s.proc.stop(t)

@@ -487,7 +487,7 @@ func hostsView(hs []delivery.HostView) []listener.HostInfo {
 		if h.Host.IsValid() {
 			host = h.Host.String()
 		}
-		out = append(out, listener.HostInfo{Source: addrString(h.Source), Host: host, Failures: h.Failures,
+		out = append(out, listener.HostInfo{Source: addrString(h.Source), Name: h.Name, Host: host, Failures: h.Failures,
 			DownUntil: h.DownUntil, LastError: h.LastError, Open: h.Open})
 	}
 	return out
