@@ -116,6 +116,10 @@ func dialInjector(ctx context.Context, addr string) (*injSession, error) {
 }
 
 // cmd sends a command and reads its reply, which must have code want.
+// The reply comes from the MTA under test on loopback (Tern or the
+// benchmark's own Postfix), not from a stranger: it is bounded in time by
+// the session's deadline, and textproto's unbounded reading is accepted
+// here, unlike in Tern's own client.
 func (s *injSession) cmd(want int, format string, args ...any) (int, string, error) {
 	if _, err := fmt.Fprintf(s.w, format+"\r\n", args...); err != nil {
 		return 0, "", err
