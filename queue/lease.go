@@ -365,10 +365,11 @@ func (l *Lease) Report(outs ...Outcome) error {
 	defer q.leave()
 
 	type prepared struct {
-		slot int
-		kind Kind
-		at   int64
-		val  []byte
+		slot    int
+		kind    Kind
+		at      int64
+		val     []byte
+		journal []byte
 	}
 	now := q.clock.Now()
 	preps := make([]prepared, len(outs))
@@ -377,7 +378,7 @@ func (l *Lease) Report(outs ...Outcome) error {
 		if si < 0 {
 			return fmt.Errorf("%w: %s/%d", ErrNotLeased, o.ID, o.N)
 		}
-		p := prepared{slot: si, kind: o.Kind}
+		p := prepared{slot: si, kind: o.Kind, journal: o.Journal}
 		switch o.Kind {
 		case Delivered, Bounced:
 		case Deferred:
@@ -439,6 +440,9 @@ func (l *Lease) Report(outs ...Outcome) error {
 		l.open--
 		k.leased--
 		q.nLeased--
+		if len(p.journal) > 0 {
+			q.journalLocked(p.journal)
+		}
 		if p.kind != Deferred {
 			if p.kind == Delivered {
 				t.Delivered++

@@ -234,9 +234,21 @@ func (q *Queue) remove(ctx context.Context, sel Selector, kind Kind, cutoff int6
 		if err != nil {
 			return done, err
 		}
+		var entries [][]byte
+		if q.opts.RemovalJournal != nil {
+			entries = make([][]byte, len(removals))
+			for i, rm := range removals {
+				entries[i] = q.opts.RemovalJournal(rm)
+			}
+		}
 		q.mu.Lock()
 		for _, r := range chunk {
 			q.finalLocked(r)
+		}
+		for _, e := range entries {
+			if len(e) > 0 {
+				q.journalLocked(e)
+			}
 		}
 		q.trafficLocked().Removed += int64(len(chunk))
 		gen := q.pendGen

@@ -65,6 +65,11 @@ type Options struct {
 	// Pebble, if set, may adjust pebble's options after the queue has set
 	// its own, for tuning. Changing the Merger or FS breaks the queue.
 	Pebble func(*pebble.Options)
+	// RemovalJournal, if set, is called by Delete and Expire with each
+	// recipient they remove, before the removal is committed; the entry it
+	// returns (none if empty) is committed to the journal in the same
+	// batch as the removal (see journal.go). It must not call the queue.
+	RemovalJournal func(Removal) []byte
 }
 
 // maxPendingBytes bounds the outcomes waiting for the committer: a Report
@@ -123,6 +128,11 @@ type Queue struct {
 	kick       chan struct{}
 	commitDone chan struct{}
 	kbuf       []byte // scratch for keys appended under mu
+	// pendRun holds the journal numbers of the entries in pend (nil if it
+	// has none) below the watermark until pend commits.
+	pendRun *journalRun
+
+	j journal // numbers and watermark of the journal entries
 }
 
 type failure struct{ err error }
@@ -198,6 +208,10 @@ func Open(opts Options) (*Queue, error) {
 		commitDone: make(chan struct{}),
 	}
 	if err := q.rebuild(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if err := q.openJournal(); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
@@ -399,6 +413,11 @@ func (q *Queue) Failed() error {
 // Recipient.Domain from the address and lower-cases domains. It keeps no
 // reference to m.Body after returning.
 func (q *Queue) Put(ctx context.Context, m Message) (ID, error) {
+	return q.put(ctx, m, nil)
+}
+
+// put is Put, with the journal entries of PutJournaled.
+func (q *Queue) put(ctx context.Context, m Message, entries func(dst [][]byte, id ID, m *Message) [][]byte) (ID, error) {
 	p, err := prepare(&m)
 	if err != nil {
 		return 0, err
@@ -416,7 +435,13 @@ func (q *Queue) Put(ctx context.Context, m Message) (ID, error) {
 	p.id = q.ids.next(now)
 	b := q.db.NewBatchWithSize(len(m.Body) + 256 + 128*len(p.rcpts))
 	p.write(b, m.Body)
-	if err := commitSync(b); err != nil {
+	var run *journalRun
+	if entries != nil {
+		run = p.journal(b, &q.j, m.Body, entries)
+	}
+	err = commitSync(b)
+	q.j.end(run)
+	if err != nil {
 		q.fail(err)
 		return 0, fmt.Errorf("queue: put: %w", err)
 	}
@@ -481,6 +506,36 @@ func (p *prepared) write(b *pebble.Batch, body []byte) {
 		_ = b.Set(kb, buf, nil)
 	}
 	_ = b.Merge(hwKey, binary.BigEndian.AppendUint64(buf[:0], uint64(p.id)), nil)
+}
+
+// journal adds the journal entries that entries returns for the message to
+// b, and returns their run of numbers, to be ended once b is committed (or
+// failed); nil if there are none.
+func (p *prepared) journal(b *pebble.Batch, j *journal, body []byte, entries func(dst [][]byte, id ID, m *Message) [][]byte) *journalRun {
+	m := Message{Envelope: p.env, Recipients: make([]Recipient, len(p.rcpts)), Body: body}
+	for i := range p.rcpts {
+		m.Recipients[i] = p.rcpts[i].Recipient
+	}
+	list := entries(nil, p.id, &m)
+	n := 0
+	for _, e := range list {
+		if len(e) > 0 {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	run, seq := j.begin(n)
+	var kb []byte
+	for _, e := range list {
+		if len(e) > 0 {
+			kb = appendJournalKey(kb[:0], seq)
+			_ = b.Set(kb, e, nil)
+			seq++
+		}
+	}
+	return run
 }
 
 // index adds a committed message to the ready index, keeping it fresh for
@@ -652,6 +707,8 @@ func (q *Queue) commitLoop() {
 			_ = q.pend.Close()
 			q.pend = q.db.NewBatch()
 			q.pendOps = 0
+			q.j.end(q.pendRun)
+			q.pendRun = nil
 		}
 		if q.pendOps == 0 {
 			q.mu.Unlock()
@@ -660,13 +717,15 @@ func (q *Queue) commitLoop() {
 			}
 			continue
 		}
-		b, gen := q.pend, q.pendGen
+		b, gen, run := q.pend, q.pendGen, q.pendRun
 		q.pend = q.db.NewBatch()
 		q.pendOps = 0
 		q.pendGen++
+		q.pendRun = nil
 		q.mu.Unlock()
 
 		err := commitSync(b)
+		q.j.end(run)
 
 		q.mu.Lock()
 		if err != nil {
@@ -750,6 +809,8 @@ func (q *Queue) Close() error {
 	<-q.commitDone
 	q.mu.Lock()
 	_ = q.pend.Close()
+	q.j.end(q.pendRun) // nothing left to commit: the committer took all
+	q.pendRun = nil
 	q.mu.Unlock()
 	err := q.db.Close()
 	if f := q.failed.Load(); f != nil && err == nil {
@@ -947,7 +1008,10 @@ func (e *fatalError) Unwrap() error { return e.err }
 
 // commitSync commits b with a synced WAL write and closes it, turning
 // pebble's fatal commit error into an error (see pebbleLogger).
-func commitSync(b *pebble.Batch) (err error) {
+func commitSync(b *pebble.Batch) error { return commitWith(b, pebble.Sync) }
+
+// commitWith is commitSync with the write options given.
+func commitWith(b *pebble.Batch, opts *pebble.WriteOptions) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			fe, ok := r.(*fatalError)
@@ -958,7 +1022,7 @@ func commitSync(b *pebble.Batch) (err error) {
 		}
 		_ = b.Close()
 	}()
-	return b.Commit(pebble.Sync)
+	return b.Commit(opts)
 }
 
 // hwMerger keeps the maximum of 8-byte big-endian operands. Every Put

@@ -167,6 +167,12 @@ type Outcome struct {
 	// Reply is the remote server's reply (or a local diagnostic), kept as
 	// the recipient's last reply when deferred.
 	Reply string
+	// Journal, if not empty, is a journal entry committed in the same
+	// batch as the outcome (see journal.go): the outcome's accounting
+	// record, so that it is durable exactly when the outcome is. It is
+	// dropped with an outcome that is ignored (the recipient was deleted
+	// while leased: the deletion is what the spool records).
+	Journal []byte
 }
 
 // Removal describes a recipient that Delete or Expire took out of the
