@@ -21,6 +21,10 @@ import (
 // ErrClosed is returned by Write and Flush on a closed Writer.
 var ErrClosed = errors.New("acct: writer is closed")
 
+// ErrJournaled is returned by Write on a Writer opened with
+// Options.Journaled: its records come through a Journal.
+var ErrJournaled = errors.New("acct: records of a journaled accounting file go through the journal")
+
 // DefaultFlushInterval is how long a written line may wait in the buffer
 // before the background flusher writes it to the file.
 const DefaultFlushInterval = time.Second
@@ -47,6 +51,12 @@ type Options struct {
 	// FlushInterval is how often buffered lines are written to the file;
 	// DefaultFlushInterval when zero.
 	FlushInterval time.Duration
+	// Journaled opens Writers for a Journal, which is then the only one to
+	// write them: it decides when lines are written, synced and rotated,
+	// so a Writer has no flusher and does not rotate on its own, and Write
+	// refuses records. A file whose last line was cut short is kept (the
+	// Journal repairs it) rather than moved aside.
+	Journaled bool
 
 	// tick replaces the flusher's ticker in tests.
 	tick <-chan time.Time
@@ -63,6 +73,8 @@ type Writer struct {
 	now    func() time.Time
 	log    *slog.Logger
 	rename func(oldpath, newpath string) error // os.Rename; tests replace it
+	// journaled is Options.Journaled: a Journal writes this file.
+	journaled bool
 
 	mu       sync.Mutex
 	maxSize  int64         // 0: no size rotation
@@ -96,12 +108,13 @@ var header = func() []byte {
 // existing file is first moved aside as if rotated.
 func Open(cfg *config.AcctFile, opts Options) (*Writer, error) {
 	w := &Writer{
-		path:   cfg.Path,
-		now:    opts.Now,
-		log:    opts.Logger,
-		rename: os.Rename,
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		path:      cfg.Path,
+		now:       opts.Now,
+		log:       opts.Logger,
+		rename:    os.Rename,
+		journaled: opts.Journaled,
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	st := settingsOf(cfg)
 	w.types.Store(st.types)
@@ -121,6 +134,10 @@ func Open(cfg *config.AcctFile, opts Options) (*Writer, error) {
 	}
 	if err := w.openFile(); err != nil {
 		return nil, err
+	}
+	if w.journaled {
+		close(w.done) // no flusher: the Journal flushes, syncs and rotates
+		return w, nil
 	}
 	tick := opts.tick
 	var ticker *time.Ticker
@@ -233,6 +250,17 @@ type encoder struct {
 	fields []string
 }
 
+// line returns r's CSV line, in e's buffer.
+func (e *encoder) line(r *Record) ([]byte, error) {
+	e.buf.Reset()
+	r.fields(e.fields)
+	if err := e.csv.Write(e.fields); err != nil {
+		return nil, fmt.Errorf("acct: %w", err)
+	}
+	e.csv.Flush()
+	return e.buf.Bytes(), nil
+}
+
 var encoders = sync.Pool{New: func() any {
 	e := &encoder{fields: make([]string, len(Columns))}
 	e.csv = csv.NewWriter(&e.buf)
@@ -246,6 +274,9 @@ func (w *Writer) Write(r Record) error {
 	if !validType(r.Type) {
 		return fmt.Errorf("acct: unknown record type %q", r.Type)
 	}
+	if w.journaled {
+		return ErrJournaled
+	}
 	if w.types.Load()&typeBit(r.Type) == 0 {
 		return nil
 	}
@@ -254,13 +285,10 @@ func (w *Writer) Write(r Record) error {
 	}
 	e := encoders.Get().(*encoder)
 	defer encoders.Put(e)
-	e.buf.Reset()
-	r.fields(e.fields)
-	if err := e.csv.Write(e.fields); err != nil {
-		return fmt.Errorf("acct: %w", err)
+	line, err := e.line(&r)
+	if err != nil {
+		return err
 	}
-	e.csv.Flush()
-	line := e.buf.Bytes()
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -466,7 +494,11 @@ func (w *Writer) moveAside(now time.Time) (string, error) {
 // openFile opens w.path for appending, writing the header when the file is
 // new or empty. Called with mu held (or before the Writer is shared).
 func (w *Writer) openFile() error {
-	f, err := os.OpenFile(w.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, filePerm)
+	mode := os.O_WRONLY
+	if w.journaled {
+		mode = os.O_RDWR // the Journal reads back and cuts what a crash left
+	}
+	f, err := os.OpenFile(w.path, mode|os.O_CREATE|os.O_APPEND, filePerm)
 	if err != nil {
 		return fmt.Errorf("acct: %w", err)
 	}
@@ -515,7 +547,7 @@ func (w *Writer) adoptExisting() error {
 		_, err := io.ReadFull(f, head)
 		ok = err == nil && bytes.Equal(head, header)
 	}
-	if ok {
+	if ok && !w.journaled {
 		last := make([]byte, 1)
 		_, err := f.ReadAt(last, st.Size()-1)
 		ok = err == nil && last[0] == '\n'
