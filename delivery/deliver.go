@@ -201,8 +201,8 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 			if vd.closeSession && w.sess != nil {
 				w.sess.markBroken()
 			}
+			ev := s.record(lease.Key, entry, res.rcpt, st, &out, len(body), pol)
 			outs = append(outs, out)
-			ev := s.record(lease.Key, entry, res.rcpt, st, out, len(body), pol)
 			switch {
 			case out.Kind == queue.Bounced:
 				bounced = append(bounced, ev)
@@ -337,8 +337,8 @@ func (s *Scheduler) reportAll(w *worker, lease *queue.Lease, entry queue.Entry, 
 		if kind == queue.Deferred {
 			out.Until = s.nextAttempt(entry, rc, pol)
 		}
+		ev := s.record(lease.Key, entry, rc, nil, &out, 0, pol)
 		outs = append(outs, out)
-		ev := s.record(lease.Key, entry, rc, nil, out, 0, pol)
 		switch {
 		case kind == queue.Bounced:
 			bounced = append(bounced, ev)

@@ -112,3 +112,16 @@ func RemovalRecord(r queue.Removal, now time.Time) acct.Record {
 	}
 	return rec
 }
+
+// ReceivedRecord is the accounting record of recipient rc of message m,
+// accepted under id: an r record, with the time the spool gives the
+// message.
+func ReceivedRecord(id queue.ID, m *queue.Message, rc queue.Recipient) acct.Record {
+	r := acct.Record{Type: acct.TypeReceived, TimeQueued: id.Time(), Orig: m.Sender, Rcpt: rc.Address,
+		ORcpt: rc.ORcpt, SrcType: "smtp", DlvSize: int64(len(m.Body)),
+		VMTA: rc.VMTA, JobID: m.JobID, EnvID: m.EnvID, Queue: rc.Key().String(), VMTAPool: rc.Pool}
+	if m.SourceIP.IsValid() {
+		r.SrcMta = m.SourceIP.String()
+	}
+	return r
+}

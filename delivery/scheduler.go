@@ -36,6 +36,13 @@ type Options struct {
 	// feed for accounting records and bounce messages. It must not block
 	// for long.
 	OnOutcome func(Event)
+	// Journal, if set, is called once for every recipient outcome the
+	// scheduler reports to the queue, just before OnOutcome, in the worker
+	// that reported it. What it returns goes to the queue with the
+	// outcome (queue.Outcome.Journal), committed in the same batch: the
+	// outcome's accounting record, durable exactly when the outcome is.
+	// Nil or empty means no entry. It must not block for long.
+	Journal func(Event) []byte
 	// OnBounce, if set, is called once per message and lease with the
 	// recipients that bounced, before their outcomes are recorded (so the
 	// body is still in the spool): the hook that writes one bounce report
@@ -302,9 +309,10 @@ func (s *Scheduler) after(d time.Duration, f func()) {
 	})
 }
 
-// record writes the one line per recipient attempt operators grep for and
-// hands the outcome to OnOutcome.
-func (s *Scheduler) record(key queue.Key, entry queue.Entry, rc queue.RecipientState, st *sessionState, out queue.Outcome, size int, pol *config.DomainSettings) Event {
+// record writes the one line per recipient attempt operators grep for,
+// attaches the outcome's journal entry to out and hands the outcome to
+// OnOutcome.
+func (s *Scheduler) record(key queue.Key, entry queue.Entry, rc queue.RecipientState, st *sessionState, out *queue.Outcome, size int, pol *config.DomainSettings) Event {
 	ev := Event{Time: s.clock.Now(), ID: entry.ID, Envelope: entry.Envelope, Recipient: rc,
 		Kind: out.Kind, Reply: out.Reply, NextAttempt: out.Until, Size: size}
 	if out.Kind == queue.Deferred && pol != nil {
@@ -315,6 +323,9 @@ func (s *Scheduler) record(key queue.Key, entry queue.Entry, rc queue.RecipientS
 		ev.Duration = st.txnDur
 	}
 	s.activityOf(key).add(&ev)
+	if s.opts.Journal != nil {
+		out.Journal = s.opts.Journal(ev)
+	}
 	if s.opts.OnOutcome != nil {
 		s.opts.OnOutcome(ev)
 	}
