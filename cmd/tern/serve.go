@@ -75,6 +75,9 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	// The queue tells the scheduler when a queue key becomes ready; the
 	// scheduler needs the queue, so it is plugged in once both exist.
 	var sched atomic.Pointer[delivery.Scheduler]
+	// The accounting journal, for the b records of removals, committed with
+	// them; it is set before the admin API can remove anything.
+	var journal atomic.Pointer[acct.Journal]
 	q, err := queue.Open(queue.Options{
 		Dir:    cfg.Spool.Dir.Value,
 		Logger: log.With("component", "queue"),
@@ -82,6 +85,9 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 			if s := sched.Load(); s != nil {
 				s.Notify(k)
 			}
+		},
+		RemovalJournal: func(r queue.Removal) []byte {
+			return journal.Load().Entry(delivery.RemovalRecord(r, time.Now()))
 		},
 	})
 	if err != nil {
@@ -98,12 +104,22 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	// A reload applies <acct-file> changes through accounts.Prepare.
-	accounts, err := acct.OpenAll(cfg, acct.Options{Logger: log.With("component", "acct")})
+	accounts, err := acct.OpenAll(cfg, acct.Options{Logger: log.With("component", "acct"), Journaled: true})
 	if err != nil {
 		fmt.Fprintf(stderr, "tern serve: %v\n", err)
 		return 1
 	}
 	defer accounts.Close()
+	// Records reach the files through the spool's journal, committed with
+	// what they record; what the last run left there is written out now,
+	// before anything adds to it.
+	jr, err := acct.StartJournal(q, accounts, acct.JournalOptions{Logger: log.With("component", "acct")})
+	if err != nil {
+		fmt.Fprintf(stderr, "tern serve: %v\n", err)
+		return 1
+	}
+	defer jr.Close()
+	journal.Store(jr)
 	mets := newMetrics(q)
 	var current atomic.Pointer[vmta.Registry]
 	current.Store(reg)
@@ -112,12 +128,10 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Registry: current.Load,
 		Resolver: resolver,
 		Logger:   log.With("component", "delivery"),
-		OnOutcome: func(ev delivery.Event) {
-			rec := ev.AcctRecord() // classifies the reply once, for both uses
+		Journal: func(ev delivery.Event) []byte {
+			rec := ev.AcctRecord() // classifies the reply once, for the metrics too
 			mets.outcome(ev, rec.BounceCat)
-			if err := accounts.Write(rec); err != nil {
-				log.Error("writing an accounting record failed", "err", err)
-			}
+			return jr.Entry(rec)
 		},
 		OnBounce: func(env queue.Envelope, bounced []delivery.Event, body []byte) {
 			sendDSN(q, current.Load().Config(), env, bounced, body, dsn.ActionFailed, log)
@@ -132,22 +146,11 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	spoolDir := cfg.Spool.Dir.Value
 	free := &freeSpaceCache{dir: spoolDir}
 	srv := listener.New(listener.Options{
-		Spool:     q,
+		Spool:     journaledSpool{q, jr}, // with the r records
 		Logger:    log.With("component", "smtp"),
 		FreeSpace: free.get,
-		OnAccepted: func(id queue.ID, m *queue.Message) {
-			mets.accepted(m)
-			if !accounts.Accepts(acct.TypeReceived) {
-				return
-			}
-			for _, rc := range m.Recipients {
-				r := acct.Record{Type: acct.TypeReceived, TimeQueued: id.Time(), Orig: m.Sender, Rcpt: rc.Address,
-					ORcpt: rc.ORcpt, SrcType: "smtp", SrcMta: m.SourceIP.String(), DlvSize: int64(len(m.Body)),
-					VMTA: rc.VMTA, JobID: m.JobID, EnvID: m.EnvID, Queue: rc.Key().String(), VMTAPool: rc.Pool}
-				if err := accounts.Write(r); err != nil {
-					log.Error("writing an accounting record failed", "err", err)
-				}
-			}
+		OnAccepted: func(_ queue.ID, m *queue.Message) {
+			mets.accepted(m) // the r records went with the message
 		},
 	})
 	if err := srv.Apply(cfg, reg); err != nil {
@@ -162,12 +165,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	// a port that cannot be bound is logged and serving goes on.
 	admin, err := listener.StartAdmin(cfg, listener.AdminOptions{
 		Queue: q, Mode: sch.Mode, Logger: log.With("component", "admin"), Metrics: mets.handler(),
-		OnRemoved: func(r queue.Removal) {
-			mets.removal(r)
-			if err := accounts.Write(delivery.RemovalRecord(r, time.Now())); err != nil {
-				log.Error("writing an accounting record failed", "err", err)
-			}
-		},
+		OnRemoved:           mets.removal, // the b record went with the removal (RemovalJournal)
 		Registry:            current.Load,
 		Activity:            func(k queue.Key, n int) listener.QueueActivity { return activityView(sch.Activity(k, n)) },
 		SetMode:             sch.SetMode,
@@ -217,6 +215,9 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		}
 		cancel()
 		break
+	}
+	if err := jr.Close(); err != nil {
+		log.Error("writing out the accounting journal; the records are written at the next start", "err", err)
 	}
 	if err := accounts.Close(); err != nil {
 		log.Error("closing the accounting files", "err", err)
