@@ -32,7 +32,10 @@
 //	             pool, ORCPT, NOTIFY, attempts, next attempt, last attempt,
 //	             last reply
 //	b/<id>       body, exactly as given to Put
+//	j/<n>        journal entry n (64-bit big-endian): an opaque record
+//	             committed with the change it belongs to (journal.go)
 //	s/hw         high-water mark of issued IDs (a max-merge operand per Put)
+//	s/k/<name>   small named state (state.go)
 //
 // The recipients sit right after their envelope, so reading a message for
 // a lease is one short forward seek, and bodies sort apart so the scan at

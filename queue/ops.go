@@ -124,8 +124,8 @@ func (q *Queue) RetryNow(sel Selector) (int, error) {
 // Delete removes every recipient that sel matches: ready, deferred and
 // leased ones (a worker's later outcome for a deleted recipient is
 // ignored; Lease.Live tells it in advance). report, if not nil, is called
-// with each removed recipient after its removal is durable, so accounting
-// can record it. ctx is checked before anything is removed; once started,
+// with each removed recipient after its removal is durable; an entry that
+// Options.RemovalJournal returns for it is committed with the removal. ctx is checked before anything is removed; once started,
 // Delete finishes. It returns the number of recipients removed. Note the
 // zero Selector matches everything.
 func (q *Queue) Delete(ctx context.Context, sel Selector, report func(Removal)) (int, error) {

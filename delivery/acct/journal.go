@@ -328,8 +328,9 @@ func (j *Journal) step() (n int, more bool, err error) {
 		}
 	}
 
-	// The lines are copied into one buffer, and sliced once it is full,
-	// rather than allocated one by one.
+	// The lines are copied into one buffer rather than allocated one by
+	// one, and sliced once all are read, since the buffer moves as it
+	// grows.
 	batch, lines := j.batch[:0], j.lines[:0]
 	var ends []int
 	through, err := j.q.ReadJournal(j.after, maxBatch, func(seq uint64, e []byte) error {

@@ -21,6 +21,11 @@
 // move-interval from the time it was opened; anything else is moved aside
 // first.
 //
+// tern serve does not write records directly: it opens its files with
+// Options.Journaled and hands each record to the spool, committed with the
+// event it records, and a Journal writes them out (journal.go). Records
+// then survive any crash exactly once.
+//
 // Writers and Sets are safe for concurrent use.
 package acct
 

@@ -525,7 +525,8 @@ func (w *Writer) openFile() error {
 
 // adoptExisting decides what to do with a file already at w.path: keep
 // appending to it when it is one of ours and ends with a whole line, move it
-// aside otherwise.
+// aside otherwise. A journaled Writer keeps one of ours whose last line a
+// crash cut short: its Journal knows what to cut (or moves it aside).
 func (w *Writer) adoptExisting() error {
 	f, err := os.Open(w.path)
 	if errors.Is(err, os.ErrNotExist) {
