@@ -230,9 +230,15 @@ func (q *Queue) JournalMoved() <-chan struct{} { return q.j.moved }
 
 // JournalAck is what AckJournal commits in one batch.
 type JournalAck struct {
-	// From and Through are the first and last numbers of the entries
-	// acknowledged, which are deleted; none when Through < From.
-	From, Through uint64
+	// Entries are the numbers of the entries acknowledged, which are
+	// deleted. Each is deleted with a key of its own rather than a range:
+	// pebble gathers a memtable's range deletions for every iterator
+	// opened on it, so one range per acknowledgement would make every
+	// read of the spool slower the longer a memtable lives, that is the
+	// quieter the server (measured: a write-out of one record took 8
+	// times longer after 10,000 acknowledgements in one memtable; with
+	// point deletions it stays the same).
+	Entries []uint64
 	// States are named states (see PutState) stored in the same batch,
 	// so that what the reader keeps about its progress changes atomically
 	// with the entries it acknowledges; a nil value deletes the state.
@@ -251,9 +257,11 @@ func (q *Queue) AckJournal(a JournalAck) error {
 		return err
 	}
 	defer q.leave()
-	b := q.db.NewBatch()
-	if a.Through >= a.From {
-		_ = b.DeleteRange(appendJournalKey(nil, a.From), appendJournalKey(nil, a.Through+1), nil)
+	b := q.db.NewBatchWithSize(len(a.Entries)*(journalKeyLen+8) + 64*len(a.States))
+	var kb []byte
+	for _, seq := range a.Entries {
+		kb = appendJournalKey(kb[:0], seq)
+		_ = b.Delete(kb, nil)
 	}
 	for name, v := range a.States {
 		k, err := stateKey(name)

@@ -67,6 +67,14 @@ func readAll(t *testing.T, q *queue.Queue, after uint64, max int) ([]jentry, uin
 	}
 }
 
+func seqs(es []jentry) []uint64 {
+	out := make([]uint64, len(es))
+	for i, e := range es {
+		out[i] = e.seq
+	}
+	return out
+}
+
 func texts(es []jentry) []string {
 	out := make([]string, len(es))
 	for i, e := range es {
@@ -172,7 +180,7 @@ func TestJournalAck(t *testing.T) {
 	}
 
 	// Unsynced: in effect at once, lost with a crash before another sync.
-	if err := q.AckJournal(queue.JournalAck{From: es[0].seq, Through: es[1].seq,
+	if err := q.AckJournal(queue.JournalAck{Entries: seqs(es[:2]),
 		States: map[string][]byte{"acct/f": []byte("two"), "acct/gone": nil}}); err != nil {
 		t.Fatal(err)
 	}
@@ -204,8 +212,9 @@ func TestJournalAck(t *testing.T) {
 	if len(got) != 2 || got[1].text != "r later@a.example" || got[1].seq <= es[2].seq {
 		t.Fatalf("after a new Put: %v; want it numbered after %d", got, es[2].seq)
 	}
-	// A range beyond what exists, or empty, is no error.
-	if err := q3.AckJournal(queue.JournalAck{From: 1, Through: got[1].seq + 100}); err != nil {
+	// Numbers without an entry (acknowledged already, or never used) are
+	// no error.
+	if err := q3.AckJournal(queue.JournalAck{Entries: append(seqs(got), es[0].seq, got[1].seq+100)}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := readAll(t, q3, 0, 0); len(got) != 0 {
@@ -247,12 +256,10 @@ func TestJournalReadWhileCommitting(t *testing.T) {
 				t.Fatalf("entry %d read after %d, or out of order: %v", e.seq, after, got)
 			}
 		}
-		if through > after {
-			if err := q.AckJournal(queue.JournalAck{From: after + 1, Through: through}); err != nil {
-				t.Fatal(err)
-			}
-			after = through
+		if err := q.AckJournal(queue.JournalAck{Entries: seqs(got)}); err != nil {
+			t.Fatal(err)
 		}
+		after = through
 	}
 	for done := false; !done; {
 		select {

@@ -351,13 +351,13 @@ func (l *Lease) Live(id ID, n int) bool {
 // Report records outcomes of leased recipients: Delivered and Bounced
 // remove the recipient (and the message with its last recipient);
 // Deferred keeps it with one more attempt, the reply and the next attempt
-// at Until. The index changes at once; the spool changes are committed by
-// the background committer shortly after, together with other outcomes
-// (use Queue.Flush to wait for durability), and with each outcome's
-// Journal entry. An outcome for a recipient
-// deleted by an operator while leased is ignored. Report fails, recording
-// nothing, if any outcome names a recipient the lease does not hold or has
-// an invalid kind.
+// at Until. The index changes at once; the spool changes, with each
+// outcome's Journal entry, are committed by the background committer
+// shortly after, together with other outcomes (use Queue.Flush to wait for
+// durability). An outcome for a recipient deleted by an operator while
+// leased is ignored, and so is its entry. Report fails, recording nothing,
+// if any outcome names a recipient the lease does not hold or has an
+// invalid kind.
 func (l *Lease) Report(outs ...Outcome) error {
 	q := l.q
 	if err := q.enter(); err != nil {

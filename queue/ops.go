@@ -125,9 +125,10 @@ func (q *Queue) RetryNow(sel Selector) (int, error) {
 // leased ones (a worker's later outcome for a deleted recipient is
 // ignored; Lease.Live tells it in advance). report, if not nil, is called
 // with each removed recipient after its removal is durable; an entry that
-// Options.RemovalJournal returns for it is committed with the removal. ctx is checked before anything is removed; once started,
-// Delete finishes. It returns the number of recipients removed. Note the
-// zero Selector matches everything.
+// Options.RemovalJournal returns for it is committed with the removal.
+// ctx is checked before anything is removed; once started, Delete
+// finishes. It returns the number of recipients removed. Note the zero
+// Selector matches everything.
 func (q *Queue) Delete(ctx context.Context, sel Selector, report func(Removal)) (int, error) {
 	return q.remove(ctx, sel, Deleted, 0, report)
 }

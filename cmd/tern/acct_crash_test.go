@@ -39,7 +39,7 @@ func TestAcctKillWhileDelivering(t *testing.T) {
 	conf := writeConf(t, dir, baseConf(dir, smtpPort, dns.Addr(), sink.Port(), "    retry-after 1s\n")+fmt.Sprintf(`
 <acct-file %s>
     records r,d,b,t
-    max-size 256K
+    max-size 128K
 </acct-file>
 `, filepath.Join(acctDir, "acct.csv")))
 	p := startTern(t, conf)
@@ -81,9 +81,15 @@ func TestAcctKillWhileDelivering(t *testing.T) {
 		}
 		return true
 	})
+	replayed := "no records left from before the kill"
+	for _, l := range strings.Split(p.log(), "\n") {
+		if strings.Contains(l, "accounting records of the last run written out") {
+			replayed = "records written out at the restart: " + logField(l, "records")
+		}
+	}
 	p.stop(t)
-	t.Logf("killed after %d of %d messages got 250; the sink received %d messages, %d distinct",
-		killedAt, total, len(sink.Attempts()), len(markersArrived(sink)))
+	t.Logf("killed after %d of %d messages got 250; the sink received %d messages, %d distinct; %s",
+		killedAt, total, len(sink.Attempts()), len(markersArrived(sink)), replayed)
 
 	if tot := spoolTotals(t, dir); tot.Messages != 0 {
 		t.Errorf("spool after delivery holds %+v, want nothing", tot)

@@ -118,6 +118,7 @@ type Journal struct {
 	moved bool
 	batch []jline             // scratch for a write-out: its entries
 	lines []byte              // scratch: their lines, one after the other
+	acked []uint64            // scratch: the numbers acknowledged
 	next  map[*Writer]filePos // scratch: positions to acknowledge
 
 	stop      chan struct{}
@@ -423,7 +424,11 @@ func (j *Journal) step() (n int, more bool, err error) {
 		}
 	}
 	j.at("synced")
-	if err := j.ack(queue.JournalAck{From: j.after + 1, Through: through}); err != nil {
+	j.acked = j.acked[:0]
+	for _, e := range batch {
+		j.acked = append(j.acked, e.seq)
+	}
+	if err := j.ack(queue.JournalAck{Entries: j.acked}); err != nil {
 		return 0, false, err
 	}
 	j.after = through
