@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -323,7 +324,14 @@ func (j *Journal) step() (n int, more bool, err error) {
 	}
 	if j.moved {
 		// A file's position is in the spool before anything is written
-		// to the file, so that a crash cannot make it look like another.
+		// to the file, so that a crash cannot make it look like another;
+		// and the file's name is durable before its position is, so that
+		// a crash of the machine cannot lose a file the spool counts on.
+		for _, w := range ws {
+			if err := syncDir(filepath.Dir(w.Path())); err != nil {
+				return 0, false, err
+			}
+		}
 		if err := j.ack(queue.JournalAck{Sync: true}); err != nil {
 			return 0, false, err
 		}
