@@ -63,7 +63,23 @@ func (b *builder) topDirective(n *node) {
 		setOne(b, &cfg.LogLevel, n, logLevel)
 	case "mx-connection-limit":
 		setOne(b, &cfg.MXConnectionLimit, n, limitOrUnlimited(1000000))
+	case "max-smtp-in-per-ip":
+		setOne(b, &cfg.MaxSMTPInPerIP, n, limitOrUnlimited(1000000))
+	case "smtp-in-reserved":
+		setOne(b, &cfg.SMTPInReserved, n, intRange(0, 1000000))
+	case "max-inbound-buffer":
+		setOne(b, &cfg.MaxInboundBuffer, n, inboundBuffer)
 	}
+}
+
+// inboundBuffer reads max-inbound-buffer: a size of at least
+// MinInboundBuffer, or unlimited.
+func inboundBuffer(s string) (Size, error) {
+	v, err := parseSize(s)
+	if err == nil && v < MinInboundBuffer {
+		err = fmt.Errorf("%s is less than the minimum, %s", v, MinInboundBuffer)
+	}
+	return v, err
 }
 
 // listener reads `smtp-listener ADDR:PORT [source=NAME] [tls=yes]`.
