@@ -53,18 +53,10 @@ type Config struct {
 	NameServers        []Setting[string]
 	TotalMaxSMTPOut    Setting[int]
 	TotalMaxSMTPIn     Setting[int]
-	// MaxSMTPInPerIP, SMTPInReserved and MaxInboundBuffer are the limits
-	// on inbound clients as written (max-smtp-in-per-ip, smtp-in-reserved,
-	// max-inbound-buffer). Unlike other Settings, an unset one holds zero,
-	// not its default: the reserve's default depends on total-max-smtp-in.
-	// Read them through Inbound, which applies the defaults.
-	MaxSMTPInPerIP   Setting[int]
-	SMTPInReserved   Setting[int]
-	MaxInboundBuffer Setting[Size]
-	HTTPMgmtAddr     Setting[string]
-	HTTPAccess       []*HTTPAccess
-	HTTPAPIKey       Setting[string]
-	LogFile          Setting[string]
+	HTTPMgmtAddr       Setting[string]
+	HTTPAccess         []*HTTPAccess
+	HTTPAPIKey         Setting[string]
+	LogFile            Setting[string]
 	// LogLevel is the least severe level the daemon logs. Per-message
 	// lines (receptions and deliveries) are debug; refusals, deferrals,
 	// bounces and events are info and above.
@@ -75,6 +67,15 @@ type Config struct {
 	MXConnectionLimit Setting[int]
 	// Macros maps a domain-macro name to its values, after expansion.
 	Macros map[string][]string
+
+	// MaxSMTPInPerIP, SMTPInReserved and MaxInboundBuffer are the limits
+	// on inbound clients as written (max-smtp-in-per-ip, smtp-in-reserved,
+	// max-inbound-buffer). Unlike other Settings, an unset one holds zero,
+	// not its default: the reserve's default depends on total-max-smtp-in.
+	// Read them through Inbound, which applies the defaults.
+	MaxSMTPInPerIP   Setting[int]
+	SMTPInReserved   Setting[int]
+	MaxInboundBuffer Setting[Size]
 
 	// Sources holds the CIDR sources (sorted from least to most specific)
 	// and the named ones; Users, VMTAs, Pools and the lists in file order.
