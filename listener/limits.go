@@ -123,17 +123,17 @@ func (a *admission) release(cc *countedConn) {
 	}
 }
 
-// largeMessage is the size past which a message is large for the memory
-// budget: it is no larger than the biggest pooled buffer, so a message
-// that fits in a reused buffer is never large.
-const largeMessage = maxPooledBuf
+// largeMessage is the charge past which a message is large for the
+// memory budget: 1 MiB, a message of about half that (charge counts the
+// buffer and the copy made to spool it).
+const largeMessage = 1 << 20
 
 // memBudget counts the bytes held by messages being received over all
 // sessions, against max-inbound-buffer. A message takes its share before
 // its buffer grows, and gives it back when its transaction ends, however
 // it ends.
 //
-// Large messages (past largeMessage) may only take room while the total
+// Large messages (charged past largeMessage) may only take room while the total
 // stays within seven eighths of the limit: the last eighth is kept for
 // messages of ordinary size, so a few clients sending huge messages, or
 // holding them open without ending them, cannot stop everyone's mail.

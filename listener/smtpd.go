@@ -55,7 +55,7 @@ const (
 	// one that only keeps the connection busy is let go.
 	maxIdleCommands = 20
 	// copySlack is what session.Data's copy of a message takes beyond the
-	// message itself: the Received header and header rewrites.
+	// message itself: the Received header and header rewrites, roughly.
 	copySlack = 1 << 10
 )
 
@@ -100,8 +100,9 @@ type inConn struct {
 	// message (maxIdleCommands).
 	idle int
 	// mem is what the message being received holds of the server's
-	// memory budget (max-inbound-buffer); zero between messages.
-	mem int64
+	// memory budget (max-inbound-buffer), charged for cover bytes of
+	// buffer (charge); both zero between messages.
+	mem, cover int64
 }
 
 // deadlineConn sets a fresh deadline before every read and write, so a
@@ -470,17 +471,25 @@ func (c *inConn) reset() {
 	}
 }
 
-// initialMem is what a message takes of the memory budget as it starts:
-// its first buffer's worth, enough for most messages.
+// initialMem is the part of a buffer a message is charged for as it
+// starts: a first buffer's worth, enough for most messages.
 const initialMem = readBufSize
 
-// takeMem reserves n more bytes of the memory budget for the message
-// being received; false when there is no room.
-func (c *inConn) takeMem(n int64) bool {
-	if !c.s.mem.take(n, c.mem, c.snap.limits.Buffer) {
+// charge is what a message covering n bytes of buffer holds of the
+// memory budget: the buffer, and the copy session.Data makes of the
+// message to rewrite its header. The copy is charged from the start,
+// so that a message once read never waits for room to be spooled.
+func charge(n int64) int64 { return 2*n + copySlack }
+
+// chargeFor raises the message's charge to cover n bytes of buffer;
+// false, with nothing changed, when the budget has no room.
+func (c *inConn) chargeFor(n int64) bool {
+	more := charge(n) - c.mem
+	if !c.s.mem.take(more, c.mem, c.snap.limits.Buffer) {
 		return false
 	}
-	c.mem += n
+	c.mem += more
+	c.cover = n
 	return true
 }
 
@@ -488,38 +497,36 @@ func (c *inConn) takeMem(n int64) bool {
 func (c *inConn) releaseMem() {
 	if c.mem != 0 {
 		c.s.mem.give(c.mem)
-		c.mem = 0
+		c.mem, c.cover = 0, 0
 	}
 }
 
 // room makes buf, the message being received, able to take n more bytes
-// without outgrowing what it has reserved of the memory budget; false,
-// with nothing changed, when the budget has no room for its growth.
+// within what the message is charged for; false, with nothing changed,
+// when the budget has no room for its growth.
 //
 // A buffer reused from the pool may be larger than the message has
-// needed so far: its spare capacity is taken as the message grows into
-// it, doubling, so a small message in a big buffer does not hold the big
-// buffer's worth of budget.
+// needed so far: the message is charged for its spare capacity as it
+// grows into it, doubling, so a small message in a big buffer is not
+// charged the big buffer's worth.
 func (c *inConn) room(buf *bytes.Buffer, n int) bool {
 	need := int64(buf.Len()) + int64(n)
-	if need <= c.mem && n <= buf.Available() {
-		return true // the common case: nothing to reserve, no growth
+	if need <= c.cover && n <= buf.Available() {
+		return true // the common case: nothing to charge, no growth
 	}
 	if n <= buf.Available() {
-		want := min(max(need, 2*c.mem), int64(buf.Cap()))
-		return c.takeMem(want - c.mem)
+		return c.chargeFor(min(max(need, 2*c.cover), int64(buf.Cap())))
 	}
 	// The buffer must grow: bytes.Buffer allocates at least twice its
 	// capacity, or what is needed when more.
-	want := max(2*int64(buf.Cap()), need)
-	if !c.takeMem(want - c.mem) {
+	if !c.chargeFor(max(2*int64(buf.Cap()), need)) {
 		return false
 	}
 	buf.Grow(n)
-	// The allocator rounds up to its size classes: count what it gave.
-	if got := int64(buf.Cap()); got > c.mem {
-		c.s.mem.force(got - c.mem)
-		c.mem = got
+	// The allocator rounds up to its size classes: charge what it gave.
+	if got := int64(buf.Cap()); got > c.cover {
+		c.s.mem.force(charge(got) - c.mem)
+		c.mem, c.cover = charge(got), got
 	}
 	return true
 }
@@ -749,7 +756,7 @@ func (c *inConn) data(arg string) {
 	if !c.readyForData() {
 		return
 	}
-	if !c.takeMem(initialMem) {
+	if !c.chargeFor(initialMem) {
 		// Refused before 354, so the client sends nothing it would have
 		// to send again.
 		c.replyErr(c.ss.refuse(errNoMemory, "data", "buffered", c.s.mem.used.Load()))
@@ -792,9 +799,6 @@ func (c *inConn) finish(buf *bytes.Buffer, res readResult) {
 	case res == readTooBig:
 		err = c.ss.refuse(errTooBig, "data", "limit", int64(c.ss.policy.MaxMessageSize))
 	case res == readNoRoom:
-		err = c.ss.refuse(errNoMemory, "data", "buffered", c.s.mem.used.Load())
-	case !c.takeMem(int64(buf.Len()) + copySlack):
-		// Data copies the message to rewrite its header.
 		err = c.ss.refuse(errNoMemory, "data", "buffered", c.s.mem.used.Load())
 	default:
 		err = c.ss.Data(buf.Bytes())
@@ -871,7 +875,7 @@ func (c *inConn) chunk(arg string) {
 	}
 	if c.bdat == nil {
 		c.bdat = c.s.getBuf()
-		if !c.takeMem(initialMem) {
+		if !c.chargeFor(initialMem) {
 			c.skip(int64(size))
 			c.replyErr(c.ss.refuse(errNoMemory, "bdat", "buffered", c.s.mem.used.Load()))
 			c.reset()
