@@ -24,6 +24,7 @@ package listener_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -788,4 +789,27 @@ func TestPerAddressCapFollowsReload(t *testing.T) {
 			t.Fatalf("max-smtp-in-per-ip unlimited: %d %s", code, msg)
 		}
 	}
+}
+
+// With no size limit and no memory budget, a BDAT size no buffer could
+// hold is refused rather than allocated (or its charge overflowing).
+func TestMemoryBudgetRefusesImpossibleChunk(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, "max-inbound-buffer unlimited\n"+`
+smtp-listener 127.0.0.1:{{.Port2525}}
+<source 127.0.0.1>
+    always-allow-relaying yes
+    max-message-size unlimited
+</source>
+`)
+	r := engineSession(t, ts.Addr("2525"))
+	r.wantCmd(250, "2.1.0", "MAIL FROM:<a@b.example>")
+	r.wantCmd(250, "2.1.5", "RCPT TO:<x@example.com>")
+	r.write("BDAT 4611686018427387904 LAST\r\nnot that much")
+	if err := r.conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	r.want(452, "4.3.1")
+	r.waitClosed()
+	waitFor(t, clientTimeout, "the memory budget given back", func() bool { return ts.Server.InboundBuffered() == 0 })
 }

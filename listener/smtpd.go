@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"runtime/debug"
 	"strconv"
@@ -484,6 +485,11 @@ func charge(n int64) int64 { return 2*n + copySlack }
 // chargeFor raises the message's charge to cover n bytes of buffer;
 // false, with nothing changed, when the budget has no room.
 func (c *inConn) chargeFor(n int64) bool {
+	if n > math.MaxInt64/4 {
+		// A BDAT size no buffer could hold (with max-message-size
+		// unlimited): its charge would overflow.
+		return false
+	}
 	more := charge(n) - c.mem
 	if !c.s.mem.take(more, c.mem, c.snap.limits.Buffer) {
 		return false
