@@ -94,4 +94,3 @@ func (h *countingHandler) n() int {
 	defer h.mu.Unlock()
 	return h.count
 }
-
