@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/delivery"
 	"github.com/ternmta/tern/delivery/acct"
@@ -71,6 +73,15 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		log.Warn("config", "at", w.Pos.String(), "warning", w.Message)
 	}
+	fds := planFDs(raiseNoFile(), adminConnCap, cfg)
+	if fds.Lowered {
+		log.Warn("file descriptor limit too low for total-max-smtp-in and total-max-smtp-out; using less",
+			"limit", fds.Limit, "inbound", fds.Inbound, "outbound", fds.Outbound,
+			"configured_in", cfg.TotalMaxSMTPIn.Value, "configured_out", cfg.TotalMaxSMTPOut.Value)
+	} else {
+		log.Info("file descriptors", "limit", fds.Limit, "spool", fds.Spool, "admin", fds.Admin,
+			"inbound", fds.Inbound, "outbound", fds.Outbound)
+	}
 
 	// The queue tells the scheduler when a queue key becomes ready; the
 	// scheduler needs the queue, so it is plugged in once both exist.
@@ -78,6 +89,8 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	q, err := openSpool(queue.Options{
 		Dir:    cfg.Spool.Dir.Value,
 		Logger: log.With("component", "queue"),
+		// The spool's share of the file descriptor budget.
+		Pebble: func(o *pebble.Options) { o.MaxOpenFiles = fdSpool - 16 },
 		OnReady: func(k queue.Key) {
 			if s := sched.Load(); s != nil {
 				s.Notify(k)
@@ -108,10 +121,11 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	var current atomic.Pointer[vmta.Registry]
 	current.Store(reg)
 	sch := delivery.New(delivery.Options{
-		Queue:    q,
-		Registry: current.Load,
-		Resolver: resolver,
-		Logger:   log.With("component", "delivery"),
+		Queue:          q,
+		Registry:       current.Load,
+		Resolver:       resolver,
+		MaxConnections: fds.Outbound,
+		Logger:         log.With("component", "delivery"),
 		OnOutcome: func(ev delivery.Event) {
 			rec := ev.AcctRecord() // classifies the reply once, for both uses
 			mets.outcome(ev, rec.BounceCat)
