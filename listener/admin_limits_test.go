@@ -26,6 +26,11 @@ import (
 // minute) or the thing under test; every wait on the server is a deadline
 // on a condition.
 
+// atOnce bounds the wait for what the server does without waiting (close
+// a connection beyond a cap, or after a 403): generous for a loaded
+// machine, and well short of any timeout that would close it otherwise.
+const atOnce = 5 * time.Second
+
 // limitsOf sets the admin limits of a test server.
 func limitsOf(l AdminLimits) func(*AdminOptions) {
 	return func(o *AdminOptions) { o.Limits = l }
@@ -153,7 +158,7 @@ func TestAdminFlood(t *testing.T) {
 			if total, _ := e.a.ln.counts(); total > maxConns {
 				t.Errorf("%d admin connections open, above the cap of %d", total, maxConns)
 			}
-			if !closedWithin(t, conns[flood-1], 10*time.Second) {
+			if !closedWithin(t, conns[flood-1], atOnce) {
 				t.Error("a connection beyond the cap was not closed at once")
 			}
 			if closedWithin(t, conns[0], 100*time.Millisecond) {
@@ -218,12 +223,12 @@ func TestAdminConnCaps(t *testing.T) {
 	one := hold("127.0.0.1", 1)
 	hold("127.0.0.1", 2)
 	// The per-client cap: a third connection from 127.0.0.1 is closed.
-	if c := e.dialFrom(t, "127.0.0.1"); !closedWithin(t, c, 10*time.Second) {
+	if c := e.dialFrom(t, "127.0.0.1"); !closedWithin(t, c, atOnce) {
 		t.Error("a connection beyond the per-client cap stayed open")
 	}
 	hold("127.0.0.2", 3)
 	// The total cap: 127.0.0.2 is within its own, but the port is full.
-	if c := e.dialFrom(t, "127.0.0.2"); !closedWithin(t, c, 10*time.Second) {
+	if c := e.dialFrom(t, "127.0.0.2"); !closedWithin(t, c, atOnce) {
 		t.Error("a connection beyond the total cap stayed open")
 	}
 	one.Close()
@@ -249,7 +254,7 @@ func TestAdminStrangersShareOneAllowance(t *testing.T) {
 			return n == i+1
 		})
 	}
-	if c := e.dialFrom(t, "127.0.0.11"); !closedWithin(t, c, 10*time.Second) {
+	if c := e.dialFrom(t, "127.0.0.11"); !closedWithin(t, c, atOnce) {
 		t.Error("a third stranger's connection stayed open; strangers share one allowance of 2")
 	}
 	if code := e.statusFrom(t, "127.0.0.1"); code != 200 {
@@ -300,7 +305,7 @@ func TestAdminRefusalCloses(t *testing.T) {
 		if resp.StatusCode != 403 || !resp.Close {
 			t.Errorf("%s: %s, Connection %q; want 403 and close", what, resp.Status, resp.Header.Get("Connection"))
 		}
-		if !closedWithin(t, conn, 10*time.Second) {
+		if !closedWithin(t, conn, atOnce) {
 			t.Errorf("%s: the connection stayed open after the 403", what)
 		}
 		conn.Close()
