@@ -267,6 +267,10 @@ func (a *Admin) admit(w http.ResponseWriter, r *http.Request, h http.HandlerFunc
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the request body is larger than %d KiB", maxAdminBody>>10))
 			return
 		}
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+			writeError(w, http.StatusRequestTimeout, fmt.Sprintf("the request did not arrive within %v", a.limits.ReadTimeout))
+			return
+		}
 		writeError(w, http.StatusBadRequest, "reading the request body: "+err.Error())
 		return
 	}
