@@ -502,3 +502,23 @@ func TestAdminProfileOutlastsTimeouts(t *testing.T) {
 		t.Errorf("the profile took %v, less than the %d s asked for", took, secs)
 	}
 }
+
+// TestAdminClientKey checks what the per-client cap counts as one client.
+func TestAdminClientKey(t *testing.T) {
+	for _, c := range []struct{ addr, want string }{
+		{"192.0.2.1:80", "192.0.2.1/32"},
+		{"[::ffff:192.0.2.1]:80", "192.0.2.1/32"}, // IPv4 on an IPv6 socket
+		{"[2001:db8::1]:80", "2001:db8::/64"},
+		{"[2001:db8::ffff:1]:80", "2001:db8::/64"}, // the same /64
+		{"[2001:db8:0:1::1]:80", "2001:db8:0:1::/64"},
+		{"[fe80::1%eth0]:80", "fe80::/64"},
+	} {
+		addr, err := net.ResolveTCPAddr("tcp", c.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := clientKey(adminPeerIP(addr)); got.String() != c.want || !got.IsValid() {
+			t.Errorf("%s counts as %v, want %s", c.addr, got, c.want)
+		}
+	}
+}
