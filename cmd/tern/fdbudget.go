@@ -4,6 +4,7 @@ import (
 	"syscall"
 
 	"github.com/ternmta/tern/config"
+	"github.com/ternmta/tern/listener"
 )
 
 // The file-descriptor budget. Every connection, in or out, every spool
@@ -20,7 +21,7 @@ import (
 const (
 	// adminConnCap is the admin API's connection cap, counted in the
 	// budget.
-	adminConnCap = 64
+	adminConnCap = listener.DefaultAdminMaxConns
 	// fdSpool is the most files the spool keeps open (pebble's table
 	// cache, queue.Options.MaxOpenFiles) plus its log and manifest.
 	fdSpool = 512 + 16
