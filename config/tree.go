@@ -3,7 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -49,7 +49,8 @@ func (n *node) label() string {
 	for i, a := range n.Args {
 		parts[i] = a.Text
 	}
-	return "<" + n.Name + " " + strings.Join(parts, " ") + ">"
+	// Shortened: the tag may be a line of a file that is no configuration.
+	return "<" + excerpt(n.Name+" "+strings.Join(parts, " ")) + ">"
 }
 
 // argText joins all values with single spaces: list values (retry
@@ -68,22 +69,30 @@ type diags struct {
 	warnings []Diagnostic
 }
 
+// errorf records an error. Quoted values in the message are shortened to
+// maxExcerpt characters (see shortenQuoted).
 func (d *diags) errorf(pos Position, format string, args ...any) {
-	d.errors = append(d.errors, Diagnostic{Pos: pos, Message: fmt.Sprintf(format, args...)})
+	d.errors = append(d.errors, Diagnostic{Pos: pos, Message: shortenQuoted(fmt.Sprintf(format, args...))})
 }
 
+// warnf records a warning, shortened as errorf's errors are.
 func (d *diags) warnf(pos Position, format string, args ...any) {
-	d.warnings = append(d.warnings, Diagnostic{Pos: pos, Message: fmt.Sprintf(format, args...)})
+	d.warnings = append(d.warnings, Diagnostic{Pos: pos, Message: shortenQuoted(fmt.Sprintf(format, args...))})
 }
 
 // reader turns files into node trees, splicing includes in place.
 type reader struct {
 	*diags
-	parser   *participle.Parser[fileAST]
-	readFile func(string) ([]byte, error)
-	glob     func(string) ([]string, error)
+	parser *participle.Parser[fileAST]
+	files  *fileReader
+	glob   func(string) ([]string, error)
 	// including is the chain of files being read, to detect include loops.
 	including []string
+	// depth is how deeply the file being read is included (0: main file).
+	depth int
+	// opaque holds the files whose diagnostics must not quote them, with
+	// the reason (see withhold).
+	opaque map[string]string
 }
 
 func position(p lexer.Position) Position {
@@ -93,40 +102,164 @@ func position(p lexer.Position) Position {
 // includeScopes are the blocks an include may stand in ("" is top level).
 var includeScopes = map[string]bool{"": true, "source": true, "domain": true, "virtual-mta": true}
 
+// parseChunk is how much text one run of the parser sees: parseFile hands
+// a file to the parser in pieces of about this size, cut after a newline.
+// The lexer is back in its first state after every newline, so the pieces
+// parse exactly as the whole file would; but only one piece's tokens are in
+// memory at a time, and no run comes near the parser's limit of a million
+// repetitions (lines, or values on a line), which a file of four million
+// newlines would otherwise reach.
+const parseChunk = 64 << 10
+
 // parseFile parses src (the content of file name) into top-level nodes.
 // Includes are expanded; parent is the enclosing block's name ("" at top).
 func (r *reader) parseFile(name string, src []byte, parent string) []*node {
+	// A byte order mark is what some editors write first; it is not part
+	// of the first directive's name.
+	text := strings.TrimPrefix(string(src), "\uFEFF")
 	// Every line, the last one too, ends with a newline: the grammar needs
 	// no special case for end of file.
-	text := string(src)
 	if !strings.HasSuffix(text, "\n") {
 		text += "\n"
 	}
-	ast, err := r.parser.ParseString(name, text)
-	if err != nil {
-		// The grammar accepts any token sequence, so this is not expected;
-		// report it located rather than panic if it ever happens.
-		var perr participle.Error
-		pos := Position{File: name, Line: 1, Column: 1}
-		msg := err.Error()
-		if errors.As(err, &perr) {
-			pos = position(perr.Position())
-			msg = perr.Message()
+	nest := newNester(r)
+	first := true
+	for line, offset := 0, 0; offset < len(text); {
+		end := len(text)
+		if end-offset > parseChunk {
+			end = offset + parseChunk + strings.IndexByte(text[offset+parseChunk:], '\n') + 1
 		}
-		r.errorf(pos, "syntax error: %s", msg)
-		return nil
+		chunk := text[offset:end]
+		ast, err := r.parser.ParseString(name, chunk)
+		if err != nil {
+			// The grammar accepts any token sequence, so this is not
+			// expected; report it located rather than panic if it ever
+			// happens, and go on with the next piece.
+			var perr participle.Error
+			pos := Position{File: name, Line: line + 1, Column: 1}
+			msg := err.Error()
+			if errors.As(err, &perr) {
+				pos = position(perr.Position())
+				pos.Line += line
+				msg = perr.Message()
+			}
+			r.errorf(pos, "syntax error: %s", excerpt(msg))
+		} else {
+			shiftLines(ast, line, offset)
+			if first {
+				first = r.checkFirstLine(name, ast)
+			}
+			nest.lines(ast.Lines)
+		}
+		line += strings.Count(chunk, "\n")
+		offset = end
 	}
-	nodes := r.nest(ast)
-	return r.expandIncludes(nodes, parent)
+	return r.expandIncludes(nest.finish(), parent)
 }
 
-// nest pairs block tags into a tree. A closer that does not match the open
-// block is reported with both lines; unclosed blocks are reported at the end
-// of the file. Each file must balance its own blocks.
-func (r *reader) nest(ast *fileAST) []*node {
+// checkText checks that src, the content of the file name, is text. For a
+// binary file it returns what shows it is binary and where, and the file
+// must not be parsed; a file that is text but not UTF-8 is parsed, but
+// marked opaque, so no diagnostic quotes it.
+func (r *reader) checkText(name string, src []byte) (binaryProblem string, at Position) {
+	problem, line, col, binary := textProblem(src)
+	if binary {
+		return problem, Position{File: name, Line: line, Column: col}
+	}
+	if problem != "" {
+		r.opaque[name] = "it is not UTF-8 text (it holds " + problem + ")"
+	}
+	return "", Position{}
+}
+
+// checkFirstLine marks the file name opaque (see withhold) when the first
+// item of the file does not start with what could be a directive or block
+// name: then the file is most likely not configuration at all, such as
+// /etc/shadow (root:$y$…) or a PEM key (-----BEGIN). It returns whether it
+// is still looking for the first item (ast has no line with one).
+func (r *reader) checkFirstLine(name string, ast *fileAST) bool {
+	for _, l := range ast.Lines {
+		if len(l.Items) == 0 {
+			continue
+		}
+		it := l.Items[0]
+		var word string
+		switch {
+		case it.Dir != nil:
+			word = it.Dir.Name
+		case it.Open != nil && len(it.Open.Args) > 0:
+			word = it.Open.Args[0].raw()
+		case it.Close != nil && len(it.Close.Args) > 0:
+			word = it.Close.Args[0].raw()
+		}
+		if _, already := r.opaque[name]; !already && !looksLikeName(strings.ToLower(word)) {
+			r.opaque[name] = "it does not start with a directive or block name and may not be a configuration file at all"
+		}
+		return false
+	}
+	return true
+}
+
+// raw is the token an argument was read from, as written.
+func (a *argAST) raw() string {
+	for _, p := range []*string{a.String, a.Bad, a.Regex, a.Word} {
+		if p != nil {
+			return *p
+		}
+	}
+	return ""
+}
+
+// shiftLines moves the positions of a piece of a file parsed on its own to
+// where the piece starts in the file: line lines and offset bytes in.
+func shiftLines(ast *fileAST, line, offset int) {
+	if line == 0 {
+		return
+	}
+	shift := func(p *lexer.Position) {
+		p.Line += line
+		p.Offset += offset
+	}
+	shiftArgs := func(args []*argAST) {
+		for _, a := range args {
+			shift(&a.Pos)
+		}
+	}
+	for _, l := range ast.Lines {
+		for _, it := range l.Items {
+			shift(&it.Pos)
+			switch {
+			case it.Dir != nil:
+				shift(&it.Dir.Pos)
+				shiftArgs(it.Dir.Args)
+			case it.Open != nil:
+				shiftArgs(it.Open.Args)
+			case it.Close != nil:
+				shiftArgs(it.Close.Args)
+			}
+		}
+	}
+}
+
+// nester pairs block tags into a tree, a piece of a file at a time. A closer
+// that does not match the open block is reported with both lines; unclosed
+// blocks are reported at the end of the file. Each file must balance its own
+// blocks.
+type nester struct {
+	r     *reader
+	root  *node
+	stack []*node
+}
+
+func newNester(r *reader) *nester {
 	root := &node{Block: true}
-	stack := []*node{root}
-	for _, line := range ast.Lines {
+	return &nester{r: r, root: root, stack: []*node{root}}
+}
+
+// lines adds the next lines of the file.
+func (ns *nester) lines(lines []*lineAST) {
+	r := ns.r
+	for _, line := range lines {
 		if len(line.Items) > 1 {
 			for _, it := range line.Items {
 				if it.Open != nil || it.Close != nil {
@@ -140,7 +273,7 @@ func (r *reader) nest(ast *fileAST) []*node {
 			switch {
 			case it.Dir != nil:
 				n := &node{Pos: pos, Name: strings.ToLower(it.Dir.Name), Args: r.args(it.Dir.Args)}
-				top := stack[len(stack)-1]
+				top := ns.stack[len(ns.stack)-1]
 				top.Children = append(top.Children, n)
 			case it.Open != nil:
 				args := r.args(it.Open.Args)
@@ -152,9 +285,9 @@ func (r *reader) nest(ast *fileAST) []*node {
 				if !it.Open.Closed {
 					r.errorf(pos, "%s: missing '>' at the end of the tag", n.label())
 				}
-				top := stack[len(stack)-1]
+				top := ns.stack[len(ns.stack)-1]
 				top.Children = append(top.Children, n)
-				stack = append(stack, n)
+				ns.stack = append(ns.stack, n)
 			case it.Close != nil:
 				args := r.args(it.Close.Args)
 				if len(args) == 0 {
@@ -163,21 +296,26 @@ func (r *reader) nest(ast *fileAST) []*node {
 				}
 				name := strings.ToLower(args[0].Text)
 				if len(args) > 1 {
-					r.errorf(args[1].Pos, "</%s> takes no arguments", name)
+					r.errorf(args[1].Pos, "</%s> takes no arguments", excerpt(name))
 				}
 				if !it.Close.Closed {
-					r.errorf(pos, "</%s: missing '>' at the end of the tag", name)
+					r.errorf(pos, "</%s: missing '>' at the end of the tag", excerpt(name))
 				}
-				r.close(&stack, name, pos)
+				r.close(&ns.stack, name, pos)
 			}
 		}
 	}
-	for len(stack) > 1 {
-		open := stack[len(stack)-1]
-		r.errorf(open.Pos, "%s is never closed (missing </%s>)", open.label(), open.Name)
-		stack = stack[:len(stack)-1]
+}
+
+// finish reports the blocks left open at the end of the file and returns
+// the file's top-level nodes.
+func (ns *nester) finish() []*node {
+	for len(ns.stack) > 1 {
+		open := ns.stack[len(ns.stack)-1]
+		ns.r.errorf(open.Pos, "%s is never closed (missing </%s>)", open.label(), excerpt(open.Name))
+		ns.stack = ns.stack[:len(ns.stack)-1]
 	}
-	return root.Children
+	return ns.root.Children
 }
 
 // close pops the block that a closer of name ends.
@@ -189,10 +327,10 @@ func (r *reader) close(stack *[]*node, name string, pos Position) {
 		return
 	}
 	if len(s) == 1 {
-		r.errorf(pos, "</%s> without an open <%s>", name, name)
+		r.errorf(pos, "</%s> without an open <%s>", excerpt(name), excerpt(name))
 		return
 	}
-	r.errorf(pos, "</%s> closes %s opened at line %d", name, top.label(), top.Pos.Line)
+	r.errorf(pos, "</%s> closes %s opened at line %d", excerpt(name), top.label(), top.Pos.Line)
 	// Recover: if the closer matches a block further out, the inner ones
 	// were left open; close them all there. Otherwise take the closer for a
 	// misspelt closer of the innermost block, so the lines after it are not
@@ -215,7 +353,7 @@ func (r *reader) args(in []*argAST) []arg {
 			v.Kind = argString
 			s, err := strconv.Unquote(*a.String)
 			if err != nil {
-				r.errorf(v.Pos, "bad escape in quoted value %s", *a.String)
+				r.errorf(v.Pos, "bad escape in quoted value %s", excerpt(*a.String))
 				s = strings.Trim(*a.String, `"`)
 			}
 			v.Text = s
@@ -256,11 +394,17 @@ func (r *reader) expandIncludes(nodes []*node, parent string) []*node {
 	return out
 }
 
+// include reads the files an include directive names and returns their
+// nodes.
 func (r *reader) include(n *node, parent string) []*node {
 	if len(n.Args) != 1 {
 		r.errorf(n.Pos, "include takes one path (quote a path with spaces)")
 		return nil
 	}
+	if r.files.stopped {
+		return nil // a limit stopped the load; that was reported
+	}
+	argPos := n.Args[0].Pos
 	pattern := n.Args[0].Text
 	if !filepath.IsAbs(pattern) {
 		pattern = filepath.Join(filepath.Dir(n.Pos.File), pattern)
@@ -269,11 +413,11 @@ func (r *reader) include(n *node, parent string) []*node {
 	if strings.ContainsAny(pattern, "*?[") {
 		m, err := r.glob(pattern)
 		if err != nil {
-			r.errorf(n.Args[0].Pos, "include: bad pattern %q: %v", n.Args[0].Text, err)
+			r.errorf(argPos, "include: bad pattern %q: %v", n.Args[0].Text, err)
 			return nil
 		}
 		if len(m) == 0 {
-			r.warnf(n.Args[0].Pos, "include: %q matches no file", n.Args[0].Text)
+			r.warnf(argPos, "include: %q matches no file", n.Args[0].Text)
 		}
 		files = m // Glob returns names in lexical order
 	} else {
@@ -295,17 +439,40 @@ func (r *reader) include(n *node, parent string) []*node {
 			r.errorf(n.Pos, "include loop: %s includes %s, which is already being read", n.Pos.File, f)
 			continue
 		}
-		src, err := r.readFile(f)
+		// The main file is depth 0; f would be one deeper than the file
+		// holding the include.
+		if depth := r.depth + 1; depth > r.files.limits.Depth {
+			r.errorf(argPos, "include: %s would be nested %d includes deep; at most %d levels are allowed", f, depth, r.files.limits.Depth)
+			continue
+		}
+		src, err := r.files.read(f, configFile)
 		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				r.errorf(n.Args[0].Pos, "include: %s does not exist", f)
-			} else {
-				r.errorf(n.Args[0].Pos, "include: %v", err)
+			var (
+				fe *fileError
+				le *limitError
+			)
+			switch {
+			case errors.Is(err, errStopped):
+			case errors.As(err, &le), errors.As(err, &fe):
+				r.errorf(argPos, "include: %v", err)
+			case errors.Is(err, fs.ErrNotExist):
+				r.errorf(argPos, "include: %s does not exist", f)
+			default:
+				r.errorf(argPos, "include: %v", err)
+			}
+			if r.files.stopped {
+				return out
 			}
 			continue
 		}
+		if problem, _ := r.checkText(f, src); problem != "" {
+			r.errorf(argPos, "include: %s is not a text file (it holds %s), so it is not read as configuration", f, problem)
+			continue
+		}
 		r.including = append(r.including, abs)
+		r.depth++
 		out = append(out, r.parseFile(f, src, parent)...)
+		r.depth--
 		r.including = r.including[:len(r.including)-1]
 	}
 	return out
