@@ -235,3 +235,19 @@ func withhold(ds []Diagnostic, opaque map[string]string, kind string) []Diagnost
 	}
 	return out
 }
+
+// dedupe drops repeated diagnostics from the sorted ds. A file included
+// twice reports its own mistakes twice, word for word at the same place;
+// and an include refused for its depth is refused again each time the file
+// holding it is read, which an include fan-out does hundreds of times.
+func dedupe(ds []Diagnostic) []Diagnostic {
+	seen := make(map[Diagnostic]bool, len(ds))
+	out := ds[:0]
+	for _, d := range ds {
+		if !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	return out
+}

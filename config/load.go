@@ -122,8 +122,8 @@ func parse(name string, src []byte, opts Options, files *fileReader) (*Config, e
 	}
 	sortDiagnostics(d.errors)
 	sortDiagnostics(d.warnings)
-	d.errors = withhold(d.errors, r.opaque, "error")
-	d.warnings = withhold(d.warnings, r.opaque, "warning")
+	d.errors = withhold(dedupe(d.errors), r.opaque, "error")
+	d.warnings = withhold(dedupe(d.warnings), r.opaque, "warning")
 	if len(d.errors) > 0 || cfg == nil {
 		return nil, &ErrorList{Errors: d.errors, Warnings: d.warnings}
 	}
@@ -196,6 +196,9 @@ func (b *builder) build(nodes []*node) {
 // returns true when the node is an implemented directive or block that
 // belongs in scope sc and the caller should handle it.
 func (b *builder) dispatch(n *node, sc scope) bool {
+	if b.full {
+		return false // too many errors: no node is looked at any more
+	}
 	if n.Block {
 		bs, ok := blockScopes[n.Name]
 		if !ok {

@@ -63,21 +63,47 @@ func (n *node) argText() string {
 	return strings.Join(parts, " ")
 }
 
-// diags collects diagnostics; every stage appends and goes on.
+// diags collects diagnostics; every stage appends and goes on, until there
+// are maxDiagnostics errors.
 type diags struct {
 	errors   []Diagnostic
 	warnings []Diagnostic
+	// full is set once maxDiagnostics errors are recorded: then the reader
+	// parses and includes nothing more and the builder looks at no more
+	// nodes, and errorf records nothing.
+	full bool
 }
+
+// maxDiagnostics is how many errors, and separately how many warnings, one
+// load reports. A real configuration has far fewer; a file that is not one
+// has an error on every line, and a 4 MiB file of short lines would
+// otherwise yield two million, each with a did-you-mean search, to sort and
+// print, and for a reload to log line by line.
+const maxDiagnostics = 1000
 
 // errorf records an error. Quoted values in the message are shortened to
 // maxExcerpt characters (see shortenQuoted).
 func (d *diags) errorf(pos Position, format string, args ...any) {
+	if d.full {
+		return
+	}
+	if len(d.errors) == maxDiagnostics {
+		d.full = true
+		d.errors = append(d.errors, Diagnostic{Pos: pos, Message: fmt.Sprintf("too many errors: checking stopped here, after %d", maxDiagnostics)})
+		return
+	}
 	d.errors = append(d.errors, Diagnostic{Pos: pos, Message: shortenQuoted(fmt.Sprintf(format, args...))})
 }
 
-// warnf records a warning, shortened as errorf's errors are.
+// warnf records a warning, shortened as errorf's errors are. Past
+// maxDiagnostics warnings, one more says so and the rest are dropped.
 func (d *diags) warnf(pos Position, format string, args ...any) {
-	d.warnings = append(d.warnings, Diagnostic{Pos: pos, Message: shortenQuoted(fmt.Sprintf(format, args...))})
+	switch {
+	case len(d.warnings) < maxDiagnostics:
+		d.warnings = append(d.warnings, Diagnostic{Pos: pos, Message: shortenQuoted(fmt.Sprintf(format, args...))})
+	case len(d.warnings) == maxDiagnostics:
+		d.warnings = append(d.warnings, Diagnostic{Pos: pos, Message: fmt.Sprintf("too many warnings: %d are listed, not this one nor those after it", maxDiagnostics)})
+	}
 }
 
 // reader turns files into node trees, splicing includes in place.
@@ -102,13 +128,12 @@ func position(p lexer.Position) Position {
 // includeScopes are the blocks an include may stand in ("" is top level).
 var includeScopes = map[string]bool{"": true, "source": true, "domain": true, "virtual-mta": true}
 
-// parseChunk is how much text one run of the parser sees: parseFile hands
-// a file to the parser in pieces of about this size, cut after a newline.
-// The lexer is back in its first state after every newline, so the pieces
-// parse exactly as the whole file would; but only one piece's tokens are in
-// memory at a time, and no run comes near the parser's limit of a million
-// repetitions (lines, or values on a line), which a file of four million
-// newlines would otherwise reach.
+// parseChunk is about how much text one run of the parser sees: parseFile
+// hands a file to the parser in pieces of whole lines. The lexer is back in
+// its first state after every newline, so the pieces parse exactly as the
+// whole file would; but only one piece's tokens are in memory at a time, and
+// no run comes near the parser's limit of a million repetitions (lines, or
+// values on a line), which a file of a million newlines would reach.
 const parseChunk = 64 << 10
 
 // parseFile parses src (the content of file name) into top-level nodes.
@@ -117,43 +142,66 @@ func (r *reader) parseFile(name string, src []byte, parent string) []*node {
 	// A byte order mark is what some editors write first; it is not part
 	// of the first directive's name.
 	text := strings.TrimPrefix(string(src), "\uFEFF")
-	// Every line, the last one too, ends with a newline: the grammar needs
-	// no special case for end of file.
-	if !strings.HasSuffix(text, "\n") {
-		text += "\n"
-	}
 	nest := newNester(r)
 	first := true
-	for line, offset := 0, 0; offset < len(text); {
-		end := len(text)
-		if end-offset > parseChunk {
-			end = offset + parseChunk + strings.IndexByte(text[offset+parseChunk:], '\n') + 1
+	var (
+		chunk strings.Builder
+		// lineOf maps the lines of chunk to those of the file (1-based).
+		lineOf []int
+	)
+	flush := func() {
+		if len(lineOf) == 0 {
+			return
 		}
-		chunk := text[offset:end]
-		ast, err := r.parser.ParseString(name, chunk)
+		ast, err := r.parser.ParseString(name, chunk.String())
 		if err != nil {
 			// The grammar accepts any token sequence, so this is not
 			// expected; report it located rather than panic if it ever
 			// happens, and go on with the next piece.
 			var perr participle.Error
-			pos := Position{File: name, Line: line + 1, Column: 1}
+			pos := Position{File: name, Line: lineOf[0], Column: 1}
 			msg := err.Error()
 			if errors.As(err, &perr) {
 				pos = position(perr.Position())
-				pos.Line += line
+				pos.Line = lineOf[min(max(pos.Line, 1), len(lineOf))-1]
 				msg = perr.Message()
 			}
 			r.errorf(pos, "syntax error: %s", excerpt(msg))
 		} else {
-			shiftLines(ast, line, offset)
+			mapLines(ast, lineOf)
 			if first {
 				first = r.checkFirstLine(name, ast)
 			}
 			nest.lines(ast.Lines)
 		}
-		line += strings.Count(chunk, "\n")
-		offset = end
+		chunk.Reset()
+		lineOf = lineOf[:0]
 	}
+	for n := 1; text != "" && !r.full; n++ {
+		line, rest, _ := strings.Cut(text, "\n")
+		text = rest
+		// Blank and comment lines are not handed to the parser: they mean
+		// nothing, and the parser's cost is per line (a file of a million
+		// newlines would take seconds).
+		if t := strings.TrimLeft(line, " \t\f\r"); t == "" || t[0] == '#' {
+			continue
+		}
+		if err := r.files.countLine(); err != nil {
+			if !errors.Is(err, errStopped) {
+				r.errorf(Position{File: name, Line: n, Column: 1}, "%v", err)
+			}
+			break
+		}
+		chunk.WriteString(line)
+		// Every line, the last one too, ends with a newline: the grammar
+		// needs no special case for end of file.
+		chunk.WriteByte('\n')
+		lineOf = append(lineOf, n)
+		if chunk.Len() >= parseChunk {
+			flush()
+		}
+	}
+	flush()
 	return r.expandIncludes(nest.finish(), parent)
 }
 
@@ -210,32 +258,32 @@ func (a *argAST) raw() string {
 	return ""
 }
 
-// shiftLines moves the positions of a piece of a file parsed on its own to
-// where the piece starts in the file: line lines and offset bytes in.
-func shiftLines(ast *fileAST, line, offset int) {
-	if line == 0 {
-		return
+// mapLines moves the positions of a piece of a file parsed on its own to
+// the lines of the file: line i of the piece (1-based) is line lineOf[i-1]
+// of the file. Columns are those of the file already, as every line is
+// whole. Offsets stay those of the piece: positions use lines and columns.
+func mapLines(ast *fileAST, lineOf []int) {
+	mapPos := func(p *lexer.Position) {
+		if p.Line >= 1 && p.Line <= len(lineOf) {
+			p.Line = lineOf[p.Line-1]
+		}
 	}
-	shift := func(p *lexer.Position) {
-		p.Line += line
-		p.Offset += offset
-	}
-	shiftArgs := func(args []*argAST) {
+	mapArgs := func(args []*argAST) {
 		for _, a := range args {
-			shift(&a.Pos)
+			mapPos(&a.Pos)
 		}
 	}
 	for _, l := range ast.Lines {
 		for _, it := range l.Items {
-			shift(&it.Pos)
+			mapPos(&it.Pos)
 			switch {
 			case it.Dir != nil:
-				shift(&it.Dir.Pos)
-				shiftArgs(it.Dir.Args)
+				mapPos(&it.Dir.Pos)
+				mapArgs(it.Dir.Args)
 			case it.Open != nil:
-				shiftArgs(it.Open.Args)
+				mapArgs(it.Open.Args)
 			case it.Close != nil:
-				shiftArgs(it.Close.Args)
+				mapArgs(it.Close.Args)
 			}
 		}
 	}
@@ -401,7 +449,7 @@ func (r *reader) include(n *node, parent string) []*node {
 		r.errorf(n.Pos, "include takes one path (quote a path with spaces)")
 		return nil
 	}
-	if r.files.stopped {
+	if r.files.stopped || r.full {
 		return nil // a limit stopped the load; that was reported
 	}
 	argPos := n.Args[0].Pos
