@@ -175,11 +175,11 @@ func shortenQuoted(msg string) string {
 			i++
 			continue
 		}
+		i += len(q)
 		if s, err := strconv.Unquote(q); err == nil && utf8.RuneCountInString(s) > maxExcerpt {
 			q = strconv.Quote(excerpt(s))
 		}
 		b.WriteString(q)
-		i += len(q)
 	}
 	return b.String()
 }
