@@ -9,6 +9,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -83,27 +84,50 @@ func TestCheckRefusesFilesItMustNotRead(t *testing.T) {
 	}
 }
 
-// TestReloadRefusesFilesItMustNotRead sends SIGHUP to a running tern serve
-// with each bad include in its file: every reload is refused, promptly,
-// tern goes on serving with what it ran, and SIGTERM still stops it.
+// TestReloadRefusesFilesItMustNotRead reloads a running tern serve with each
+// bad include in its file: first /dev/zero by SIGHUP (the signal that
+// crashed it), then every case through POST /api/reload, whose answer
+// carries the errors (the log limits repeated "reload refused" lines, so
+// it cannot tell one reload from the next). Every reload is refused,
+// promptly, tern goes on serving with what it ran, and SIGTERM still stops
+// it.
 func TestReloadRefusesFilesItMustNotRead(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	dns := dnstest.Start(t, zones("dest.test"))
 	sink := smtptest.Start(t, smtptest.Options{Addr: sinkIP + ":0"})
-	smtpPort := freePort(t)
-	good := baseConf(dir, smtpPort, dns.Addr(), sink.Port(), "")
+	smtpPort, adminPort := freePort(t), freePort(t)
+	good := baseConf(dir, smtpPort, dns.Addr(), sink.Port(), "") + fmt.Sprintf(`
+http-mgmt-port 127.0.0.1:%d
+http-access 127.0.0.1 admin
+`, adminPort)
 	conf := writeConf(t, dir, good)
 	p := startTern(t, conf)
 	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
-	for name, c := range badIncludes(t, dir) {
+	cases := badIncludes(t, dir)
+
+	writeConf(t, dir, good+cases["dev-zero"][0]+"\n")
+	if l := hup(t, p); !strings.Contains(l, `msg="reload refused"`) || !strings.Contains(l, cases["dev-zero"][1]) {
+		t.Errorf("SIGHUP logged %q, want reload refused with %q", l, cases["dev-zero"][1])
+	}
+	mustInject(t, addr, "x@dest.test", "after-sighup")
+
+	api := fmt.Sprintf("http://127.0.0.1:%d/api/reload", adminPort)
+	for name, c := range cases {
 		writeConf(t, dir, good+c[0]+"\n")
-		l := hup(t, p)
-		if !strings.Contains(l, `msg="reload refused"`) || !strings.Contains(l, c[1]) {
-			t.Errorf("%s: SIGHUP logged %q, want reload refused with %q", name, l, c[1])
+		var refusal struct {
+			Errors []string `json:"errors"`
+		}
+		start := time.Now()
+		code := adminCall(t, "POST", api, "", &refusal)
+		if code != http.StatusUnprocessableEntity || !strings.Contains(strings.Join(refusal.Errors, "\n"), c[1]) {
+			t.Errorf("%s: POST /api/reload: %d %q, want 422 with %q", name, code, refusal.Errors, c[1])
+		}
+		if d := time.Since(start); d > checkTimeout {
+			t.Errorf("%s: the reload took %v", name, d)
 		}
 		mustInject(t, addr, "x@dest.test", "after-"+name)
 	}
-	sink.WaitMessages(t, 4, deliverTimeout)
+	sink.WaitMessages(t, 1+len(cases), deliverTimeout)
 	p.stop(t)
 }
