@@ -88,14 +88,36 @@ func TestLimitsOptions(t *testing.T) {
 		{Limits{TotalSize: 1000}, "include d.conf\ninclude d.conf\n",
 			"main.conf:3:9: include: d.conf would take the configuration past 1000 bytes in all; that is the most one load reads"},
 		// The main file is read to its end before its includes.
-		{Limits{Lines: 3}, "# comment\n\ninclude a.conf\nhost-name mx.example.com\n",
-			"a.conf:1:1: this is line number 4 of this configuration, blank and comment lines not counted; at most 3 are read"},
+		// Nine in main.conf (six words, three lines; comments do not
+		// count), three more in a.conf.
+		{Limits{Words: 11}, "# comment\n\ninclude a.conf # not counted\nhost-name mx.example.com\n",
+			"a.conf:1:1: this line takes the configuration past 11 words (names and values, and one for each line); that is the most one load reads"},
 	} {
 		opts := files.options()
 		opts.Limits = c.limits
 		el := parseErr(t, "main.conf", listener+c.src, opts)
 		if got := el.Error(); got != c.want {
 			t.Errorf("%+v:\n%s\nwant:\n%s", c.limits, got, c.want)
+		}
+	}
+}
+
+// TestWordCount checks the count the word budget takes of a line.
+func TestWordCount(t *testing.T) {
+	for line, want := range map[string]int{
+		"":                              0,
+		"   \t":                         0,
+		"# all comment":                 0,
+		"max-smtp-out 5":                2,
+		"  max-smtp-out\t5  # five\r":   2,
+		"http-api-key abc#123 #note":    2,
+		"<domain example.com>":          2,
+		`auth-password "a b c"`:         4,
+		strings.Repeat(" x", 1000):      1000,
+		"\f<virtual-mta mta1>\f# x y z": 2,
+	} {
+		if got := wordCount(line); got != want {
+			t.Errorf("wordCount(%q) = %d, want %d", line, got, want)
 		}
 	}
 }

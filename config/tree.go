@@ -132,8 +132,9 @@ var includeScopes = map[string]bool{"": true, "source": true, "domain": true, "v
 // hands a file to the parser in pieces of whole lines. The lexer is back in
 // its first state after every newline, so the pieces parse exactly as the
 // whole file would; but only one piece's tokens are in memory at a time, and
-// no run comes near the parser's limit of a million repetitions (lines, or
-// values on a line), which a file of a million newlines would reach.
+// no run comes near the parser's limit of a million repetitions of a rule,
+// which a file of a million lines would pass. (A single line of more than a
+// million values still does; the parser's error then names that line.)
 const parseChunk = 64 << 10
 
 // parseFile parses src (the content of file name) into top-level nodes.
@@ -186,7 +187,7 @@ func (r *reader) parseFile(name string, src []byte, parent string) []*node {
 		if t := strings.TrimLeft(line, " \t\f\r"); t == "" || t[0] == '#' {
 			continue
 		}
-		if err := r.files.countLine(); err != nil {
+		if err := r.files.countWords(line); err != nil {
 			if !errors.Is(err, errStopped) {
 				r.errorf(Position{File: name, Line: n, Column: 1}, "%v", err)
 			}
