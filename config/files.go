@@ -101,9 +101,9 @@ type fileError struct {
 
 func (e *fileError) Error() string { return e.Path + " " + e.Reason }
 
-// limitError is a per-load limit reached (files or total bytes): the load
-// reads nothing more, as a configuration cut off at an arbitrary file would
-// only produce errors that are not the operator's.
+// limitError is a per-load limit reached (files, total bytes or words):
+// the load reads nothing more, as a configuration cut off at an arbitrary
+// place would only produce errors that are not the operator's.
 type limitError struct{ msg string }
 
 func (e *limitError) Error() string { return e.msg }
