@@ -249,6 +249,16 @@ func (fr *fileReader) read(name string, kind fileKind) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// ReadFile reads the configuration file at path as Load reads its main
+// file: only a regular file, opened without waiting (a FIFO or a device is
+// refused), of at most the default Limits.FileSize. It is for a caller that
+// looks into a file Load refused, to find one directive in it, and must not
+// run into what Load refused it for.
+func ReadFile(path string) ([]byte, error) {
+	fr := newFileReader(Options{Open: openRegular, Limits: Limits{}.withDefaults()})
+	return fr.read(path, configFile)
+}
+
 // checkRegular fails unless fi describes a regular file, naming what it is
 // instead: reading a FIFO waits for a writer that may never come, a device
 // may never end (/dev/zero, /dev/urandom) and a directory has no content.

@@ -341,3 +341,38 @@ func TestManyValues(t *testing.T) {
 		t.Errorf("Parse took %v", d)
 	}
 }
+
+// TestReadFile checks the reader offered to callers outside the package
+// (the admin commands look into a file Load refused): a special file or a
+// huge one is an error, a configuration is read.
+func TestReadFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	huge := writeConf(t, dir, "huge.conf", padding(5<<20))
+	for path, want := range map[string]string{
+		"/dev/zero": "/dev/zero is a character device, not a regular file",
+		fifo:        fifo + " is a named pipe (FIFO), not a regular file",
+		huge:        huge + " is 5 MiB; a configuration file may be at most 4 MiB",
+	} {
+		done := make(chan error, 1)
+		go func() {
+			_, err := ReadFile(path)
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil || err.Error() != want {
+				t.Errorf("ReadFile(%s) = %v, want %s", path, err, want)
+			}
+		case <-time.After(loadTimeout):
+			t.Fatalf("ReadFile(%s) did not return within %v", path, loadTimeout)
+		}
+	}
+	conf := writeConf(t, dir, "ok.conf", listener)
+	if b, err := ReadFile(conf); err != nil || string(b) != listener {
+		t.Errorf("ReadFile(ok.conf) = %q, %v", b, err)
+	}
+}
