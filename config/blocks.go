@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -233,16 +234,19 @@ func (b *builder) certificate(n *node) {
 	if len(n.Args) == 2 {
 		keyFile = relPath(n.Pos, n.Args[1].Text)
 	}
-	// Read through Options.ReadFile, like includes, so that tests and the
-	// fuzzer decide what a path yields.
-	certPEM, err := b.opts.ReadFile(certFile)
+	// Read through Options.Open, like includes, so that tests and the
+	// fuzzer decide what a path yields, and within the load's limits.
+	certPEM, err := b.readKeyFile(certFile)
 	keyPEM := certPEM
 	if err == nil && keyFile != certFile {
-		keyPEM, err = b.opts.ReadFile(keyFile)
+		keyPEM, err = b.readKeyFile(keyFile)
 	}
 	var cert tls.Certificate
 	if err == nil {
 		cert, err = tls.X509KeyPair(certPEM, keyPEM)
+	}
+	if errors.Is(err, errStopped) {
+		return // a limit stopped the load; that was reported
 	}
 	if err != nil {
 		b.errorf(n.Args[0].Pos, "smtp-server-tls-certificate: %v", err)
@@ -794,7 +798,10 @@ func (b *builder) domainKey(s *DomainSettings, n *node) {
 		b.errorf(n.Args[0].Pos, "domain-key: %q is not a domain", dom)
 		return
 	}
-	signer, err := loadPrivateKey(b.opts.ReadFile, file)
+	signer, err := loadPrivateKey(b.readKeyFile, file)
+	if errors.Is(err, errStopped) {
+		return // a limit stopped the load; that was reported
+	}
 	if err != nil {
 		b.errorf(n.Args[0].Pos, "domain-key: %v", err)
 		return
