@@ -47,9 +47,12 @@ const (
 //
 // A connection that authenticates stops counting here (and toward its
 // address's cap): it is a known user from then on.
+//
+// A client is what the admin API's per-client cap counts too (clientKey):
+// an IPv4 address, or an IPv6 /64.
 type admission struct {
 	mu     sync.Mutex
-	byIP   map[netip.Addr]int
+	byIP   map[netip.Prefix]int
 	shared int
 	lent   int
 }
@@ -62,18 +65,6 @@ const (
 	refusedPerIP
 	refusedFull
 )
-
-// clientKey is the unit the per-address cap counts: the address itself
-// for IPv4, its /64 for IPv6 (a single subscriber is commonly given a
-// whole /64, so counting addresses would set no limit).
-func clientKey(ip netip.Addr) netip.Addr {
-	if ip.Is6() {
-		if p, err := ip.Prefix(64); err == nil {
-			return p.Addr()
-		}
-	}
-	return ip
-}
 
 // admit decides whether an untrusted connection from ip gets a slot under
 // lim, and counts it in cc when it does.
@@ -95,7 +86,7 @@ func (a *admission) admit(cc *countedConn, ip netip.Addr, lim config.InboundLimi
 		return refusedFull
 	}
 	if a.byIP == nil {
-		a.byIP = map[netip.Addr]int{}
+		a.byIP = map[netip.Prefix]int{}
 	}
 	a.byIP[key]++
 	cc.key = key

@@ -139,6 +139,10 @@ func TestOneAddressCannotTakeEverySlot(t *testing.T) {
 	if len(held) != 20 {
 		t.Fatalf("%d connections from one address let in, want 20", len(held))
 	}
+	// 40 refusals, but the flood does not flood the log.
+	if n := strings.Count(ts.Logs(), `msg="smtp connection refused"`); n < 1 || n > 2 {
+		t.Errorf("%d log lines for 40 refused connections, want 1 (or 2 if 10 s passed)", n)
+	}
 	// The cap refuses new connections; it does not cut those it let in.
 	held[0].wantCmd(250, "2.0.0", "NOOP")
 

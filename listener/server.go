@@ -70,8 +70,15 @@ type Server struct {
 	inbound atomic.Int64
 	// adm counts the untrusted connections (per client and against the
 	// reserve); mem the memory messages being received hold.
-	adm     admission
-	mem     memBudget
+	adm admission
+	mem memBudget
+	// refusals limits the log lines of connections refused at accept
+	// (logRefusal).
+	refusals struct {
+		sync.Mutex
+		last    time.Time
+		skipped int
+	}
 	closing atomic.Bool
 	// bufs are message buffers reused across DATA commands: a message is
 	// read, rewritten and spooled (Put copies it), then the buffers are
@@ -429,7 +436,7 @@ func (g *gate) Accept() (net.Conn, error) {
 		if refusal == "" {
 			return counted, nil
 		}
-		g.s.log.Info("smtp connection refused", "client", ip.String(), "listener", lst.Addr, "reply", refusal[:len(refusal)-2])
+		g.s.logRefusal(ip, lst.Addr, refusal[:len(refusal)-2])
 		go func() {
 			// An implicit-TLS listener cannot speak before the handshake;
 			// its client just sees the connection close.
@@ -440,6 +447,29 @@ func (g *gate) Accept() (net.Conn, error) {
 			counted.Close()
 		}()
 	}
+}
+
+// logRefusal logs a connection refused before its greeting: the first at
+// once, then at most one line per refusalLogInterval, which counts the
+// refusals left out since the line before. In a flood every connection
+// is refused, and a line each would turn it into a flood of the log.
+func (s *Server) logRefusal(ip netip.Addr, listener, reply string) {
+	r := &s.refusals
+	r.Lock()
+	now := time.Now()
+	if !r.last.IsZero() && now.Sub(r.last) < refusalLogInterval {
+		r.skipped++
+		r.Unlock()
+		return
+	}
+	skipped := r.skipped
+	r.last, r.skipped = now, 0
+	r.Unlock()
+	args := []any{"client", ip.String(), "listener", listener, "reply", reply}
+	if skipped > 0 {
+		args = append(args, "refusals_not_logged", skipped)
+	}
+	s.log.Info("smtp connection refused", args...)
 }
 
 // maxPooledBuf is the largest buffer kept for reuse; a rare huge message
@@ -478,7 +508,7 @@ type countedConn struct {
 	// Server.adm.mu); lent is set once, at accept, when it was lent a
 	// reserved slot, for the session to read without the lock.
 	slot slotKind
-	key  netip.Addr
+	key  netip.Prefix
 	lent bool
 }
 
