@@ -60,6 +60,9 @@ type AdminOptions struct {
 	// LiftShaping, if not nil, ends the shaping states f selects and
 	// returns how many it ended (POST /api/lift-shaping).
 	LiftShaping func(f ShapingFilter) int
+	// FileDescriptors, if not nil, reports the file-descriptor budget for
+	// the status view.
+	FileDescriptors func() FileDescriptors
 	// HostsDown, if not nil, lists the MX host addresses down or failing
 	// (GET /api/hosts).
 	HostsDown func() []HostInfo

@@ -34,6 +34,9 @@ type Options struct {
 	// FreeSpace reports the bytes free where the spool lives; below the
 	// config's min-free-space new mail gets 452 4.3.1. Nil skips the check.
 	FreeSpace func() (uint64, error)
+	// MaxConnections, when positive, caps the inbound connections below
+	// total-max-smtp-in: the daemon's file-descriptor share for them.
+	MaxConnections int
 	// Now is the clock for Received headers; nil means time.Now.
 	Now func() time.Time
 	// CommandTimeout bounds the wait for each command line and for each
@@ -180,6 +183,13 @@ func (s *Server) Apply(cfg *config.Config, reg *vmta.Registry) error {
 		return errors.New("listener: server is shut down")
 	}
 	snap := &snapshot{cfg: cfg, reg: reg, limits: cfg.Inbound()}
+	if m := s.opts.MaxConnections; m > 0 && m < snap.limits.Total {
+		// The daemon's file descriptor budget is lower than
+		// total-max-smtp-in: the budget wins, and the reserve shrinks
+		// with it.
+		snap.limits.Total = m
+		snap.limits.Reserved = min(snap.limits.Reserved, m/10)
+	}
 	if cfg.TLSCertificate != nil {
 		snap.tls = &tls.Config{Certificates: []tls.Certificate{*cfg.TLSCertificate}, MinVersion: tls.VersionTLS12}
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"syscall"
 
 	"github.com/ternmta/tern/config"
@@ -46,6 +47,17 @@ type fdBudget struct {
 	Outbound int // outbound SMTP connections
 	// Lowered says total-max-smtp-in or -out had to be lowered to fit.
 	Lowered bool
+}
+
+// view is the budget for the admin API's status, with the descriptors open
+// now (counted in /proc/self/fd; -1 where that cannot be read).
+func (b fdBudget) view() listener.FileDescriptors {
+	open := -1
+	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
+		open = len(ents)
+	}
+	return listener.FileDescriptors{Limit: b.Limit, Open: open, Spool: b.Spool, Admin: b.Admin,
+		Inbound: b.Inbound, Outbound: b.Outbound, Lowered: b.Lowered}
 }
 
 // raiseNoFile raises the soft RLIMIT_NOFILE to the hard limit (at most

@@ -146,9 +146,10 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	spoolDir := cfg.Spool.Dir.Value
 	free := &freeSpaceCache{dir: spoolDir}
 	srv := listener.New(listener.Options{
-		Spool:     q,
-		Logger:    log.With("component", "smtp"),
-		FreeSpace: free.get,
+		Spool:          q,
+		MaxConnections: fds.Inbound,
+		Logger:         log.With("component", "smtp"),
+		FreeSpace:      free.get,
 		OnAccepted: func(id queue.ID, m *queue.Message) {
 			mets.accepted(m)
 			if !accounts.Accepts(acct.TypeReceived) {
@@ -189,6 +190,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Providers:           func() []listener.ProviderInfo { return providersView(sch.Providers()) },
 		Shaping:             func() []listener.ShapingState { return shapingView(sch.ShapingStates()) },
 		HostsDown:           func() []listener.HostInfo { return hostsView(sch.HostsDown()) },
+		FileDescriptors:     fds.view,
 		Reload:              func() (*config.Config, []config.Diagnostic, error) { return rl.reload("admin API") },
 		InboundConnections:  srv.Connections,
 		OutboundConnections: sch.Connections,
