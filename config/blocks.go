@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -63,7 +64,23 @@ func (b *builder) topDirective(n *node) {
 		setOne(b, &cfg.LogLevel, n, logLevel)
 	case "mx-connection-limit":
 		setOne(b, &cfg.MXConnectionLimit, n, limitOrUnlimited(1000000))
+	case "max-smtp-in-per-ip":
+		setOne(b, &cfg.MaxSMTPInPerIP, n, limitOrUnlimited(1000000))
+	case "smtp-in-reserved":
+		setOne(b, &cfg.SMTPInReserved, n, intRange(0, 1000000))
+	case "max-inbound-buffer":
+		setOne(b, &cfg.MaxInboundBuffer, n, inboundBuffer)
 	}
+}
+
+// inboundBuffer reads max-inbound-buffer: a size of at least
+// MinInboundBuffer, or unlimited.
+func inboundBuffer(s string) (Size, error) {
+	v, err := parseSize(s)
+	if err == nil && v < MinInboundBuffer {
+		err = fmt.Errorf("%s is less than the minimum, %s", v, MinInboundBuffer)
+	}
+	return v, err
 }
 
 // listener reads `smtp-listener ADDR:PORT [source=NAME] [tls=yes]`.
@@ -217,16 +234,19 @@ func (b *builder) certificate(n *node) {
 	if len(n.Args) == 2 {
 		keyFile = relPath(n.Pos, n.Args[1].Text)
 	}
-	// Read through Options.ReadFile, like includes, so that tests and the
-	// fuzzer decide what a path yields.
-	certPEM, err := b.opts.ReadFile(certFile)
+	// Read through Options.Open, like includes, so that tests and the
+	// fuzzer decide what a path yields, and within the load's limits.
+	certPEM, err := b.readKeyFile(certFile)
 	keyPEM := certPEM
 	if err == nil && keyFile != certFile {
-		keyPEM, err = b.opts.ReadFile(keyFile)
+		keyPEM, err = b.readKeyFile(keyFile)
 	}
 	var cert tls.Certificate
 	if err == nil {
 		cert, err = tls.X509KeyPair(certPEM, keyPEM)
+	}
+	if errors.Is(err, errStopped) {
+		return // a limit stopped the load; that was reported
 	}
 	if err != nil {
 		b.errorf(n.Args[0].Pos, "smtp-server-tls-certificate: %v", err)
@@ -778,7 +798,10 @@ func (b *builder) domainKey(s *DomainSettings, n *node) {
 		b.errorf(n.Args[0].Pos, "domain-key: %q is not a domain", dom)
 		return
 	}
-	signer, err := loadPrivateKey(b.opts.ReadFile, file)
+	signer, err := loadPrivateKey(b.readKeyFile, file)
+	if errors.Is(err, errStopped) {
+		return // a limit stopped the load; that was reported
+	}
 	if err != nil {
 		b.errorf(n.Args[0].Pos, "domain-key: %v", err)
 		return

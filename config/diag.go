@@ -2,8 +2,11 @@ package config
 
 import (
 	"fmt"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Position is where a node of the configuration starts: file, 1-based line
@@ -126,4 +129,125 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// maxExcerpt is how many characters of a value a message quotes. A message
+// needs a few words to say which value is wrong; the position says where the
+// rest is. More could copy a secret into a log: a password hash, a key, a
+// line of a file that was never meant to be configuration.
+const maxExcerpt = 40
+
+// excerpt returns s, or its first maxExcerpt characters and "…" when it is
+// longer.
+func excerpt(s string) string {
+	if utf8.RuneCountInString(s) <= maxExcerpt {
+		return s
+	}
+	i := 0
+	for range maxExcerpt {
+		_, size := utf8.DecodeRuneInString(s[i:])
+		i += size
+	}
+	return s[:i] + "…"
+}
+
+// shortenQuoted shortens every Go-quoted string in msg (what %q writes)
+// whose content is longer than maxExcerpt. It is applied to every message,
+// so no check in the builder has to remember to: values reach messages
+// through %q in many places, and through errors of the value parsers.
+// Text that is not a well-formed quoted string is left as it is.
+func shortenQuoted(msg string) string {
+	if !strings.Contains(msg, `"`) {
+		return msg
+	}
+	var b strings.Builder
+	for i := 0; i < len(msg); {
+		j := strings.IndexByte(msg[i:], '"')
+		if j < 0 {
+			b.WriteString(msg[i:])
+			break
+		}
+		b.WriteString(msg[i : i+j])
+		i += j
+		q, err := strconv.QuotedPrefix(msg[i:])
+		if err != nil {
+			b.WriteByte('"')
+			i++
+			continue
+		}
+		i += len(q)
+		if s, err := strconv.Unquote(q); err == nil && utf8.RuneCountInString(s) > maxExcerpt {
+			q = strconv.Quote(excerpt(s))
+		}
+		b.WriteString(q)
+	}
+	return b.String()
+}
+
+// nameLike matches what could be a misspelt directive or block name.
+var nameLike = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
+
+// looksLikeName reports whether a directive or block name read from a file
+// (lower-cased) could be a typo of a real one, and so may be quoted in a
+// message. `root:$y$j9T$…:19000:0:99999:7:::` from /etc/shadow cannot, nor
+// can a line of base64 (too long), nor `-----BEGIN` from a key file.
+func looksLikeName(name string) bool {
+	return len(name) <= maxExcerpt && nameLike.MatchString(name)
+}
+
+// withhold replaces the diagnostics located in each file of opaque by one,
+// at the first of them, that quotes nothing and says why (the file's entry
+// in opaque). Those files are unlikely to be configuration at all (they are
+// not UTF-8 text, or their first line is no directive), so their lines may
+// be anything, secrets too; the file and line are enough to find the
+// mistake, which is usually the include that names the file. ds must be
+// sorted; kind ("error" or "warning") is what the count says.
+func withhold(ds []Diagnostic, opaque map[string]string, kind string) []Diagnostic {
+	if len(opaque) == 0 {
+		return ds
+	}
+	count := map[string]int{}
+	for _, d := range ds {
+		if _, ok := opaque[d.Pos.File]; ok {
+			count[d.Pos.File]++
+		}
+	}
+	if len(count) == 0 {
+		return ds
+	}
+	out := make([]Diagnostic, 0, len(ds))
+	for _, d := range ds {
+		reason, ok := opaque[d.Pos.File]
+		if !ok {
+			out = append(out, d)
+			continue
+		}
+		n := count[d.Pos.File]
+		if n == 0 {
+			continue // already summed up
+		}
+		count[d.Pos.File] = 0
+		what := "1 " + kind
+		if n > 1 {
+			what = strconv.Itoa(n) + " " + kind + "s"
+		}
+		out = append(out, Diagnostic{Pos: d.Pos, Message: what + " in this file, not shown: " + reason + ", so none of its lines is quoted"})
+	}
+	return out
+}
+
+// dedupe drops repeated diagnostics from the sorted ds. A file included
+// twice reports its own mistakes twice, word for word at the same place;
+// and an include refused for its depth is refused again each time the file
+// holding it is read, which an include fan-out does hundreds of times.
+func dedupe(ds []Diagnostic) []Diagnostic {
+	seen := make(map[Diagnostic]bool, len(ds))
+	out := ds[:0]
+	for _, d := range ds {
+		if !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	return out
 }

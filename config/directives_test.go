@@ -239,6 +239,13 @@ func settingValue(v any) (val any, isSetting, set bool, pos Position) {
 
 // Accessors for values that are not a single Setting.
 
+// inboundSetting is an inbound limit as written (its Set and Pos) with
+// the value in force, default applied (Config.Inbound), as its Value.
+func inboundSetting[T any](s Setting[T], effective T) Setting[T] {
+	s.Value = effective
+	return s
+}
+
 func listenerStrings(c *Config) []string {
 	var out []string
 	for _, l := range c.Listeners {
@@ -401,6 +408,19 @@ func directiveTable(dir string) []dirRow {
 			get:  func(x target) any { return x.cfg.MXConnectionLimit },
 			want: 4, def: 0,
 			bad: "-1", badErr: `"-1" is not a whole number or unlimited`, wrong: scopeDomain},
+		{name: "max-smtp-in-per-ip", scope: scopeTop, good: "5",
+			get:  func(x target) any { return inboundSetting(x.cfg.MaxSMTPInPerIP, x.cfg.Inbound().PerIP) },
+			want: 5, def: DefaultMaxSMTPInPerIP,
+			bad: "few", badErr: `"few" is not a whole number or unlimited`, wrong: scopeSource},
+		// The reserve's default is a tenth of total-max-smtp-in's (500).
+		{name: "smtp-in-reserved", scope: scopeTop, good: "0",
+			get:  func(x target) any { return inboundSetting(x.cfg.SMTPInReserved, x.cfg.Inbound().Reserved) },
+			want: 0, def: 50,
+			bad: "-1", badErr: "-1 is out of range (0 to 1000000)", wrong: scopeSource},
+		{name: "max-inbound-buffer", scope: scopeTop, good: "1G",
+			get:  func(x target) any { return inboundSetting(x.cfg.MaxInboundBuffer, x.cfg.Inbound().Buffer) },
+			want: Size(1 << 30), def: DefaultMaxInboundBuffer,
+			bad: "1K", badErr: "1K is less than the minimum, 64K", wrong: scopeDomain},
 		{name: "include", scope: scopeTop, good: "{dir}/inc-top.conf", setIn: "inc-top.conf",
 			get:  func(x target) any { return x.cfg.TotalMaxSMTPIn },
 			want: 42, def: 500,

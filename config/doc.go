@@ -13,6 +13,12 @@
 //  3. a builder checks every directive against the scope it stands in, parses
 //     its value into its Go type, applies defaults and resolves references.
 //
+// Files are read through Options.Open within Limits: only regular files, of
+// bounded size, number, include depth and lines per load, so that a path
+// naming /dev/zero, a FIFO or an include fan-out is an error like any other.
+// Messages quote little of a file, and nothing of one that does not look
+// like configuration (see withhold).
+//
 // Every diagnostic names file:line:column. Directives that PowerMTA knows but
 // Tern does not implement yet are warnings, so an existing PowerMTA file can be
 // migrated one warning at a time.

@@ -16,7 +16,7 @@ import (
 func fuzzOptions() Options {
 	return Options{
 		Hostname: "fuzz.example",
-		ReadFile: func(name string) ([]byte, error) {
+		Open: func(name string) (fs.File, error) {
 			return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
 		},
 		Glob: func(pattern string) ([]string, error) {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -11,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/big"
 	"os"
@@ -30,17 +32,39 @@ const testHostname = "test.example"
 // it, so no test pays for hashing.
 const testHash = "$2a$10$EB6So3JwPcYAekUuWeU2JuNR.OCxZJfynZ9z6A/HMh0P7ofu.lF3W"
 
-// memFS serves files from memory through Options.ReadFile and Options.Glob,
+// memFS serves files from memory through Options.Open and Options.Glob,
 // so a test can describe a whole tree of includes and keys without touching
 // the disk. Names are cleaned with filepath.Clean before lookup.
 type memFS map[string][]byte
 
-func (m memFS) readFile(name string) ([]byte, error) {
+func (m memFS) open(name string) (fs.File, error) {
 	if b, ok := m[filepath.Clean(name)]; ok {
-		return b, nil
+		return &memFile{Reader: bytes.NewReader(b), name: name, size: int64(len(b))}, nil
 	}
 	return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
 }
+
+// memFile is a file of a memFS, or one a test makes to be something else
+// than a regular file (mode) or to hold more than its size says.
+type memFile struct {
+	io.Reader
+	name string
+	size int64
+	mode fs.FileMode
+}
+
+func (f *memFile) Stat() (fs.FileInfo, error) { return memInfo{f}, nil }
+func (f *memFile) Close() error               { return nil }
+
+// memInfo is the fs.FileInfo of a memFile.
+type memInfo struct{ f *memFile }
+
+func (i memInfo) Name() string       { return filepath.Base(i.f.name) }
+func (i memInfo) Size() int64        { return i.f.size }
+func (i memInfo) Mode() fs.FileMode  { return i.f.mode }
+func (i memInfo) ModTime() time.Time { return time.Time{} }
+func (i memInfo) IsDir() bool        { return i.f.mode.IsDir() }
+func (i memInfo) Sys() any           { return nil }
 
 func (m memFS) glob(pattern string) ([]string, error) {
 	if _, err := filepath.Match(pattern, ""); err != nil {
@@ -58,7 +82,7 @@ func (m memFS) glob(pattern string) ([]string, error) {
 
 // options returns Options serving the files of m and nothing from disk.
 func (m memFS) options() Options {
-	return Options{Hostname: testHostname, ReadFile: m.readFile, Glob: m.glob}
+	return Options{Hostname: testHostname, Open: m.open, Glob: m.glob}
 }
 
 // noFiles are Options that serve no file at all: includes, certificates and

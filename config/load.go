@@ -16,69 +16,119 @@ import (
 type Options struct {
 	// Hostname is the default for host-name; empty means os.Hostname.
 	Hostname string
-	// ReadFile and Glob read the main file, includes, the TLS certificate
-	// and the DKIM keys; nil means the os and filepath functions. Tests may
-	// serve files from memory.
-	ReadFile func(string) ([]byte, error)
-	Glob     func(string) ([]string, error)
+	// Open opens the files a configuration names: the main file (for
+	// Load), includes, the TLS certificate and the DKIM keys. nil means the
+	// default, which opens regular files only and never waits: a FIFO, a
+	// device, a socket or a directory is refused before it is opened. What
+	// Open returns is checked again (Stat must say a regular file) and read
+	// within Limits. Tests serve files from memory through it.
+	Open func(name string) (fs.File, error)
+	// Glob expands the patterns of include; nil means filepath.Glob.
+	Glob func(pattern string) ([]string, error)
+	// Limits bound what one load reads; a zero field takes its default.
+	Limits Limits
+}
+
+// withDefaults fills in what the caller left empty.
+func (o Options) withDefaults() Options {
+	if o.Open == nil {
+		o.Open = openRegular
+	}
+	if o.Glob == nil {
+		o.Glob = filepath.Glob
+	}
+	if o.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "localhost"
+		}
+		o.Hostname = h
+	}
+	o.Limits = o.Limits.withDefaults()
+	return o
 }
 
 // Load reads, validates and builds the configuration in the file at path.
 // On any error it returns nil and an *ErrorList holding every error found
 // (and the warnings); a Config is returned only when the file is valid.
 func Load(path string, opts Options) (*Config, error) {
-	readFile := opts.ReadFile
-	if readFile == nil {
-		readFile = os.ReadFile
-	}
-	src, err := readFile(path)
+	opts = opts.withDefaults()
+	files := newFileReader(opts)
+	src, err := files.read(path, configFile)
 	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err // the path is already in the position
+		// The path is already in the position.
+		var (
+			pe  *fs.PathError
+			fe  *fileError
+			msg = err.Error()
+		)
+		switch {
+		case errors.As(err, &fe):
+			msg = "it " + fe.Reason
+		case errors.As(err, &pe):
+			msg = pe.Err.Error()
 		}
-		return nil, &ErrorList{Errors: []Diagnostic{{Pos: Position{File: path}, Message: "cannot read the configuration: " + err.Error()}}}
+		return nil, &ErrorList{Errors: []Diagnostic{{Pos: Position{File: path}, Message: "cannot read the configuration: " + msg}}}
 	}
-	return Parse(path, src, opts)
+	return parse(path, src, opts, files)
 }
 
 // Parse is Load for content already in memory; name is the file name used
-// in positions and as the base for relative paths and includes.
+// in positions and as the base for relative paths and includes. The content
+// counts against opts.Limits as the main file would.
 func Parse(name string, src []byte, opts Options) (*Config, error) {
-	if opts.ReadFile == nil {
-		opts.ReadFile = os.ReadFile
+	opts = opts.withDefaults()
+	files := newFileReader(opts)
+	// The first file of a load never reaches the file count limit.
+	_ = files.count(name)
+	if size := int64(len(src)); size > opts.Limits.FileSize {
+		return nil, &ErrorList{Errors: []Diagnostic{{
+			Pos:     Position{File: name, Line: 1, Column: 1},
+			Message: fmt.Sprintf("the file is %s; a configuration file may be at most %s", sizeText(size), sizeText(opts.Limits.FileSize)),
+		}}}
 	}
-	if opts.Glob == nil {
-		opts.Glob = filepath.Glob
-	}
-	if opts.Hostname == "" {
-		h, err := os.Hostname()
-		if err != nil || h == "" {
-			h = "localhost"
-		}
-		opts.Hostname = h
-	}
+	files.add(int64(len(src)))
+	return parse(name, src, opts, files)
+}
+
+// parse reads the main file's content src and everything it includes and
+// builds the Config. files holds what the load has read so far.
+func parse(name string, src []byte, opts Options, files *fileReader) (*Config, error) {
 	parser, err := newParser()
 	if err != nil {
 		// The grammar is fixed at compile time; this is a programming error.
 		panic(fmt.Sprintf("config: grammar does not build: %v", err))
 	}
 	d := &diags{}
-	r := &reader{diags: d, parser: parser, readFile: opts.ReadFile, glob: opts.Glob}
+	r := &reader{diags: d, parser: parser, files: files, glob: opts.Glob, opaque: map[string]string{}}
 	if abs, err := filepath.Abs(name); err == nil {
 		r.including = []string{abs}
 	}
+	if problem, at := r.checkText(name, src); problem != "" {
+		d.errorf(at, "this is not a text file (it holds %s), so it is not read as a configuration", problem)
+		return nil, &ErrorList{Errors: d.errors}
+	}
 	nodes := r.parseFile(name, src, "")
 
-	b := newBuilder(d, name, opts)
-	b.build(nodes)
+	// Once a per-load limit stopped the reading, what was read is an
+	// arbitrary part of the configuration: checking it would report
+	// missing listeners and dangling names that are not the operator's
+	// mistakes, so only the reading errors are reported.
+	var cfg *Config
+	if !files.stopped {
+		b := newBuilder(d, name, opts, files)
+		b.build(nodes)
+		cfg = b.cfg
+	}
 	sortDiagnostics(d.errors)
 	sortDiagnostics(d.warnings)
-	if len(d.errors) > 0 {
+	d.errors = withhold(dedupe(d.errors), r.opaque, "error")
+	d.warnings = withhold(dedupe(d.warnings), r.opaque, "warning")
+	if len(d.errors) > 0 || cfg == nil {
 		return nil, &ErrorList{Errors: d.errors, Warnings: d.warnings}
 	}
-	b.cfg.Warnings = d.warnings
-	return b.cfg, nil
+	cfg.Warnings = d.warnings
+	return cfg, nil
 }
 
 // builder turns the node tree into a Config.
@@ -86,6 +136,7 @@ type builder struct {
 	*diags
 	cfg       *Config
 	opts      Options
+	files     *fileReader // reads certificates and keys within the load's limits
 	index     map[string][]scope
 	sources   map[string]*Source
 	names     map[string]Position // VMTA and pool names (one name space)
@@ -106,7 +157,7 @@ type builder struct {
 	rollups map[DomainPattern]*MXRollup
 }
 
-func newBuilder(d *diags, name string, opts Options) *builder {
+func newBuilder(d *diags, name string, opts Options, files *fileReader) *builder {
 	cfg := &Config{
 		Path:              name,
 		Dir:               filepath.Dir(name),
@@ -123,7 +174,7 @@ func newBuilder(d *diags, name string, opts Options) *builder {
 		Macros:            map[string][]string{},
 	}
 	return &builder{
-		diags: d, cfg: cfg, opts: opts, index: directiveIndex(),
+		diags: d, cfg: cfg, opts: opts, files: files, index: directiveIndex(),
 		sources: map[string]*Source{}, names: map[string]Position{}, users: map[string]*User{},
 		patterns: map[string]*PatternList{}, replies: map[string]*SMTPPatternList{},
 		acct: map[string]*AcctFile{}, listeners: map[string]*Listener{},
@@ -145,11 +196,18 @@ func (b *builder) build(nodes []*node) {
 // returns true when the node is an implemented directive or block that
 // belongs in scope sc and the caller should handle it.
 func (b *builder) dispatch(n *node, sc scope) bool {
+	if b.full {
+		return false // too many errors: no node is looked at any more
+	}
 	if n.Block {
 		bs, ok := blockScopes[n.Name]
 		if !ok {
 			if notImplementedBlocks[n.Name] {
 				b.warnf(n.Pos, "<%s> is a PowerMTA block Tern does not implement yet; ignored with its contents", n.Name)
+				return false
+			}
+			if !looksLikeName(n.Name) {
+				b.errorf(n.Pos, "unknown block (its name is not shown: it does not look like a block name)%s", didYouMean(n.Name, keys(blockScopes), "<%s>"))
 				return false
 			}
 			b.errorf(n.Pos, "unknown block <%s>%s", n.Name, didYouMean(n.Name, keys(blockScopes), "<%s>"))
@@ -171,6 +229,14 @@ func (b *builder) dispatch(n *node, sc scope) bool {
 		}
 		if _, isBlock := blockScopes[n.Name]; isBlock {
 			b.errorf(n.Pos, "%s is a block, not a directive: write <%s …> and close it with </%s>", n.Name, n.Name, n.Name)
+			return false
+		}
+		// The line may not be configuration at all: an include of
+		// /etc/shadow makes each of its lines an unknown directive, and the
+		// "name" is then a user's password hash. Only a word that could be
+		// a misspelt directive is quoted.
+		if !looksLikeName(n.Name) {
+			b.errorf(n.Pos, "unknown directive (not shown: it does not look like a directive name)%s", didYouMean(n.Name, keys(b.index), "%q"))
 			return false
 		}
 		b.errorf(n.Pos, "unknown directive %q%s", n.Name, didYouMean(n.Name, keys(b.index), "%q"))

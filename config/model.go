@@ -68,6 +68,15 @@ type Config struct {
 	// Macros maps a domain-macro name to its values, after expansion.
 	Macros map[string][]string
 
+	// MaxSMTPInPerIP, SMTPInReserved and MaxInboundBuffer are the limits
+	// on inbound clients as written (max-smtp-in-per-ip, smtp-in-reserved,
+	// max-inbound-buffer). Unlike other Settings, an unset one holds zero,
+	// not its default: the reserve's default depends on total-max-smtp-in.
+	// Read them through Inbound, which applies the defaults.
+	MaxSMTPInPerIP   Setting[int]
+	SMTPInReserved   Setting[int]
+	MaxInboundBuffer Setting[Size]
+
 	// Sources holds the CIDR sources (sorted from least to most specific)
 	// and the named ones; Users, VMTAs, Pools and the lists in file order.
 	Sources          []*Source
@@ -86,6 +95,57 @@ type Config struct {
 	// Warnings are the non-fatal diagnostics: PowerMTA directives not
 	// implemented yet, plaintext passwords, includes matching nothing.
 	Warnings []Diagnostic
+}
+
+// The defaults of the inbound limits.
+const (
+	// DefaultMaxSMTPInPerIP is max-smtp-in-per-ip when not set.
+	DefaultMaxSMTPInPerIP = 20
+	// DefaultMaxInboundBuffer is max-inbound-buffer when not set.
+	DefaultMaxInboundBuffer Size = 256 << 20
+	// MinInboundBuffer is the smallest max-inbound-buffer accepted: less
+	// would refuse ordinary mail while the server is idle.
+	MinInboundBuffer Size = 64 << 10
+)
+
+// InboundLimits are the limits on inbound SMTP clients in force, defaults
+// applied; docs/limits-inbound.md describes them.
+type InboundLimits struct {
+	// Total is total-max-smtp-in: connections over all listeners.
+	Total int
+	// PerIP is the most connections one client address (an IPv6 /64) may
+	// hold while untrusted and unauthenticated; 0 sets no limit.
+	PerIP int
+	// Reserved is how many of Total untrusted, unauthenticated connections
+	// may not take as of right: at most Total-Reserved of them are
+	// admitted, plus Reserved/2 lent on condition they authenticate soon.
+	// It is never more than Total.
+	Reserved int
+	// Buffer is the most bytes that messages being received may hold in
+	// memory together; Unlimited sets no limit.
+	Buffer Size
+}
+
+// Inbound returns the inbound limits in force: each directive's value, or
+// its default when not set. smtp-in-reserved defaults to a tenth of
+// total-max-smtp-in (rounded down), and is capped at it.
+func (c *Config) Inbound() InboundLimits {
+	l := InboundLimits{
+		Total:    c.TotalMaxSMTPIn.Value,
+		PerIP:    DefaultMaxSMTPInPerIP,
+		Reserved: c.TotalMaxSMTPIn.Value / 10,
+		Buffer:   DefaultMaxInboundBuffer,
+	}
+	if c.MaxSMTPInPerIP.Set {
+		l.PerIP = c.MaxSMTPInPerIP.Value
+	}
+	if c.SMTPInReserved.Set {
+		l.Reserved = min(c.SMTPInReserved.Value, l.Total)
+	}
+	if c.MaxInboundBuffer.Set {
+		l.Buffer = c.MaxInboundBuffer.Value
+	}
+	return l
 }
 
 // Listener is one smtp-listener.

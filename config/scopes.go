@@ -42,6 +42,7 @@ var scopeLabels = [...]string{
 var scopeDirectives = map[scope][]string{
 	scopeTop: {"smtp-listener", "host-name", "postmaster", "spool", "smtp-server-tls-certificate",
 		"name-server", "total-max-smtp-out", "total-max-smtp-in", "http-mgmt-port", "http-access",
+		"max-smtp-in-per-ip", "smtp-in-reserved", "max-inbound-buffer",
 		"http-api-key", "log-file", "log-level", "domain-macro", "mx-connection-limit", "include"},
 	scopeSource: {"smtp-service", "always-allow-relaying", "require-auth", "require-starttls",
 		"allow-unencrypted-plain-auth", "smtp-max-auth-failure-rate", "process-x-virtual-mta",

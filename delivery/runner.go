@@ -186,7 +186,7 @@ func (s *Scheduler) kick(r *runner) {
 		return
 	}
 	vmtaFull := v.MaxSMTPOut > 0 && s.perVMTA[v.Name] >= v.MaxSMTPOut
-	if s.total >= reg.Config().TotalMaxSMTPOut.Value || vmtaFull {
+	if s.total >= s.maxConnections(reg) || vmtaFull {
 		s.waiting[r] = true
 		// A connection idling for another queue must not hold the slot
 		// until its connection-idle-timeout: it closes, and its release
@@ -218,6 +218,16 @@ func (s *Scheduler) kick(r *runner) {
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go s.work(r, v.Name, src)
+}
+
+// maxConnections is total-max-smtp-out, within the daemon's file
+// descriptor budget for outbound connections.
+func (s *Scheduler) maxConnections(reg *vmta.Registry) int {
+	n := reg.Config().TotalMaxSMTPOut.Value
+	if m := s.opts.MaxConnections; m > 0 && m < n {
+		return m
+	}
+	return n
 }
 
 // pickSourceLocked chooses the source address of a new worker: the VMTA's

@@ -54,6 +54,11 @@ type Options struct {
 	// recipient once, at its first deferral past that point. It is the
 	// hook for delay reports (DSN action "delayed").
 	OnDelay func(env queue.Envelope, delayed []Event, body []byte)
+	// MaxConnections, when positive, caps the outbound connections below
+	// total-max-smtp-out: the share of the process's file descriptors
+	// the daemon gives delivery, so that outbound connections cannot
+	// starve the listeners or the spool of them.
+	MaxConnections int
 	// Jitter returns a number in [0, 1) that spreads retries: a deferred
 	// recipient is due again after its retry interval plus up to a tenth
 	// of it, so that mail deferred together (an outage, a restart) does

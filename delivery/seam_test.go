@@ -850,8 +850,11 @@ func TestShapingReroute(t *testing.T) {
 	w.drive("every delivery", time.Minute, func() bool { return w.q.Totals().Recipients == 0 })
 	mu.Lock()
 	defer mu.Unlock()
-	if from[netip.MustParseAddr("127.0.0.2")] != 1 || from[netip.MustParseAddr("127.0.0.3")] != 10 {
-		t.Errorf("transactions by source %v, want 1 from mta1's 127.0.0.2 (the trigger) and 10 from mta2's 127.0.0.3", from)
+	// The provider's window lets mta1 start two connections at once, so a
+	// second transaction may have gone out from 127.0.0.2 before the first
+	// reply rerouted the queue; none after.
+	if n := from[netip.MustParseAddr("127.0.0.2")]; n < 1 || n > 2 || from[netip.MustParseAddr("127.0.0.3")] != 10 {
+		t.Errorf("transactions by source %v, want 1 or 2 from mta1's 127.0.0.2 (before the reroute) and 10 from mta2's 127.0.0.3", from)
 	}
 }
 

@@ -60,6 +60,9 @@ type AdminOptions struct {
 	// LiftShaping, if not nil, ends the shaping states f selects and
 	// returns how many it ended (POST /api/lift-shaping).
 	LiftShaping func(f ShapingFilter) int
+	// FileDescriptors, if not nil, reports the file-descriptor budget for
+	// the status view.
+	FileDescriptors func() FileDescriptors
 	// HostsDown, if not nil, lists the MX host addresses down or failing
 	// (GET /api/hosts).
 	HostsDown func() []HostInfo
@@ -84,16 +87,20 @@ type AdminOptions struct {
 	SpoolDir   string
 	Version    string
 	Logger     *slog.Logger
+	// Limits bound the connections, timeouts and header size of the admin
+	// port; the zero value gives the defaults (see AdminLimits).
+	Limits AdminLimits
 }
 
 // Admin is the HTTP admin API on http-mgmt-port. Access follows
 // http-access (the first rule matching the client's address gives its
 // level; no rule, no access) and, when http-api-key is set, a bearer token.
 type Admin struct {
-	opts AdminOptions
-	cfg  atomic.Pointer[config.Config]
-	srv  *http.Server
-	ln   net.Listener
+	opts   AdminOptions
+	limits AdminLimits // opts.Limits with the defaults filled in
+	cfg    atomic.Pointer[config.Config]
+	srv    *http.Server
+	ln     *connLimiter
 }
 
 // StartAdmin opens the admin listener of cfg.
@@ -112,11 +119,25 @@ func StartAdmin(cfg *config.Config, opts AdminOptions) (*Admin, error) {
 			return nil, fmt.Errorf("http-mgmt-port %s: %w", cfg.HTTPMgmtAddr.Value, err)
 		}
 	}
-	a := &Admin{opts: opts, ln: ln}
+	a := &Admin{opts: opts, limits: opts.Limits.withDefaults()}
 	a.cfg.Store(cfg)
-	a.srv = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	a.ln = newConnLimiter(ln, a.limits, a.anyAccess, opts.Logger)
+	a.srv = &http.Server{
+		Handler:           a.routes(),
+		ReadHeaderTimeout: a.limits.ReadHeaderTimeout,
+		ReadTimeout:       a.limits.ReadTimeout,
+		// admit moves the write deadline of an admitted request to when
+		// its handler starts answering; this one bounds the rest (a
+		// refusal, a 404, net/http's own error answers).
+		WriteTimeout:   a.limits.WriteTimeout,
+		IdleTimeout:    a.limits.IdleTimeout,
+		MaxHeaderBytes: a.limits.MaxHeaderBytes,
+		// net/http logs a failed accept or a handler's panic here; the
+		// admin API logs through its own logger.
+		ErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
+	}
 	go func() {
-		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := a.srv.Serve(a.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			opts.Logger.Error("admin API stopped", "err", err)
 		}
 	}()
@@ -134,8 +155,9 @@ func (a *Admin) SetConfig(cfg *config.Config) { a.cfg.Store(cfg) }
 func (a *Admin) Shutdown(ctx context.Context) error { return a.srv.Shutdown(ctx) }
 
 // guard admits a request whose client has at least level and, when a key is
-// configured, sends it as a bearer token. Refusals are 403 with a JSON
-// message and never say which check failed to a stranger.
+// configured, sends it as a bearer token, and runs h through admit.
+// Refusals are 403 with a JSON message and never say which check failed to
+// a stranger; the connection is closed after them (see writeError).
 func (a *Admin) guard(level config.AccessLevel, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		cfg := a.cfg.Load()
@@ -147,12 +169,18 @@ func (a *Admin) guard(level config.AccessLevel, h http.HandlerFunc) http.Handler
 			writeError(w, http.StatusForbidden, "access denied")
 			return
 		}
-		h(w, r)
+		a.admit(w, r, h)
 	}
 }
 
-// writeError answers with a JSON {"error": msg}.
+// writeError answers with a JSON {"error": msg}. A 401 or 403 also closes
+// the connection: a client that was refused has no use for it, and one
+// kept open would let a refused client hold a descriptor until the idle
+// timeout.
 func writeError(w http.ResponseWriter, code int, msg string) {
+	if code == http.StatusUnauthorized || code == http.StatusForbidden {
+		w.Header().Set("Connection", "close")
+	}
 	writeJSON(w, code, map[string]string{"error": msg})
 }
 
@@ -207,7 +235,9 @@ func (a *Admin) routes() http.Handler {
 	}
 	mux.HandleFunc("GET /{$}", a.guardByAddress(config.AccessMonitor, a.statusPage))
 	methods["/"] = "GET"
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	// An address without access learns nothing of the paths: it gets the
+	// same 403 everywhere.
+	mux.HandleFunc("/", a.guardByAddress(config.AccessMonitor, func(w http.ResponseWriter, r *http.Request) {
 		m, ok := methods[r.URL.Path]
 		if !ok && strings.HasPrefix(r.URL.Path, "/debug/pprof/") {
 			m, ok = "GET", true
@@ -218,7 +248,7 @@ func (a *Admin) routes() http.Handler {
 			return
 		}
 		writeError(w, http.StatusNotFound, "not found")
-	})
+	}))
 	return mux
 }
 
@@ -231,7 +261,8 @@ type opParams struct {
 	All   bool   `json:"-"`
 }
 
-// maxAdminBody bounds the JSON body of an operation.
+// maxAdminBody bounds the body of a request (admit reads it whole); the
+// operations' JSON objects are a few hundred bytes.
 const maxAdminBody = 64 << 10
 
 // readParams reads the operation parameters of r. all is "yes" (or "true")
@@ -252,9 +283,7 @@ func readParams(r *http.Request) (opParams, error) {
 		Mode  *string          `json:"mode"`
 		All   *json.RawMessage `json:"all"`
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&j); err != nil {
+	if err := decodeObject(body, &j); err != nil {
 		return p, fmt.Errorf("the request body is not a JSON object of queue, job, mode and all: %v", err)
 	}
 	if j.Queue != nil {
@@ -272,6 +301,23 @@ func readParams(r *http.Request) (opParams, error) {
 		}
 	}
 	return p, nil
+}
+
+// decodeObject decodes body, one JSON object of the fields of v and
+// nothing else, into v.
+func decodeObject(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	// Decode stops after the first value. What follows it (a second
+	// object, stray text) must be refused, not ignored: a client that sent
+	// two objects meant something the first alone does not say.
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("more data after the JSON object; send one object only")
+	}
+	return nil
 }
 
 // jsonYes reads "all" of a JSON body: a boolean, or a string that isYes

@@ -1,6 +1,7 @@
 package listener
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
 	"runtime/pprof"
@@ -39,16 +40,29 @@ func (a *Admin) profile(w http.ResponseWriter, r *http.Request) {
 		}
 		secs = n
 	}
-	w.Header().Set("Content-Type", "application/octet-stream")
-	if err := pprof.StartCPUProfile(w); err != nil {
+	// The profile is collected in memory and written once it is complete:
+	// the answer then starts, like every other, when its data is ready,
+	// and admit's write deadline bounds writing it, not the profiling. Its
+	// size grows with the number of distinct call stacks sampled, not with
+	// the duration, so memory is not what seconds= trades.
+	var buf bytes.Buffer
+	if err := pprof.StartCPUProfile(&buf); err != nil {
 		// Only one CPU profile can run at a time.
 		writeError(w, http.StatusConflict, "cannot start a CPU profile: "+err.Error())
 		return
 	}
 	a.opts.Logger.Info("admin CPU profile", "seconds", secs, "client", r.RemoteAddr)
+	t := time.NewTimer(time.Duration(secs) * time.Second)
+	defer t.Stop()
 	select {
-	case <-time.After(time.Duration(secs) * time.Second):
+	case <-t.C:
 	case <-r.Context().Done():
+		// The client is gone: stop, so that the next request may profile.
+		pprof.StopCPUProfile()
+		return
 	}
 	pprof.StopCPUProfile()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
+	w.Write(buf.Bytes())
 }

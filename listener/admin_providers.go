@@ -327,9 +327,7 @@ func readLiftParams(r *http.Request) (ShapingFilter, bool, error) {
 			Action   *string          `json:"action"`
 			All      *json.RawMessage `json:"all"`
 		}
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&j); err != nil {
+		if err := decodeObject(body, &j); err != nil {
 			return f, all, fmt.Errorf("the request body is not a JSON object of vmta, provider, action and all: %v", err)
 		}
 		for _, p := range []struct {

@@ -429,6 +429,26 @@ type statusView struct {
 		LastMinute trafficView `json:"last_minute"`
 		LastHour   trafficView `json:"last_hour"`
 	} `json:"traffic"`
+	// FileDescriptors is the process's file-descriptor budget and use,
+	// when the daemon gives it.
+	FileDescriptors *FileDescriptors `json:"file_descriptors,omitempty"`
+}
+
+// FileDescriptors is how the process's file descriptors are shared out,
+// and how many are open.
+type FileDescriptors struct {
+	Limit int `json:"limit"`
+	Open  int `json:"open"`
+	// The shares: the spool's, the admin API's connection cap, inbound
+	// and outbound SMTP connections (each outbound one counts two: its
+	// socket and a DNS socket).
+	Spool    int `json:"spool"`
+	Admin    int `json:"admin"`
+	Inbound  int `json:"inbound"`
+	Outbound int `json:"outbound"`
+	// Lowered says the limit was too low for total-max-smtp-in and
+	// total-max-smtp-out, which were lowered to fit.
+	Lowered bool `json:"lowered,omitempty"`
 }
 
 // status reports uptime, the queue totals, connections, traffic and the
@@ -460,6 +480,10 @@ func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
 	}
 	if a.opts.OutboundConnections != nil {
 		v.Connections.Outbound = a.opts.OutboundConnections()
+	}
+	if a.opts.FileDescriptors != nil {
+		fd := a.opts.FileDescriptors()
+		v.FileDescriptors = &fd
 	}
 	v.Traffic.LastMinute = trafficOf(a.opts.Queue.Traffic(time.Minute))
 	v.Traffic.LastHour = trafficOf(a.opts.Queue.Traffic(time.Hour))

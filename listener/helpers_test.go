@@ -90,6 +90,10 @@ type serverOpts struct {
 	Now            func() time.Time
 	CommandTimeout time.Duration
 	WriteTimeout   time.Duration
+	// MailTimeout and ReservedAuthTimeout are passed on too; zero is the
+	// server's default (30 s and 10 s).
+	MailTimeout         time.Duration
+	ReservedAuthTimeout time.Duration
 }
 
 // testServer is a running listener.Server with its queue.
@@ -145,6 +149,9 @@ func startServerWith(t testing.TB, conf string, o serverOpts) *testServer {
 		Now:            o.Now,
 		CommandTimeout: o.CommandTimeout,
 		WriteTimeout:   o.WriteTimeout,
+
+		MailTimeout:         o.MailTimeout,
+		ReservedAuthTimeout: o.ReservedAuthTimeout,
 	})
 	t.Cleanup(ts.Stop)
 

@@ -38,12 +38,27 @@ var (
 		Message: "Message header could not be parsed"}
 	errInternal = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 		Message: "Internal error, try again later"}
+	// errNoMemory: max-inbound-buffer has no room for the message.
+	errNoMemory = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1},
+		Message: "Insufficient system resources, try again later"}
+	// errNeedSMTPUTF8: RFC 6531 §3.7.4.1 gives 553 5.6.7 for a non-ASCII
+	// address in a transaction that did not ask for SMTPUTF8.
+	errNeedSMTPUTF8 = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
+		Message: "Non-ASCII address without the SMTPUTF8 parameter"}
+	// errEmptyMessage: nothing to deliver (BDAT 0 LAST alone, or DATA
+	// with no line). The commands were in order, so it is not a
+	// sequence error (5.5.x): the content is what is wrong, a message
+	// with no header has no From or Date (RFC 5322 §3.6), and DATA's
+	// failure code is 554.
+	errEmptyMessage = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+		Message: "Empty message refused"}
 )
 
 // Replies written by the accept wrapper, before go-smtp sees the connection.
 const (
 	replyServiceDenied = "554 5.7.1 %s service not available to %s\r\n"
 	replyTooManyConns  = "421 4.7.0 %s too many connections, try again later\r\n"
+	replyTooManyFromIP = "421 4.7.0 %s too many connections from your address, try again later\r\n"
 	replyShuttingDown  = "421 4.3.2 %s shutting down, try again later\r\n"
 )
 

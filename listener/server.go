@@ -34,6 +34,9 @@ type Options struct {
 	// FreeSpace reports the bytes free where the spool lives; below the
 	// config's min-free-space new mail gets 452 4.3.1. Nil skips the check.
 	FreeSpace func() (uint64, error)
+	// MaxConnections, when positive, caps the inbound connections below
+	// total-max-smtp-in: the daemon's file-descriptor share for them.
+	MaxConnections int
 	// Now is the clock for Received headers; nil means time.Now.
 	Now func() time.Time
 	// CommandTimeout bounds the wait for each command line and for each
@@ -41,6 +44,15 @@ type Options struct {
 	// and 1 minute (RFC 5321 §4.5.3.2 suggests 5 minutes for commands).
 	CommandTimeout time.Duration
 	WriteTimeout   time.Duration
+	// MailTimeout bounds the time from connect until the session starts a
+	// transaction it can complete (an accepted MAIL from a session that
+	// may relay); past it the client gets 421 and is disconnected,
+	// however busy it keeps the connection. Zero means 30 seconds.
+	MailTimeout time.Duration
+	// ReservedAuthTimeout bounds the time from connect until AUTH for an
+	// untrusted client admitted on a reserved slot (docs/limits-inbound.md);
+	// zero means 10 seconds.
+	ReservedAuthTimeout time.Duration
 	// OnAccepted, if set, is called for every message answered 250, after
 	// it is spooled (the feed for "r" accounting records). The message's
 	// Body must not be kept.
@@ -59,6 +71,17 @@ type Server struct {
 	// inbound counts open client connections over all listeners, for
 	// total-max-smtp-in.
 	inbound atomic.Int64
+	// adm counts the untrusted connections (per client and against the
+	// reserve); mem the memory messages being received hold.
+	adm admission
+	mem memBudget
+	// refusals limits the log lines of connections refused at accept
+	// (logRefusal).
+	refusals struct {
+		sync.Mutex
+		last    time.Time
+		skipped int
+	}
 	closing atomic.Bool
 	// bufs are message buffers reused across DATA commands: a message is
 	// read, rewritten and spooled (Put copies it), then the buffers are
@@ -91,6 +114,8 @@ type snapshot struct {
 	// cramMD5 is offered only when some user has a plaintext password: the
 	// mechanism needs the secret itself, which a bcrypt hash cannot give.
 	cramMD5 bool
+	// limits are the inbound limits in force (defaults applied).
+	limits config.InboundLimits
 }
 
 // running is one open listener. cur is its current smtp-listener line: a
@@ -128,6 +153,12 @@ func New(opts Options) *Server {
 	if opts.WriteTimeout == 0 {
 		opts.WriteTimeout = time.Minute
 	}
+	if opts.MailTimeout == 0 {
+		opts.MailTimeout = 30 * time.Second
+	}
+	if opts.ReservedAuthTimeout == 0 {
+		opts.ReservedAuthTimeout = 10 * time.Second
+	}
 	return &Server{
 		opts:      opts,
 		log:       opts.Logger,
@@ -151,7 +182,14 @@ func (s *Server) Apply(cfg *config.Config, reg *vmta.Registry) error {
 	if s.closing.Load() {
 		return errors.New("listener: server is shut down")
 	}
-	snap := &snapshot{cfg: cfg, reg: reg}
+	snap := &snapshot{cfg: cfg, reg: reg, limits: cfg.Inbound()}
+	if m := s.opts.MaxConnections; m > 0 && m < snap.limits.Total {
+		// The daemon's file descriptor budget is lower than
+		// total-max-smtp-in: the budget wins, and the reserve shrinks
+		// with it.
+		snap.limits.Total = m
+		snap.limits.Reserved = min(snap.limits.Reserved, m/10)
+	}
 	if cfg.TLSCertificate != nil {
 		snap.tls = &tls.Config{Certificates: []tls.Certificate{*cfg.TLSCertificate}, MinVersion: tls.VersionTLS12}
 	}
@@ -360,7 +398,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // gate refuses connections before they are greeted: when shutting down,
-// over total-max-smtp-in, or from a source with smtp-service no.
+// over total-max-smtp-in, from a source with smtp-service no, and from
+// untrusted clients over their per-address cap or their share of the
+// slots (admission).
 type gate struct {
 	net.Listener
 	s *Server
@@ -378,20 +418,35 @@ func (g *gate) Accept() (net.Conn, error) {
 		snap := g.s.snap.Load()
 		host := snap.cfg.HostName.Value
 		ip := remoteIP(c)
+		lst := g.r.cur.Load()
 		var refusal string
 		switch {
 		case g.s.closing.Load():
 			refusal = fmt.Sprintf(replyShuttingDown, host)
-		case n > int64(snap.cfg.TotalMaxSMTPIn.Value):
+		case n > int64(snap.limits.Total):
 			refusal = fmt.Sprintf(replyTooManyConns, host)
-		case !snap.reg.Source(ip, g.r.cur.Load().Source).SMTPService:
-			refusal = fmt.Sprintf(replyServiceDenied, host, ip)
+		default:
+			pol := snap.reg.Source(ip, lst.Source)
+			switch {
+			case !pol.SMTPService:
+				refusal = fmt.Sprintf(replyServiceDenied, host, ip)
+			case pol.AlwaysAllowRelaying && !pol.RequireAuth:
+				// Trusted: it may relay as it connects, so
+				// total-max-smtp-in is its only cap.
+			default:
+				switch g.s.adm.admit(counted, ip, snap.limits) {
+				case refusedPerIP:
+					refusal = fmt.Sprintf(replyTooManyFromIP, host)
+				case refusedFull:
+					refusal = fmt.Sprintf(replyTooManyConns, host)
+				}
+				counted.lent = counted.slot == slotLent
+			}
 		}
 		if refusal == "" {
 			return counted, nil
 		}
-		lst := g.r.cur.Load()
-		g.s.log.Info("smtp connection refused", "client", ip.String(), "listener", lst.Addr, "reply", refusal[:len(refusal)-2])
+		g.s.logRefusal(ip, lst.Addr, refusal[:len(refusal)-2])
 		go func() {
 			// An implicit-TLS listener cannot speak before the handshake;
 			// its client just sees the connection close.
@@ -402,6 +457,29 @@ func (g *gate) Accept() (net.Conn, error) {
 			counted.Close()
 		}()
 	}
+}
+
+// logRefusal logs a connection refused before its greeting: the first at
+// once, then at most one line per refusalLogInterval, which counts the
+// refusals left out since the line before. In a flood every connection
+// is refused, and a line each would turn it into a flood of the log.
+func (s *Server) logRefusal(ip netip.Addr, listener, reply string) {
+	r := &s.refusals
+	r.Lock()
+	now := time.Now()
+	if !r.last.IsZero() && now.Sub(r.last) < refusalLogInterval {
+		r.skipped++
+		r.Unlock()
+		return
+	}
+	skipped := r.skipped
+	r.last, r.skipped = now, 0
+	r.Unlock()
+	args := []any{"client", ip.String(), "listener", listener, "reply", reply}
+	if skipped > 0 {
+		args = append(args, "refusals_not_logged", skipped)
+	}
+	s.log.Info("smtp connection refused", args...)
 }
 
 // maxPooledBuf is the largest buffer kept for reuse; a rare huge message
@@ -416,7 +494,8 @@ func (s *Server) getBuf() *bytes.Buffer {
 }
 
 func (s *Server) putBuf(b *bytes.Buffer) {
-	if b.Cap() <= maxPooledBuf {
+	// One let go of (dropBody) has no capacity left: not worth keeping.
+	if c := b.Cap(); c >= readBufSize && c <= maxPooledBuf {
 		b.Reset()
 		s.bufs.Put(b)
 	}
@@ -435,7 +514,17 @@ type countedConn struct {
 	// busy is set while a transaction is open (from an accepted MAIL to
 	// its end): Shutdown waits for those, and hangs up the others.
 	busy atomic.Bool
+	// slot and key are how admission counts the connection (guarded by
+	// Server.adm.mu); lent is set once, at accept, when it was lent a
+	// reserved slot, for the session to read without the lock.
+	slot slotKind
+	key  netip.Prefix
+	lent bool
 }
+
+// authenticated tells admission the client has authenticated: it no
+// longer counts as untrusted.
+func (c *countedConn) authenticated() { c.s.adm.release(c) }
 
 // hangUp ends the session after the replies queued: closing the read side
 // lets the engine write them, then its next read fails and it closes the
@@ -460,6 +549,7 @@ func (s *Server) track(c net.Conn) *countedConn {
 func (c *countedConn) Close() error {
 	c.once.Do(func() {
 		c.s.inbound.Add(-1)
+		c.s.adm.release(c)
 		c.s.connMu.Lock()
 		delete(c.s.conns, c)
 		c.s.connMu.Unlock()

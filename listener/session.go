@@ -11,10 +11,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-message/textproto"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"golang.org/x/net/idna"
 
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/queue"
@@ -229,7 +231,13 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	if ss.policy.RequireAuth && ss.user == nil {
 		return ss.refuse(errAuthRequired, "mail", "from", from)
 	}
-	if from != "" && !validAddress(from) {
+	if err := checkEncoding(from, opts != nil && opts.UTF8); err != nil {
+		if err == errBadAddress {
+			err = errBadSender
+		}
+		return ss.refuse(err, "mail", "from", from)
+	}
+	if from != "" && !validAddress(from, true) {
 		return ss.refuse(errBadSender, "mail", "from", from)
 	}
 	if opts != nil && opts.Size > 0 && exceeds(opts.Size, ss.policy.MaxMessageSize) {
@@ -259,7 +267,10 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 			ss.logCommand("RCPT TO:<"+to+">", "250 2.1.5 Recipient OK", err)
 		}
 	}()
-	if !validAddress(to) {
+	if err := checkEncoding(to, ss.mailOpts.UTF8); err != nil {
+		return ss.refuse(err, "rcpt", "to", to)
+	}
+	if !validAddress(to, false) {
 		return ss.refuse(errBadAddress, "rcpt", "to", to)
 	}
 	if !ss.policy.AlwaysAllowRelaying && ss.user == nil {
@@ -277,23 +288,107 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 	return nil
 }
 
-// validAddress accepts local@domain with a plausible domain. go-smtp has
-// already parsed the path syntax; this refuses what cannot be delivered.
-func validAddress(a string) bool {
+// mayRelay reports whether the session's transactions can deliver: its
+// source may relay, or it has authenticated.
+func (ss *session) mayRelay() bool {
+	return ss.policy.AlwaysAllowRelaying || ss.user != nil
+}
+
+// checkEncoding refuses an address with 8-bit bytes unless the
+// transaction asked for SMTPUTF8 (RFC 6531 §3.4), and then unless they
+// are UTF-8: such an address would otherwise be relayed and logged as
+// raw bytes no one downstream can read.
+func checkEncoding(a string, utf8Allowed bool) *smtp.SMTPError {
+	for i := 0; i < len(a); i++ {
+		if a[i] < utf8.RuneSelf {
+			continue
+		}
+		switch {
+		case !utf8Allowed:
+			return errNeedSMTPUTF8
+		case !utf8.ValidString(a[i:]):
+			return errBadAddress
+		}
+		return nil
+	}
+	return nil
+}
+
+// validAddress accepts local@domain whose domain is one Tern can queue:
+// validDomain, or for a sender (literalOK) also an address literal. The
+// engine has already parsed the path and refused control characters.
+//
+// Recipient domains are strict because each becomes a queue, named in
+// the admin API, the accounting file and DNS lookups: "foo/bar" or "*"
+// could never be delivered, and would make queues that cannot be
+// addressed. A recipient address literal is refused too: delivery finds
+// hosts by MX lookup only, so it could never be delivered. A sender's
+// domain only receives bounce reports, which for a literal simply fail.
+func validAddress(a string, literalOK bool) bool {
 	at := strings.LastIndexByte(a, '@')
 	if at <= 0 || at == len(a)-1 || len(a) > 320 {
 		return false
 	}
 	domain := a[at+1:]
-	if strings.HasPrefix(domain, "[") && strings.HasSuffix(domain, "]") {
-		return true // address literal
+	if strings.HasPrefix(domain, "[") {
+		return literalOK && validLiteral(domain)
 	}
-	for _, label := range strings.Split(strings.TrimSuffix(domain, "."), ".") {
-		if label == "" || len(label) > 63 || strings.ContainsAny(label, " \t<>()[]\\,;:\"@") {
-			return false
+	return validDomain(domain)
+}
+
+// validDomain reports whether d is a domain name (RFC 5321 §4.1.2): dot
+// separated labels of ASCII letters, digits and hyphens, neither first
+// nor last a hyphen, of 1 to 63 octets, 255 in all. An underscore is let
+// through as delivery does (names with one resolve and take mail). A
+// domain with non-ASCII labels (SMTPUTF8) must convert to such a name
+// with IDNA's Lookup profile (RFC 5891 §5), as delivery converts it.
+func validDomain(d string) bool {
+	for i := 0; i < len(d); i++ {
+		if d[i] >= utf8.RuneSelf {
+			ascii, err := idna.Lookup.ToASCII(d)
+			if err != nil {
+				return false
+			}
+			d = ascii
+			break
 		}
 	}
+	if d == "" || len(d) > 255 {
+		return false
+	}
+	for len(d) > 0 {
+		label, rest, _ := strings.Cut(d, ".")
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			ch := label[i]
+			lower := ch | 0x20 // only A-Z and a-z become a-z
+			if !('a' <= lower && lower <= 'z' || '0' <= ch && ch <= '9' || ch == '-' || ch == '_') {
+				return false
+			}
+		}
+		if rest == "" && len(d) > len(label) {
+			return false // a trailing dot
+		}
+		d = rest
+	}
 	return true
+}
+
+// validLiteral reports whether d is an address literal (RFC 5321
+// §4.1.3): [IPv4] or [IPv6:address].
+func validLiteral(d string) bool {
+	if len(d) < 3 || d[len(d)-1] != ']' {
+		return false
+	}
+	in := d[1 : len(d)-1]
+	if v6, ok := cutPrefixFold(in, "IPv6:"); ok {
+		ip, err := netip.ParseAddr(v6)
+		return err == nil && ip.Is6() && ip.Zone() == ""
+	}
+	ip, err := netip.ParseAddr(in)
+	return err == nil && ip.Is4()
 }
 
 func notifyFlags(n []smtp.DSNNotify) queue.Notify {
@@ -323,6 +418,9 @@ func (ss *session) Data(raw []byte) (err error) {
 			ss.logCommand("DATA", "", err)
 		}
 	}()
+	if len(raw) == 0 {
+		return ss.refuse(errEmptyMessage, "data")
+	}
 	replaceStrayCR(raw)
 	if ss.hdr == nil {
 		ss.hdr = bufio.NewReader(nil)

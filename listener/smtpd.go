@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"runtime/debug"
 	"strconv"
@@ -47,6 +48,16 @@ const (
 	// may send without getting a message accepted before it is
 	// disconnected, as Postfix's smtpd_hard_error_limit.
 	maxBadCommands = 20
+	// maxIdleCommands is how many commands that move no mail (NOOP, RSET,
+	// VRFY, HELP, EHLO, unknown ones) a client may send without getting a
+	// message accepted: the next is answered 421 and the connection
+	// closed. A client that keeps a connection open between messages
+	// sends a RSET or a NOOP or two for each, which this leaves room for;
+	// one that only keeps the connection busy is let go.
+	maxIdleCommands = 20
+	// copySlack is what session.Data's copy of a message takes beyond the
+	// message itself: the Received header and header rewrites, roughly.
+	copySlack = 1 << 10
 )
 
 var errLineTooLong = errors.New("line too long")
@@ -79,17 +90,37 @@ type inConn struct {
 	// queued so far; quitCmd when the client asked for it (QUIT), so that
 	// it is not hung up on while sending.
 	quit, quitCmd bool
+
+	// mailBy is when the session must have started a transaction it can
+	// complete (Options.MailTimeout after connect); authBy, for a client
+	// lent a reserved slot, when it must have authenticated. Each is zero
+	// once met. phaseEnd is the earlier of those set: no read waits past
+	// it, so trickling bytes does not keep a session alive.
+	mailBy, authBy, phaseEnd time.Time
+	// idle counts commands that moved no mail since the last accepted
+	// message (maxIdleCommands).
+	idle int
+	// mem is what the message being received holds of the server's
+	// memory budget (max-inbound-buffer), charged for cover bytes of
+	// buffer (charge); both zero between messages.
+	mem, cover int64
 }
 
 // deadlineConn sets a fresh deadline before every read and write, so a
-// timeout bounds each wait for the client rather than the whole session.
+// timeout bounds each wait for the client rather than the whole session;
+// a read never waits past *end, the session's phase deadline, when set.
 type deadlineConn struct {
 	net.Conn
 	read, write time.Duration
+	end         *time.Time
 }
 
 func (d *deadlineConn) Read(p []byte) (int, error) {
-	d.Conn.SetReadDeadline(time.Now().Add(d.read))
+	t := time.Now().Add(d.read)
+	if e := *d.end; !e.IsZero() && e.Before(t) {
+		t = e
+	}
+	d.Conn.SetReadDeadline(t)
 	return d.Conn.Read(p)
 }
 
@@ -113,10 +144,19 @@ func (s *Server) serveConn(r *running, cc *countedConn) {
 		c.conn.Close() // under TLS, with its close_notify alert
 		cc.Close()
 		c.releaseIO()
+		// Whatever ended the session (a panic included), the message it
+		// was receiving gives its memory back.
+		c.releaseMem()
 	}()
+	now := time.Now()
+	c.mailBy = now.Add(s.opts.MailTimeout)
+	if cc.lent {
+		c.authBy = now.Add(s.opts.ReservedAuthTimeout)
+	}
+	c.setPhase()
 	if r.cur.Load().TLS {
 		tc := tls.Server(cc, r.tlsCfg)
-		tc.SetDeadline(time.Now().Add(s.opts.CommandTimeout))
+		tc.SetDeadline(c.deadline(s.opts.CommandTimeout))
 		if err := tc.Handshake(); err != nil {
 			s.log.Info("smtp tls handshake failed", "client", remoteIP(cc).String(), "err", err)
 			return
@@ -163,8 +203,44 @@ type rwBufs struct {
 	w *bufio.Writer
 }
 
+// setPhase recomputes phaseEnd after mailBy or authBy changed.
+func (c *inConn) setPhase() {
+	c.phaseEnd = c.mailBy
+	if !c.authBy.IsZero() && (c.phaseEnd.IsZero() || c.authBy.Before(c.phaseEnd)) {
+		c.phaseEnd = c.authBy
+	}
+}
+
+// deadline is the time a wait of d from now must end: d, or sooner when
+// the phase deadline comes first.
+func (c *inConn) deadline(d time.Duration) time.Time {
+	t := time.Now().Add(d)
+	if !c.phaseEnd.IsZero() && c.phaseEnd.Before(t) {
+		t = c.phaseEnd
+	}
+	return t
+}
+
+// phaseOver reports whether the phase deadline has passed.
+func (c *inConn) phaseOver() bool {
+	return !c.phaseEnd.IsZero() && !time.Now().Before(c.phaseEnd)
+}
+
+// endPhase answers a session whose phase deadline has passed and ends
+// it: a client lent a reserved slot that has not authenticated is told
+// the server is busy, any other that it took too long.
+func (c *inConn) endPhase() {
+	host := c.snap.cfg.HostName.Value
+	if !c.authBy.IsZero() && !time.Now().Before(c.authBy) {
+		c.reply(421, "4.7.0", host+" busy: authenticate at once or try again later, closing connection")
+	} else {
+		c.reply(421, "4.4.2", host+" timeout exceeded, closing connection")
+	}
+	c.quit = true
+}
+
 func (c *inConn) setIO() {
-	dc := &deadlineConn{Conn: c.conn, read: c.s.opts.CommandTimeout, write: c.s.opts.WriteTimeout}
+	dc := &deadlineConn{Conn: c.conn, read: c.s.opts.CommandTimeout, write: c.s.opts.WriteTimeout, end: &c.phaseEnd}
 	if c.br == nil {
 		if b, ok := c.s.rw.Get().(*rwBufs); ok {
 			c.br, c.bw = b.r, b.w
@@ -205,6 +281,12 @@ func (c *inConn) loop() {
 			c.readFailed(err)
 			return
 		}
+		// Commands already buffered need no read: the deadline is
+		// checked here too.
+		if c.phaseOver() {
+			c.endPhase()
+			break
+		}
 		c.command(line)
 	}
 	c.bw.Flush()
@@ -218,6 +300,8 @@ func (c *inConn) readFailed(err error) {
 	case errors.Is(err, errLineTooLong):
 		c.reply(500, "5.5.2", "Line too long, closing connection")
 		c.quit = true // the rest of the line is unread: linger
+	case errors.As(err, &ne) && ne.Timeout() && c.phaseOver():
+		c.endPhase()
 	case errors.As(err, &ne) && ne.Timeout():
 		c.reply(421, "4.4.2", c.snap.cfg.HostName.Value+" timeout exceeded, closing connection")
 	}
@@ -318,6 +402,24 @@ func (c *inConn) command(line string) {
 	verb = strings.ToUpper(verb)
 	arg = strings.TrimSpace(arg)
 	switch verb {
+	case "MAIL", "RCPT", "DATA", "BDAT", "QUIT", "AUTH", "STARTTLS":
+	case "EHLO", "HELO":
+		// The first of a session (before and after STARTTLS) is free.
+		if c.ss == nil {
+			break
+		}
+		fallthrough
+	default:
+		// A command that moves no mail: counted, and past the budget
+		// answered with 421 instead.
+		if c.idle >= maxIdleCommands {
+			c.reply(421, "4.7.0", "Too many commands without mail, closing connection")
+			c.quit = true
+			return
+		}
+		c.idle++
+	}
+	switch verb {
 	case "EHLO", "HELO":
 		c.hello(verb == "EHLO", arg)
 	case "MAIL":
@@ -356,16 +458,91 @@ func (c *inConn) command(line string) {
 	}
 }
 
-// reset ends the transaction in progress, if any.
+// reset ends the transaction in progress, if any, and gives back the
+// memory its message held.
 func (c *inConn) reset() {
 	c.rcptTried = false
 	if c.bdat != nil {
 		c.s.putBuf(c.bdat)
 		c.bdat = nil
 	}
+	c.releaseMem()
 	if c.ss != nil {
 		c.ss.Reset()
 	}
+}
+
+// initialMem is the part of a buffer a message is charged for as it
+// starts: a first buffer's worth, enough for most messages.
+const initialMem = readBufSize
+
+// charge is what a message covering n bytes of buffer holds of the
+// memory budget: the buffer, and the copy session.Data makes of the
+// message to rewrite its header. The copy is charged from the start,
+// so that a message once read never waits for room to be spooled.
+func charge(n int64) int64 { return 2*n + copySlack }
+
+// chargeFor raises the message's charge to cover n bytes of buffer;
+// false, with nothing changed, when the budget has no room.
+func (c *inConn) chargeFor(n int64) bool {
+	if n > math.MaxInt64/4 {
+		// A BDAT size no buffer could hold (with max-message-size
+		// unlimited): its charge would overflow.
+		return false
+	}
+	more := charge(n) - c.mem
+	if !c.s.mem.take(more, c.mem, c.snap.limits.Buffer) {
+		return false
+	}
+	c.mem += more
+	c.cover = n
+	return true
+}
+
+// releaseMem gives back what the message being received held.
+func (c *inConn) releaseMem() {
+	if c.mem != 0 {
+		c.s.mem.give(c.mem)
+		c.mem, c.cover = 0, 0
+	}
+}
+
+// room makes buf, the message being received, able to take n more bytes
+// within what the message is charged for; false, with nothing changed,
+// when the budget has no room for its growth.
+//
+// A buffer reused from the pool may be larger than the message has
+// needed so far: the message is charged for its spare capacity as it
+// grows into it, doubling, so a small message in a big buffer is not
+// charged the big buffer's worth.
+func (c *inConn) room(buf *bytes.Buffer, n int) bool {
+	need := int64(buf.Len()) + int64(n)
+	if need <= c.cover && n <= buf.Available() {
+		return true // the common case: nothing to charge, no growth
+	}
+	if n <= buf.Available() {
+		return c.chargeFor(min(max(need, 2*c.cover), int64(buf.Cap())))
+	}
+	// The buffer must grow: bytes.Buffer allocates at least twice its
+	// capacity, or what is needed when more.
+	if !c.chargeFor(max(2*int64(buf.Cap()), need)) {
+		return false
+	}
+	buf.Grow(n)
+	// The allocator rounds up to its size classes: charge what it gave.
+	if got := int64(buf.Cap()); got > c.cover {
+		c.s.mem.force(charge(got) - c.mem)
+		c.mem, c.cover = charge(got), got
+	}
+	return true
+}
+
+// dropBody lets go of a message that is refused while it is still being
+// read (too big, no room): its memory is given back at once rather than
+// held until the client ends the message.
+func (c *inConn) dropBody(buf *bytes.Buffer) {
+	*buf = bytes.Buffer{}
+	c.releaseMem()
 }
 
 func (c *inConn) hello(ehlo bool, arg string) {
@@ -483,6 +660,12 @@ func (c *inConn) mail(arg string) {
 		return
 	}
 	c.rcptTried = false
+	// A transaction that can deliver ends the wait for one; a session
+	// that may not relay is no nearer to delivering with a sender.
+	if !c.mailBy.IsZero() && c.ss.mayRelay() {
+		c.mailBy = time.Time{}
+		c.setPhase()
+	}
 	c.reply(250, "2.1.0", "Sender OK")
 }
 
@@ -533,7 +716,9 @@ func (c *inConn) rcpt(arg string) {
 			default:
 				err = errors.New("unknown address type")
 			}
-			if err != nil || addr == "" {
+			// It goes into bounce reports: 8-bit only as UTF-8, and only
+			// in a transaction that asked for SMTPUTF8, as addresses.
+			if err != nil || addr == "" || checkEncoding(addr, c.ss.mailOpts.UTF8) != nil {
 				c.protocolError(501, "5.5.4", "Bad ORCPT parameter")
 				return
 			}
@@ -577,6 +762,12 @@ func (c *inConn) data(arg string) {
 	if !c.readyForData() {
 		return
 	}
+	if !c.chargeFor(initialMem) {
+		// Refused before 354, so the client sends nothing it would have
+		// to send again.
+		c.replyErr(c.ss.refuse(errNoMemory, "data", "buffered", c.s.mem.used.Load()))
+		return
+	}
 	c.reply(354, "", "End data with <CR><LF>.<CR><LF>")
 	if err := c.bw.Flush(); err != nil {
 		c.quit = true
@@ -584,7 +775,7 @@ func (c *inConn) data(arg string) {
 	}
 	buf := c.s.getBuf()
 	defer c.s.putBuf(buf)
-	tooBig, err := c.readData(buf, c.ss.policy.MaxMessageSize)
+	res, err := c.readData(buf, c.ss.policy.MaxMessageSize)
 	if err != nil {
 		// The connection broke or timed out mid-message: nothing was
 		// acknowledged, and the session ends.
@@ -594,21 +785,33 @@ func (c *inConn) data(arg string) {
 		c.quit = true
 		return
 	}
-	c.finish(buf, tooBig)
+	c.finish(buf, res)
 }
+
+// readResult is how reading a message ended.
+type readResult uint8
+
+const (
+	readOK     readResult = iota
+	readTooBig            // past the source's max-message-size
+	readNoRoom            // the memory budget had no room for it
+)
 
 // finish hands a complete message to the session, replies with its
 // outcome and ends the transaction.
-func (c *inConn) finish(buf *bytes.Buffer, tooBig bool) {
+func (c *inConn) finish(buf *bytes.Buffer, res readResult) {
 	var err error
-	if tooBig {
+	switch {
+	case res == readTooBig:
 		err = c.ss.refuse(errTooBig, "data", "limit", int64(c.ss.policy.MaxMessageSize))
-	} else {
+	case res == readNoRoom:
+		err = c.ss.refuse(errNoMemory, "data", "buffered", c.s.mem.used.Load())
+	default:
 		err = c.ss.Data(buf.Bytes())
 	}
 	// Data's reply is an SMTPError even for the 250.
 	if se, ok := err.(*smtp.SMTPError); ok && se.Code == 250 {
-		c.bad = 0
+		c.bad, c.idle = 0, 0
 	}
 	if err != nil {
 		c.replyErr(err)
@@ -619,8 +822,9 @@ func (c *inConn) finish(buf *bytes.Buffer, tooBig bool) {
 // readData reads a message in the DATA format into buf, undoing dot
 // stuffing, up to the terminating line. Only CRLF.CRLF ends it: a dot
 // after a bare LF is content (SMTP smuggling relies on servers that
-// disagree on this). Past limit bytes the rest is read and dropped.
-func (c *inConn) readData(buf *bytes.Buffer, limit config.Size) (tooBig bool, err error) {
+// disagree on this). Past limit bytes, or when the memory budget has no
+// room for more, the message is dropped and the rest read and discarded.
+func (c *inConn) readData(buf *bytes.Buffer, limit config.Size) (res readResult, err error) {
 	afterCRLF := true
 	// pieceCR: the previous piece of an overlong line ended in CR, so a
 	// piece that is only LF completes a CRLF.
@@ -628,25 +832,30 @@ func (c *inConn) readData(buf *bytes.Buffer, limit config.Size) (tooBig bool, er
 	for {
 		line, err := c.br.ReadSlice('\n')
 		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return false, err
+			return res, err
 		}
 		whole := err == nil
 		if afterCRLF && len(line) > 0 && line[0] == '.' {
 			if whole && len(line) == 3 && line[1] == '\r' {
-				return tooBig, nil
+				return res, nil
 			}
 			line = line[1:]
 		}
 		afterCRLF = whole && (len(line) >= 2 && line[len(line)-2] == '\r' || len(line) == 1 && pieceCR)
 		pieceCR = !whole && len(line) > 0 && line[len(line)-1] == '\r'
-		if tooBig {
+		if res != readOK {
 			continue
 		}
-		if limit != config.Unlimited && int64(buf.Len()+len(line)) > int64(limit) {
-			tooBig = true
+		switch {
+		case limit != config.Unlimited && int64(buf.Len()+len(line)) > int64(limit):
+			res = readTooBig
+		case !c.room(buf, len(line)):
+			res = readNoRoom
+		default:
+			buf.Write(line)
 			continue
 		}
-		buf.Write(line)
+		c.dropBody(buf)
 	}
 }
 
@@ -672,6 +881,12 @@ func (c *inConn) chunk(arg string) {
 	}
 	if c.bdat == nil {
 		c.bdat = c.s.getBuf()
+		if !c.chargeFor(initialMem) {
+			c.skip(int64(size))
+			c.replyErr(c.ss.refuse(errNoMemory, "bdat", "buffered", c.s.mem.used.Load()))
+			c.reset()
+			return
+		}
 	}
 	limit := c.ss.policy.MaxMessageSize
 	// Compared this way round: the total of a huge size and what came
@@ -682,13 +897,25 @@ func (c *inConn) chunk(arg string) {
 		c.reset()
 		return
 	}
-	if _, err := io.CopyN(c.bdat, c.br, int64(size)); err != nil {
+	// The chunk's size is known: its room is taken before it is read,
+	// and a chunk that would exceed the budget is refused whole.
+	if !c.room(c.bdat, int(size)) {
+		c.skip(int64(size))
+		c.replyErr(c.ss.refuse(errNoMemory, "bdat", "buffered", c.s.mem.used.Load(), "chunk", size))
+		c.reset()
+		return
+	}
+	// Read straight into the room made for it; Write then finds the
+	// bytes in place.
+	p := c.bdat.AvailableBuffer()[:size]
+	if _, err := io.ReadFull(c.br, p); err != nil {
 		c.ss.log.Info("smtp bdat aborted", "err", err, "from", c.ss.from)
 		c.reset()
 		c.readFailed(err) // a timeout gets its 421, as in DATA
 		c.quit = true
 		return
 	}
+	c.bdat.Write(p)
 	if !last {
 		c.reply(250, "2.0.0", strconv.FormatUint(size, 10)+" octets received")
 		return
@@ -696,7 +923,7 @@ func (c *inConn) chunk(arg string) {
 	buf := c.bdat
 	c.bdat = nil
 	defer c.s.putBuf(buf)
-	c.finish(buf, false)
+	c.finish(buf, readOK)
 }
 
 // skip drops n bytes of input: a refused chunk.
@@ -768,6 +995,12 @@ func (c *inConn) auth(arg string) {
 		}
 	}
 	c.reply(235, "2.7.0", "Authentication succeeded")
+	// A known user now: it no longer counts as an untrusted client.
+	c.cc.authenticated()
+	if !c.authBy.IsZero() {
+		c.authBy = time.Time{}
+		c.setPhase()
+	}
 }
 
 func decodeSASL(s string) ([]byte, error) {
@@ -801,7 +1034,7 @@ func (c *inConn) startTLS(arg string) {
 		return
 	}
 	tc := tls.Server(c.conn, c.r.tlsCfg)
-	tc.SetDeadline(time.Now().Add(c.s.opts.CommandTimeout))
+	tc.SetDeadline(c.deadline(c.s.opts.CommandTimeout))
 	if err := tc.Handshake(); err != nil {
 		c.s.log.Info("smtp tls handshake failed", "client", remoteIP(c.cc).String(), "err", err)
 		c.quit = true

@@ -76,11 +76,12 @@ func inlineHashes(page, tag string) string {
 }
 
 // guardByAddress admits a request whose client address http-access gives
-// at least level. Unlike guard it does not ask for http-api-key: a browser
-// opening a page sends no Authorization header, so with a key set guard
-// would keep out the very page that asks for the key. What it guards must
-// therefore hold no data; the status page does not (its calls to the API
-// send the key and go through guard).
+// at least level, and runs h through admit. Unlike guard it does not ask
+// for http-api-key: a browser opening a page sends no Authorization
+// header, so with a key set guard would keep out the very page that asks
+// for the key. What it guards must therefore hold no data; the status page
+// does not (its calls to the API send the key and go through guard), nor
+// do the 404 and 405 answers.
 func (a *Admin) guardByAddress(level config.AccessLevel, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		ip, granted := clientAccess(a.cfg.Load(), r)
@@ -89,7 +90,7 @@ func (a *Admin) guardByAddress(level config.AccessLevel, h http.HandlerFunc) htt
 			writeError(w, http.StatusForbidden, "access denied")
 			return
 		}
-		h(w, r)
+		a.admit(w, r, h)
 	}
 }
 
@@ -100,10 +101,16 @@ func clientAccess(cfg *config.Config, r *http.Request) (netip.Addr, config.Acces
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		ip = ap.Addr().Unmap()
 	}
+	return ip, addrAccess(cfg, ip)
+}
+
+// addrAccess is the level that the first http-access rule of cfg matching
+// ip gives (AccessNone without one).
+func addrAccess(cfg *config.Config, ip netip.Addr) config.AccessLevel {
 	for _, rule := range cfg.HTTPAccess {
 		if rule.Prefix.Contains(ip) {
-			return ip, rule.Level
+			return rule.Level
 		}
 	}
-	return ip, config.AccessNone
+	return config.AccessNone
 }

@@ -157,10 +157,12 @@ func Open(opts Options) (*Queue, error) {
 		opts.MemTableSize = 16 << 20
 	}
 	const memTables = 4
+	bg := newBackgroundErrors(opts.Logger)
 	po := &pebble.Options{
-		FS:     opts.FS,
-		Logger: pebbleLogger{opts.Logger},
-		Merger: hwMerger,
+		FS:            opts.FS,
+		Logger:        pebbleLogger{opts.Logger},
+		EventListener: bg.listener(),
+		Merger:        hwMerger,
 		// Without the memtable share, a full memtable reserves the whole
 		// cache and no block is ever cached: every lease then reads its
 		// records from disk.
@@ -190,7 +192,7 @@ func Open(opts Options) (*Queue, error) {
 		opts.Pebble(po)
 	}
 	start := time.Now()
-	db, err := pebble.Open(opts.Dir, po)
+	db, err := openWatched(opts.Dir, po, bg)
 	if err != nil {
 		return nil, fmt.Errorf("queue: open spool %s: %w", opts.Dir, err)
 	}

@@ -213,7 +213,7 @@ func adminFromConfig(path string, explicit bool, stderr io.Writer) (addr, key st
 	if loadErr == nil {
 		mgmt, key = cfg.HTTPMgmtAddr.Value, cfg.HTTPAPIKey.Value
 	} else {
-		src, readErr := os.ReadFile(path)
+		src, readErr := config.ReadFile(path)
 		if readErr != nil {
 			if explicit {
 				return "", "", fmt.Errorf("-c %s: %v", path, readErr)

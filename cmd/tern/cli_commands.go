@@ -61,6 +61,15 @@ type statusAnswer struct {
 		LastMinute trafficCounts `json:"last_minute"`
 		LastHour   trafficCounts `json:"last_hour"`
 	} `json:"traffic"`
+	FileDescriptors *struct {
+		Limit    int  `json:"limit"`
+		Open     int  `json:"open"`
+		Spool    int  `json:"spool"`
+		Admin    int  `json:"admin"`
+		Inbound  int  `json:"inbound"`
+		Outbound int  `json:"outbound"`
+		Lowered  bool `json:"lowered"`
+	} `json:"file_descriptors"`
 }
 
 // runStatus prints the server's summary: uptime, spool, queue totals,
@@ -108,6 +117,18 @@ func printStatus(w io.Writer, st *statusAnswer) {
 	t.row("", fmt.Sprintf("ready %d, deferred %d, leased %d", tot.Ready, tot.Deferred, tot.Leased))
 	if st.Connections != nil {
 		t.row("connections", fmt.Sprintf("inbound %d, outbound %d", st.Connections.Inbound, st.Connections.Outbound))
+	}
+	if fd := st.FileDescriptors; fd != nil {
+		open := "?"
+		if fd.Open >= 0 {
+			open = strconv.Itoa(fd.Open)
+		}
+		line := fmt.Sprintf("%s open of %d; for spool %d, inbound %d, outbound %d (2 each), admin %d",
+			open, fd.Limit, fd.Spool, fd.Inbound, fd.Outbound, fd.Admin)
+		if fd.Lowered {
+			line += " (lowered to fit the limit)"
+		}
+		t.row("file descriptors", line)
 	}
 	t.flush()
 	if st.Traffic != nil {

@@ -178,11 +178,14 @@ func TestCLIViewsAndOperations(t *testing.T) {
 
 	t.Run("status", func(t *testing.T) {
 		s.run(t, "status").want(t, "status", 0, "tern dev, up ", "queued", "2 recipients in 2 messages", "deferred 2",
-			"spool", "connections", "TRAFFIC", "last hour")
+			"spool", "connections", "file descriptors", "TRAFFIC", "last hour")
 		var st statusAnswer
 		s.run(t, "status", "--json").decode(t, "status --json", &st)
 		if st.Totals.Recipients != 2 || st.Totals.Queues != 2 || st.Spool == "" {
 			t.Errorf("status --json: %+v, want 2 recipients in 2 queues and a spool", st)
+		}
+		if fd := st.FileDescriptors; fd == nil || fd.Limit <= 0 || fd.Open <= 0 || fd.Open > fd.Limit || fd.Inbound <= 0 || fd.Outbound <= 0 {
+			t.Errorf("status --json: file descriptors %+v, want the budget and the descriptors open", fd)
 		}
 	})
 

@@ -121,7 +121,7 @@ func (o *logOutput) Close() error {
 }
 
 // newLogger is the daemon's logger over out, at the level the variable
-// holds (a reload changes it).
+// holds (a reload changes it), with repeated warnings and errors limited.
 func newLogger(out io.Writer, level slog.Leveler) *slog.Logger {
-	return slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}))
+	return slog.New(newRepeatLimiter(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}), time.Now))
 }

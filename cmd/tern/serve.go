@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+
 	"github.com/ternmta/tern/config"
 	"github.com/ternmta/tern/delivery"
 	"github.com/ternmta/tern/delivery/acct"
@@ -71,6 +73,15 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		log.Warn("config", "at", w.Pos.String(), "warning", w.Message)
 	}
+	fds := planFDs(raiseNoFile(), adminConnCap, cfg)
+	if fds.Lowered {
+		log.Warn("file descriptor limit too low for total-max-smtp-in and total-max-smtp-out; using less",
+			"limit", fds.Limit, "inbound", fds.Inbound, "outbound", fds.Outbound,
+			"configured_in", cfg.TotalMaxSMTPIn.Value, "configured_out", cfg.TotalMaxSMTPOut.Value)
+	} else {
+		log.Info("file descriptors", "limit", fds.Limit, "spool", fds.Spool, "admin", fds.Admin,
+			"inbound", fds.Inbound, "outbound", fds.Outbound)
+	}
 
 	// The queue tells the scheduler when a queue key becomes ready; the
 	// scheduler needs the queue, so it is plugged in once both exist.
@@ -78,9 +89,11 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	// The accounting journal, for the b records of removals, committed with
 	// them; it is set before the admin API can remove anything.
 	var journal atomic.Pointer[acct.Journal]
-	q, err := queue.Open(queue.Options{
+	q, err := openSpool(queue.Options{
 		Dir:    cfg.Spool.Dir.Value,
 		Logger: log.With("component", "queue"),
+		// The spool's share of the file descriptor budget.
+		Pebble: func(o *pebble.Options) { o.MaxOpenFiles = fdSpool - 16 },
 		OnReady: func(k queue.Key) {
 			if s := sched.Load(); s != nil {
 				s.Notify(k)
@@ -89,7 +102,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		RemovalJournal: func(r queue.Removal) []byte {
 			return journal.Load().Entry(delivery.RemovalRecord(r, time.Now()))
 		},
-	})
+	}, sigs, log)
 	if err != nil {
 		log.Error("cannot open the spool", "dir", cfg.Spool.Dir.Value, "err", err)
 		fmt.Fprintf(stderr, "tern serve: cannot open the spool %s: %v\n", cfg.Spool.Dir.Value, err)
@@ -124,10 +137,11 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	var current atomic.Pointer[vmta.Registry]
 	current.Store(reg)
 	sch := delivery.New(delivery.Options{
-		Queue:    q,
-		Registry: current.Load,
-		Resolver: resolver,
-		Logger:   log.With("component", "delivery"),
+		Queue:          q,
+		Registry:       current.Load,
+		Resolver:       resolver,
+		MaxConnections: fds.Outbound,
+		Logger:         log.With("component", "delivery"),
 		Journal: func(ev delivery.Event) []byte {
 			rec := ev.AcctRecord() // classifies the reply once, for the metrics too
 			mets.outcome(ev, rec.BounceCat)
@@ -146,9 +160,10 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	spoolDir := cfg.Spool.Dir.Value
 	free := &freeSpaceCache{dir: spoolDir}
 	srv := listener.New(listener.Options{
-		Spool:     journaledSpool{q, jr}, // with the r records
-		Logger:    log.With("component", "smtp"),
-		FreeSpace: free.get,
+		Spool:          journaledSpool{q, jr}, // with the r records
+		MaxConnections: fds.Inbound,
+		Logger:         log.With("component", "smtp"),
+		FreeSpace:      free.get,
 		OnAccepted: func(_ queue.ID, m *queue.Message) {
 			mets.accepted(m) // the r records went with the message
 		},
@@ -173,6 +188,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Providers:           func() []listener.ProviderInfo { return providersView(sch.Providers()) },
 		Shaping:             func() []listener.ShapingState { return shapingView(sch.ShapingStates()) },
 		HostsDown:           func() []listener.HostInfo { return hostsView(sch.HostsDown()) },
+		FileDescriptors:     fds.view,
 		Reload:              func() (*config.Config, []config.Diagnostic, error) { return rl.reload("admin API") },
 		InboundConnections:  srv.Connections,
 		OutboundConnections: sch.Connections,
@@ -199,7 +215,9 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			rl.reload("SIGHUP")
+			// A reload runs beside this loop, so that SIGTERM is always
+			// heard, even while a reload is stuck.
+			rl.reloadInBackground("SIGHUP")
 			continue
 		}
 		log.Info("shutting down", "signal", sig.String(), "drain_timeout", drainTimeout.String())
@@ -256,7 +274,9 @@ func loadConfig(path string, stderr io.Writer) (*config.Config, *vmta.Registry, 
 // reloader applies the configuration file again, for SIGHUP and for
 // POST /api/reload alike; one reload runs at a time.
 type reloader struct {
-	mu      sync.Mutex
+	mu sync.Mutex
+	// busy is set while a reload started by a signal runs.
+	busy    atomic.Bool
 	path    string
 	srv     *listener.Server
 	sch     *delivery.Scheduler
@@ -271,6 +291,21 @@ type reloader struct {
 	// started is the configuration tern started with, for the settings
 	// only a restart applies.
 	started *config.Config
+}
+
+// reloadInBackground runs a reload on its own goroutine, unless one
+// started this way is still running: then the request is logged and
+// dropped (the file is read again by the running one anyway, or by the
+// next request).
+func (rl *reloader) reloadInBackground(trigger string) {
+	if !rl.busy.CompareAndSwap(false, true) {
+		rl.log.Warn("a reload is still running; this one is skipped", "trigger", trigger)
+		return
+	}
+	go func() {
+		defer rl.busy.Store(false)
+		rl.reload(trigger)
+	}()
 }
 
 // setAdmin tells the reloader about the admin API, whose access rules a
@@ -534,6 +569,75 @@ func (c *freeSpaceCache) get() (uint64, error) {
 		c.at = now
 	}
 	return c.free, c.err
+}
+
+// minSpoolOpenFree is the least free space tern serve starts with: opening
+// the spool writes (the write-ahead log replayed since the last flush
+// becomes a table), and on a full disk pebble would retry that for ever.
+const minSpoolOpenFree = 16 << 20
+
+// openSpoolProgress is how often a slow spool open is logged.
+const openSpoolProgress = 10 * time.Second
+
+// openSpool opens the spool while still heeding signals: SIGTERM or SIGINT
+// during a slow or stuck open ends tern serve at once (nothing is served
+// yet, so nothing is cut), a slow open is logged every openSpoolProgress,
+// and a disk with less than minSpoolOpenFree free is refused before
+// anything is written.
+func openSpool(opts queue.Options, sigs <-chan os.Signal, log *slog.Logger) (*queue.Queue, error) {
+	if free, err := freeSpace(existingParent(opts.Dir)); err == nil && free < minSpoolOpenFree {
+		return nil, fmt.Errorf("its disk has %s free, and opening it needs at least %s: make room and start again",
+			humanBytes(free), humanBytes(minSpoolOpenFree))
+	}
+	type opened struct {
+		q   *queue.Queue
+		err error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		q, err := queue.Open(opts)
+		done <- opened{q, err}
+	}()
+	start := time.Now()
+	tick := time.NewTicker(openSpoolProgress)
+	defer tick.Stop()
+	for {
+		select {
+		case o := <-done:
+			return o.q, o.err
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				log.Warn("reload ignored: the spool is still opening")
+				continue
+			}
+			return nil, fmt.Errorf("%s while the spool was opening; stopped", sig)
+		case <-tick.C:
+			log.Warn("still opening the spool", "dir", opts.Dir, "elapsed", time.Since(start).Round(time.Second).String())
+		}
+	}
+}
+
+// existingParent is dir, or its nearest ancestor that exists (a new
+// spool's directory is made by the open).
+func existingParent(dir string) string {
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil || d == filepath.Dir(d) {
+			return d
+		}
+	}
+}
+
+// humanBytes writes n in binary units, "16 MiB".
+func humanBytes(n uint64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // freeSpace is the space left to unprivileged writers where dir lives.
