@@ -300,7 +300,8 @@ func TestJournalCrashKeepsEntriesWithTheirChanges(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			var mu sync.Mutex
-			var returned []string // recipients of Puts that returned
+			var returned []string         // recipients of Puts that returned
+			enough := make(chan struct{}) // closed once 400 have
 			var wg sync.WaitGroup
 			for g := range 6 {
 				wg.Add(1)
@@ -313,7 +314,9 @@ func TestJournalCrashKeepsEntriesWithTheirChanges(t *testing.T) {
 							return
 						}
 						mu.Lock()
-						returned = append(returned, rcpts...)
+						if returned = append(returned, rcpts...); len(returned) == 400 {
+							close(enough)
+						}
 						mu.Unlock()
 					}
 				}()
@@ -340,7 +343,13 @@ func TestJournalCrashKeepsEntriesWithTheirChanges(t *testing.T) {
 					}
 				}
 			}()
-			waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(returned) >= 400 })
+			select {
+			case <-enough:
+			case <-time.After(30 * time.Second):
+				cancel()
+				wg.Wait()
+				t.Fatal("Puts too slow")
+			}
 			mu.Lock()
 			before := slices.Clone(returned)
 			mu.Unlock()
@@ -388,17 +397,5 @@ func TestJournalCrashKeepsEntriesWithTheirChanges(t *testing.T) {
 			}
 			t.Logf("%d recipients stored before the crash; after it %d r and %d d entries, %d queued", len(before), len(rs), len(ds), len(queued))
 		})
-	}
-}
-
-// waitFor polls cond for up to 30 seconds.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 30s")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
