@@ -109,7 +109,7 @@ const (
 )
 
 // InboundLimits are the limits on inbound SMTP clients in force, defaults
-// applied; docs/limits-inbound.md describes them.
+// applied; docs/operations.md, Limits and abuse describes them.
 type InboundLimits struct {
 	// Total is total-max-smtp-in: connections over all listeners.
 	Total int

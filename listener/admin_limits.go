@@ -17,7 +17,7 @@ import (
 
 // AdminLimits bound what clients can take from the admin port: file
 // descriptors, goroutines and time. A zero field means its default, so the
-// zero value is the safe configuration; docs/limits-admin.md says what a
+// zero value is the safe configuration; docs/operations.md (Limits and abuse) says what a
 // client sees when it reaches each limit.
 type AdminLimits struct {
 	// MaxConns bounds the admin connections open at once (default 64).

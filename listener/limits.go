@@ -9,7 +9,7 @@ import (
 )
 
 // This file holds the limits that keep one client, or many, from taking
-// the inbound side for themselves (docs/limits-inbound.md): who gets a
+// the inbound side for themselves (docs/operations.md, Limits and abuse): who gets a
 // connection slot (admission), and how much memory messages being
 // received may hold (memBudget). The per-session limits (the deadline
 // before MAIL, the budget of commands without mail) are in smtpd.go.

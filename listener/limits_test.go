@@ -1,7 +1,7 @@
 package listener_test
 
 // The hostile-client kit: tests of the limits that keep clients from
-// taking the inbound side for themselves (docs/limits-inbound.md).
+// taking the inbound side for themselves (docs/operations.md, Limits and abuse).
 // Each attack runs against a real server over loopback, and each test
 // checks both that the limit holds and that a trusted client (127.0.0.1,
 // which may relay) and an authenticated one still get their 220 and

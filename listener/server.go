@@ -50,7 +50,7 @@ type Options struct {
 	// however busy it keeps the connection. Zero means 30 seconds.
 	MailTimeout time.Duration
 	// ReservedAuthTimeout bounds the time from connect until AUTH for an
-	// untrusted client admitted on a reserved slot (docs/limits-inbound.md);
+	// untrusted client admitted on a reserved slot (docs/operations.md, Limits and abuse);
 	// zero means 10 seconds.
 	ReservedAuthTimeout time.Duration
 	// OnAccepted, if set, is called for every message answered 250, after
