@@ -99,3 +99,34 @@ func rssKB(t *testing.T, pid int) int64 {
 	t.Fatal("no VmHWM in /proc status")
 	return 0
 }
+
+// TestAcceptAndCloseHost: a host that accepts TCP and closes at once is a
+// failure to connect, not a reason to dial again for every message: after
+// host-down-after such connections it is down, and the rest of the mail
+// for it waits for the probe.
+func TestAcceptAndCloseHost(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	hostile := smtptest.StartHostile(t, "127.0.0.35:0", smtptest.AcceptAndClose)
+	dns := dnstest.Start(t, dnstest.Zones{
+		"mx.closing.test": {A: []string{"127.0.0.35"}},
+		"closing.test":    {MX: []dnstest.MX{{Pref: 10, Host: "mx.closing.test"}}},
+	})
+	smtpPort := freePort(t)
+	p := startTern(t, writeConf(t, dir, baseConf(dir, smtpPort, dns.Addr(), hostile.Port(), "")))
+	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
+	const n = 30
+	for i := range n {
+		mustInject(t, addr, fmt.Sprintf("r%d@closing.test", i), fmt.Sprintf("c%d", i), "X-Virtual-MTA: mta1")
+	}
+	deferred := map[string]bool{}
+	p.waitLog(t, 0, deliverTimeout, "every recipient deferred", func(l string) bool {
+		if strings.Contains(l, `msg="delivery attempt"`) && logField(l, "outcome") == "deferred" {
+			deferred[logField(l, "rcpt")] = true
+		}
+		return len(deferred) == n
+	})
+	if c := hostile.Conns(); c > 3 {
+		t.Errorf("%d connections to a host that accepts and closes, for %d messages; want host-down-after (2), or one more", c, n)
+	}
+}
