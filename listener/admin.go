@@ -165,7 +165,7 @@ func (a *Admin) guard(level config.AccessLevel, h http.HandlerFunc) http.Handler
 		key := cfg.HTTPAPIKey.Value
 		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if granted < level || (key != "" && subtle.ConstantTimeCompare([]byte(token), []byte(key)) != 1) {
-			a.opts.Logger.Info("admin API refused", "client", ip.String(), "path", r.URL.Path, "level", granted.String())
+			a.opts.Logger.Warn("admin API refused", "client", ip.String(), "path", r.URL.Path, "level", granted.String())
 			writeError(w, http.StatusForbidden, "access denied")
 			return
 		}

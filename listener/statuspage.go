@@ -86,7 +86,7 @@ func (a *Admin) guardByAddress(level config.AccessLevel, h http.HandlerFunc) htt
 	return func(w http.ResponseWriter, r *http.Request) {
 		ip, granted := clientAccess(a.cfg.Load(), r)
 		if granted < level {
-			a.opts.Logger.Info("admin API refused", "client", ip.String(), "path", r.URL.Path, "level", granted.String())
+			a.opts.Logger.Warn("admin API refused", "client", ip.String(), "path", r.URL.Path, "level", granted.String())
 			writeError(w, http.StatusForbidden, "access denied")
 			return
 		}
