@@ -41,6 +41,11 @@ type outConn struct {
 	txns     int    // transactions sent on this connection
 	errs     int    // recipient errors on this connection
 	lastUsed time.Time
+	// idleBefore is how long the session sat idle before the current
+	// transaction: a reused session found closed after a moment's idling
+	// was closed by a server that takes so many transactions, not by its
+	// idle timeout.
+	idleBefore time.Duration
 	txnStart time.Time     // when the current transaction began
 	txnDur   time.Duration // how long the last transaction took, for Event.Duration
 	broken   bool
@@ -504,6 +509,7 @@ func (oc *outConn) sendTxn(t *txn, next func() *txn) []result {
 		return res
 	}
 	oc.txns++
+	oc.idleBefore = oc.txnStart.Sub(oc.lastUsed)
 	oc.lastUsed = oc.txnStart
 	setAll := func(err error) []result {
 		for i := range res {

@@ -140,8 +140,13 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 			// restart, its idle timeout), or refused the transaction with
 			// 421 at MAIL: nothing of it reached the server, so it goes
 			// out on a new connection instead of being deferred.
-			if len(results) > 0 && results[0].atMail && results[0].code == 421 {
+			switch {
+			case len(results) > 0 && results[0].atMail && results[0].code == 421:
 				s.learnMsgsPerConn(r, st.txns-1, results[0].text)
+			case st.idleBefore < closedAfterIdle:
+				// Closed right after the previous transaction, not by an
+				// idle timeout: the server takes that many per connection.
+				s.learnMsgsPerConn(r, st.txns-1, "the server closed the connection after the previous transaction")
 			}
 			s.log.Info("reused connection was closed by the server; reconnecting", "queue", lease.Key.String(), "host", st.target.host)
 			s.endSession(w)
@@ -251,6 +256,11 @@ func (s *Scheduler) reusable(w *worker, pol, cpol *config.DomainSettings) bool {
 	}
 	return classOf(pol) == w.class
 }
+
+// closedAfterIdle: a reused session found closed after idling less than
+// this was closed by the server after its previous transaction (a limit of
+// transactions per connection), not by an idle timeout.
+const closedAfterIdle = time.Second
 
 // learnMsgsPerConn records that the provider refused a transaction with
 // 421 after n on one connection: from now on a connection carries at most

@@ -43,27 +43,31 @@ type fakeHost struct {
 	perConn int
 	// delay is how long a transaction takes, on the world's clock.
 	delay time.Duration
+	// closeAfter: after this many transactions the server closes the
+	// connection, which the next transaction finds at MAIL; 0 never.
+	closeAfter int
 }
 
 // fakeNet is the simulated network: what every host does, and what the
 // scheduler did to them.
 type fakeNet struct {
-	clock *queuetest.Clock
-	mu    sync.Mutex
-	hosts map[netip.Addr]*fakeHost
-	dials map[netip.Addr]int      // dials per host address
-	live  map[string]int          // sessions open per "source provider"
-	peak  map[string]int          // the most at once
-	held  map[netip.Addr]int      // connections held open by black holes
-	hpeak map[netip.Addr]int      // the most held at once
-	per   map[string]int          // 421s for too many transactions, per provider
-	refus map[string]int          // 421 banners per provider
-	got   map[string]int          // deliveries per recipient
-	conns map[string]map[int]bool // sessions that carried each provider's domains
-	doms  map[int]map[string]bool // domains carried per session
-	sess  int                     // sessions ever opened
-	hole  chan struct{}           // closed to release black holes
-	mails map[netip.Addr][]string // MAIL commands per host, for order checks
+	clock  *queuetest.Clock
+	mu     sync.Mutex
+	hosts  map[netip.Addr]*fakeHost
+	dials  map[netip.Addr]int      // dials per host address
+	live   map[string]int          // sessions open per "source provider"
+	peak   map[string]int          // the most at once
+	held   map[netip.Addr]int      // connections held open by black holes
+	hpeak  map[netip.Addr]int      // the most held at once
+	per    map[string]int          // 421s for too many transactions, per provider
+	closed map[string]int          // connections found closed at MAIL, per provider
+	refus  map[string]int          // 421 banners per provider
+	got    map[string]int          // deliveries per recipient
+	conns  map[string]map[int]bool // sessions that carried each provider's domains
+	doms   map[int]map[string]bool // domains carried per session
+	sess   int                     // sessions ever opened
+	hole   chan struct{}           // closed to release black holes
+	mails  map[netip.Addr][]string // MAIL commands per host, for order checks
 	// srcReply, when set, answers every RCPT by the session's source
 	// address (code 0: as the host would).
 	srcReply func(src netip.Addr) (int, string)
@@ -71,7 +75,7 @@ type fakeNet struct {
 
 func newFakeNet() *fakeNet {
 	return &fakeNet{hosts: map[netip.Addr]*fakeHost{}, dials: map[netip.Addr]int{}, live: map[string]int{},
-		peak: map[string]int{}, held: map[netip.Addr]int{}, hpeak: map[netip.Addr]int{}, per: map[string]int{}, refus: map[string]int{}, got: map[string]int{},
+		peak: map[string]int{}, held: map[netip.Addr]int{}, hpeak: map[netip.Addr]int{}, per: map[string]int{}, closed: map[string]int{}, refus: map[string]int{}, got: map[string]int{},
 		conns: map[string]map[int]bool{}, doms: map[int]map[string]bool{}, hole: make(chan struct{}),
 		mails: map[netip.Addr][]string{}}
 }
@@ -136,6 +140,14 @@ func (s *fakeSession) sendTxn(t *txn, _ func() *txn) []result {
 	}
 	s.txns++
 	res := make([]result, len(t.rcpts))
+	if s.h.closeAfter > 0 && s.txns > s.h.closeAfter {
+		s.broken = true
+		s.n.stat(func() { s.n.closed[s.h.provider]++ })
+		for i, rc := range t.rcpts {
+			res[i] = result{rcpt: rc, code: 0, text: "connection failed: EOF", atMail: true}
+		}
+		return res
+	}
 	if s.h.perConn > 0 && s.txns > s.h.perConn {
 		s.broken = true
 		s.n.stat(func() { s.n.per[s.h.provider]++ })
@@ -919,4 +931,32 @@ mx-connection-limit 1
 			t.Errorf("%d delivered, want 2", len(w.net.got))
 		}
 	})
+}
+
+// A server that closes every connection after its 5th transaction: the
+// 6th message finds the connection closed at MAIL and goes out on a new
+// one, and from then on connections stop at 5 by themselves.
+func TestClosingServerIsLearned(t *testing.T) {
+	w := newWorld(t, `
+<domain *>
+    max-smtp-out 1
+</domain>
+`)
+	doms := w.provider("closer", 1, &fakeHost{closeAfter: 5})
+	for i := range 50 {
+		w.put("mta1", fmt.Sprintf("u%d@%s", i, doms[0]))
+	}
+	w.run()
+	w.waitFor("every delivery", func() bool { return w.q.Totals().Recipients == 0 })
+	w.net.stat(func() {
+		if n := w.net.closed["closer"]; n != 1 {
+			t.Errorf("%d transactions found the connection closed, want 1 (then learned)", n)
+		}
+		if len(w.net.got) != 50 {
+			t.Errorf("%d delivered, want 50", len(w.net.got))
+		}
+	})
+	if n := w.evs.Load(); n != 50 {
+		t.Errorf("%d outcomes for 50 recipients: the message found the connection closed was deferred", n)
+	}
 }

@@ -50,6 +50,9 @@ type sessionState struct {
 	ahead *txn
 	// txnDur is how long the last transaction took.
 	txnDur time.Duration
+	// idleBefore is how long the session was idle before the last
+	// transaction.
+	idleBefore time.Duration
 }
 
 // smtpTransport is the transport of the daemon: TCP from the VMTA's source
@@ -69,7 +72,7 @@ func (st smtpTransport) open(ctx context.Context, t target, o connOptions) (sess
 
 func (oc *outConn) state() sessionState {
 	return sessionState{target: oc.target, source: oc.source, tls: oc.tls, txns: oc.txns, errs: oc.errs,
-		broken: oc.broken, stale: oc.stale, ahead: oc.ahead, txnDur: oc.txnDur}
+		broken: oc.broken, stale: oc.stale, ahead: oc.ahead, txnDur: oc.txnDur, idleBefore: oc.idleBefore}
 }
 
 func (oc *outConn) markBroken() { oc.broken = true }
