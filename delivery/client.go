@@ -46,9 +46,9 @@ type outConn struct {
 	// was closed by a server that takes so many transactions, not by its
 	// idle timeout.
 	idleBefore time.Duration
-	txnStart time.Time     // when the current transaction began
-	txnDur   time.Duration // how long the last transaction took, for Event.Duration
-	broken   bool
+	txnStart   time.Time     // when the current transaction began
+	txnDur     time.Duration // how long the last transaction took, for Event.Duration
+	broken     bool
 	// stale is set when a reused connection failed at MAIL: the server
 	// had closed it while it sat idle, and nothing of the transaction
 	// reached the server.
