@@ -1,0 +1,186 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// sourceBlock reads <source CIDR|NAME>. Blocks for the same CIDR or name
+// merge; a directive set in both is an error.
+func (b *builder) sourceBlock(n *node) {
+	arg, ok := b.blockName(n, "CIDR or source name")
+	if !ok {
+		return
+	}
+	src := &Source{Pos: n.Pos}
+	a := n.Args[0]
+	looksLikeCIDR := arg != "" && (arg[0] >= '0' && arg[0] <= '9' || strings.ContainsAny(arg, ":/"))
+	if looksLikeCIDR {
+		p, ok := b.cidr(a, "<source>")
+		if !ok {
+			return
+		}
+		src.Prefix = p
+	} else {
+		if !b.validName(n, arg) {
+			return
+		}
+		src.Name = arg
+	}
+	settings := DefaultSourceSettings()
+	for _, c := range n.Children {
+		if b.dispatch(c, scopeSource) {
+			b.sourceDirective(&settings, c)
+		}
+	}
+	key := src.Prefix.String()
+	if src.Named() {
+		key = "name:" + strings.ToLower(src.Name)
+	}
+	if prev, ok := b.sources[key]; ok {
+		b.mergeInto(&prev.Settings, &settings, n)
+		return
+	}
+	src.Settings = settings
+	b.sources[key] = src
+	b.cfg.Sources = append(b.cfg.Sources, src)
+}
+
+func (b *builder) sourceDirective(s *SourceSettings, n *node) {
+	switch n.Name {
+	case "smtp-service":
+		setOne(b, &s.SMTPService, n, parseBool)
+	case "always-allow-relaying":
+		setOne(b, &s.AlwaysAllowRelaying, n, parseBool)
+	case "require-auth":
+		setOne(b, &s.RequireAuth, n, parseBool)
+	case "require-starttls":
+		setOne(b, &s.RequireStartTLS, n, parseBool)
+	case "allow-unencrypted-plain-auth":
+		setOne(b, &s.AllowUnencryptedPlainAuth, n, parseBool)
+	case "smtp-max-auth-failure-rate":
+		setOne(b, &s.SMTPMaxAuthFailureRate, n, parseRate)
+	case "process-x-virtual-mta":
+		setOne(b, &s.ProcessXVirtualMTA, n, parseBool)
+	case "default-virtual-mta":
+		setOne(b, &s.DefaultVirtualMTA, n, vmtaRef)
+	case "process-x-job":
+		setOne(b, &s.ProcessXJob, n, parseBool)
+	case "max-message-size":
+		setOne(b, &s.MaxMessageSize, n, parseSize)
+	case "max-rcpt-per-message":
+		setOne(b, &s.MaxRcptPerMessage, n, intRange(1, 1000000))
+	case "add-received-header":
+		setOne(b, &s.AddReceivedHeader, n, parseBool)
+	case "hide-message-source":
+		setOne(b, &s.HideMessageSource, n, parseBool)
+	case "remove-header":
+		// repeatable: each line adds a header name
+		var h Setting[string]
+		setOne(b, &h, n, headerName)
+		if h.Set {
+			pos := s.RemoveHeaders.Pos
+			if !s.RemoveHeaders.Set {
+				pos = n.Pos
+			}
+			list := append(append([]string(nil), s.RemoveHeaders.Value...), h.Value)
+			s.RemoveHeaders = Setting[[]string]{Value: list, Pos: pos, Set: true}
+		}
+	case "pattern-list":
+		setOne(b, &s.PatternList, n, text)
+	case "log-connections":
+		setOne(b, &s.LogConnections, n, parseBool)
+	case "log-commands":
+		setOne(b, &s.LogCommands, n, parseBool)
+	}
+}
+
+// repeatableFields are the settings whose directive may be repeated; when two
+// blocks for the same key both set one, their lists are joined.
+var repeatableFields = map[string]bool{"RemoveHeaders": true, "DomainKeys": true}
+
+// mergeInto folds the settings of a second block for the same key into the
+// first, reporting directives both set.
+func (b *builder) mergeInto(dst, src any, n *node) {
+	d := reflect.ValueOf(dst).Elem()
+	s := reflect.ValueOf(src).Elem()
+	for i := 0; i < d.NumField(); i++ {
+		sf := s.Field(i)
+		if !sf.Interface().(interface{ isSet() bool }).isSet() {
+			continue
+		}
+		df := d.Field(i)
+		if repeatableFields[d.Type().Field(i).Name] {
+			dv, sv := df.FieldByName("Value"), sf.FieldByName("Value")
+			if df.Interface().(interface{ isSet() bool }).isSet() {
+				joined := reflect.AppendSlice(reflect.AppendSlice(reflect.MakeSlice(dv.Type(), 0, dv.Len()+sv.Len()), dv), sv)
+				dv.Set(joined)
+				continue
+			}
+		}
+		if df.Interface().(interface{ isSet() bool }).isSet() {
+			spos := sf.FieldByName("Pos").Interface().(Position)
+			dpos := df.FieldByName("Pos").Interface().(Position)
+			b.errorf(spos, "%s is already set for %s at %s", b.directiveAt[spos], n.label(), shortPos(dpos, spos))
+			continue
+		}
+		df.Set(sf)
+	}
+}
+
+func (b *builder) userBlock(n *node) {
+	name, ok := b.blockName(n, "user name")
+	if !ok {
+		return
+	}
+	key := strings.ToLower(name)
+	if prev, dup := b.users[key]; dup {
+		b.errorf(n.Pos, "<smtp-user %s> is already defined at %s", name, shortPos(prev.Pos, n.Pos))
+		return
+	}
+	u := &User{Pos: n.Pos, Name: name, Password: def(""), PasswordHash: def(""), Source: def(AuthSource)}
+	for _, c := range n.Children {
+		if !b.dispatch(c, scopeUser) {
+			continue
+		}
+		switch c.Name {
+		case "password":
+			setOne(b, &u.Password, c, text)
+			if u.Password.Set && u.Password.Pos == c.Pos {
+				b.warnf(c.Pos, "smtp-user %s: the password is stored in plaintext; prefer password-hash (tern hash-password prints one)", name)
+			}
+		case "password-hash":
+			setOne(b, &u.PasswordHash, c, func(s string) (string, error) {
+				if _, err := bcrypt.Cost([]byte(s)); err != nil {
+					return "", fmt.Errorf("not a bcrypt hash ($2a$…); tern hash-password prints one")
+				}
+				return s, nil
+			})
+		case "source":
+			setOne(b, &u.Source, c, text)
+		}
+	}
+	switch {
+	case u.Password.Set && u.PasswordHash.Set:
+		b.errorf(u.PasswordHash.Pos, "smtp-user %s: set password or password-hash, not both", name)
+	case !u.Password.Set && !u.PasswordHash.Set && !hasChild(n, "password", "password-hash"):
+		// (a password line with a bad value was reported already)
+		b.errorf(n.Pos, "<smtp-user %s> has no password-hash (or password)", name)
+	}
+	b.users[key] = u
+	b.cfg.Users = append(b.cfg.Users, u)
+}
+
+// claimName registers a VMTA or pool name; they share one name space.
+func (b *builder) claimName(n *node, name string) bool {
+	key := strings.ToLower(name)
+	if prev, dup := b.names[key]; dup {
+		b.errorf(n.Pos, "%s: the name %s is already used at %s (virtual MTAs and pools share one name space)", n.label(), name, shortPos(prev, n.Pos))
+		return false
+	}
+	b.names[key] = n.Pos
+	return true
+}
