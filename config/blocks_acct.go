@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"time"
 )
 
 func (b *builder) acctFileBlock(n *node) {
@@ -23,22 +22,11 @@ func (b *builder) acctFileBlock(n *node) {
 		b.errorf(n.Pos, "<acct-file %s> is already defined at %s", path, shortPos(prev.Pos, n.Pos))
 		return
 	}
-	af := &AcctFile{Pos: n.Pos, Path: path,
-		Records:      def(RecordTypes{Delivered: true, Bounced: true}),
-		MaxSize:      def(Size(250 << 20)),
-		MoveInterval: def(24 * time.Hour),
-	}
+	af := &AcctFile{Pos: n.Pos, Path: path}
+	acctTable.fill(af)
 	for _, c := range n.Children {
-		if !b.dispatch(c, scopeAcctFile) {
-			continue
-		}
-		switch c.Name {
-		case "records":
-			setList(b, &af.Records, c, parseRecords)
-		case "max-size":
-			setOne(b, &af.MaxSize, c, parseSize)
-		case "move-interval":
-			setOne(b, &af.MoveInterval, c, durationOrNever)
+		if b.dispatch(c, scopeAcctFile) {
+			acctTable.apply(b, af, c)
 		}
 	}
 	b.acct[key] = af

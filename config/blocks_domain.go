@@ -15,7 +15,10 @@ import (
 // domainBlock reads a <domain PATTERN> into list, expanding macros: the body
 // is read once and shared by every expansion. A pattern already in list
 // merges with it.
-func (b *builder) domainBlock(n *node, list []*Domain) []*Domain {
+// owner names the block the list belongs to ("" for the top level), so that
+// finding the block a pattern merges with is a map lookup: an ESP file with
+// thousands of domains in macros stays linear.
+func (b *builder) domainBlock(n *node, owner string, list []*Domain) []*Domain {
 	raw, ok := b.blockName(n, "domain pattern")
 	if !ok {
 		return list
@@ -44,7 +47,7 @@ func (b *builder) domainBlock(n *node, list []*Domain) []*Domain {
 	settings := DefaultDomainSettings()
 	for _, c := range n.Children {
 		if b.dispatch(c, scopeDomain) {
-			b.domainDirective(&settings, c)
+			domainTable.apply(b, &settings, c)
 		}
 	}
 	if settings.AuthPassword.Set != settings.AuthUsername.Set {
@@ -53,100 +56,26 @@ func (b *builder) domainBlock(n *node, list []*Domain) []*Domain {
 	if settings.DKIMSign.Value {
 		b.dkimSignPos = append(b.dkimSignPos, settings.DKIMSign.Pos)
 	}
-next:
 	for _, p := range patterns {
-		for _, d := range list {
-			if d.Pattern == p {
-				b.mergeInto(&d.Settings, &settings, n)
-				continue next
-			}
+		k := domainKey{owner, p}
+		if d, ok := b.domains[k]; ok {
+			b.mergeInto(&d.Settings, &settings, n)
+			continue
 		}
-		list = append(list, &Domain{Pos: n.Pos, Pattern: p, Settings: settings})
+		d := &Domain{Pos: n.Pos, Pattern: p, Settings: settings}
+		b.domains[k] = d
+		list = append(list, d)
 	}
 	return list
 }
 
-func (b *builder) domainDirective(s *DomainSettings, n *node) {
-	switch n.Name {
-	case "max-smtp-out":
-		setOne(b, &s.MaxSMTPOut, n, intRange(1, 100000))
-	case "max-msg-per-connection":
-		setOne(b, &s.MaxMsgPerConnection, n, intRange(0, 1000000))
-	case "max-rcpt-per-transaction", "max-rcpt-per-message":
-		// max-rcpt-per-message is PowerMTA's name for this in <domain>
-		setOne(b, &s.MaxRcptPerTransaction, n, intRange(1, 100000))
-	case "max-msg-rate":
-		setOne(b, &s.MaxMsgRate, n, parseRate)
-	case "max-connect-rate":
-		setOne(b, &s.MaxConnectRate, n, parseRate)
-	case "source-ip-max-smtp-out":
-		b.sourceIPLimit(&s.SourceIPMaxSMTPOut, n)
-	case "source-ip-max-msg-rate":
-		b.sourceIPRate(&s.SourceIPMaxMsgRate, n)
-	case "source-ip-max-connect-rate":
-		b.sourceIPRate(&s.SourceIPMaxConnectRate, n)
-	case "initial-smtp-out":
-		setOne(b, &s.InitialSMTPOut, n, intRange(1, 10000))
-	case "adaptive-smtp-out":
-		setOne(b, &s.AdaptiveSMTPOut, n, parseBool)
-	case "connection-idle-timeout":
-		setOne(b, &s.ConnectionIdleTimeout, n, positiveDuration)
-	case "retry-after":
-		setList(b, &s.RetryAfter, n, parseDurationList)
-	case "bounce-after":
-		setOne(b, &s.BounceAfter, n, positiveDuration)
-	case "notify-of-delay":
-		setOne(b, &s.NotifyOfDelay, n, durationOrNever)
-	case "bounce-upon-no-mx":
-		setOne(b, &s.BounceUponNoMX, n, parseBool)
-	case "use-starttls":
-		setOne(b, &s.UseStartTLS, n, parseBool)
-	case "require-starttls":
-		setOne(b, &s.RequireStartTLS, n, parseBool)
-	case "tls-verify-certificate":
-		setOne(b, &s.TLSVerifyCertificate, n, parseBool)
-	case "smtp-hosts", "route":
-		setList(b, &s.SMTPHosts, n, parseHostList)
-	case "default-smtp-port":
-		setOne(b, &s.DefaultSMTPPort, n, intRange(1, 65535))
-	case "mx-connection-attempts":
-		setOne(b, &s.MXConnectionAttempts, n, intRange(1, 100))
-	case "host-down-after":
-		setOne(b, &s.HostDownAfter, n, intRange(1, 1000))
-	case "disable-mx-rollup":
-		setOne(b, &s.DisableMXRollup, n, parseBool)
-	case "auth-username":
-		setOne(b, &s.AuthUsername, n, text)
-	case "auth-password":
-		setOne(b, &s.AuthPassword, n, text)
-	case "use-unencrypted-plain-auth":
-		setOne(b, &s.UseUnencryptedPlainAuth, n, parseBool)
-	case "connect-timeout":
-		setOne(b, &s.ConnectTimeout, n, positiveDuration)
-	case "smtp-greeting-timeout":
-		setOne(b, &s.SMTPGreetingTimeout, n, positiveDuration)
-	case "data-send-timeout":
-		setOne(b, &s.DataSendTimeout, n, positiveDuration)
-	case "max-errors-per-connection":
-		setOne(b, &s.MaxErrorsPerConnection, n, countOrUnlimited)
-	case "queue-priority":
-		setOne(b, &s.QueuePriority, n, intRange(0, 100))
-	case "smtp-pattern-list":
-		setOne(b, &s.SMTPPatternList, n, text)
-	case "backoff-max-smtp-out":
-		setOne(b, &s.BackoffMaxSMTPOut, n, intRange(1, 100000))
-	case "backoff-max-msg-rate":
-		setOne(b, &s.BackoffMaxMsgRate, n, parseRate)
-	case "backoff-retry-after":
-		setList(b, &s.BackoffRetryAfter, n, parseDurationList)
-	case "backoff-to-normal-after":
-		setOne(b, &s.BackoffToNormalAfter, n, durationOrNever)
-	case "backoff-to-normal-after-delivery":
-		setOne(b, &s.BackoffToNormalAfterDelivery, n, parseBool)
-	case "dkim-sign":
-		setOne(b, &s.DKIMSign, n, parseBool)
-	case "domain-key":
-		b.domainKey(s, n)
+// smtp421 reads smtp-421-means-mx-unavailable: Tern always behaves as
+// with yes, so no is refused with what Tern does.
+func smtp421(b *builder, _ *DomainSettings, n *node) {
+	var v Setting[bool]
+	setOne(b, &v, n, parseBool)
+	if v.Set && !v.Value {
+		b.warnf(n.Pos, "smtp-421-means-mx-unavailable no: Tern always treats a 421 greeting as the MX being unavailable and tries the next one (it also counts towards host-down-after); the line is ignored")
 	}
 }
 
@@ -245,9 +174,11 @@ func (b *builder) sourceIPRate(s *Setting[SourceIPRates], n *node) {
 	*s = Setting[SourceIPRates]{Value: list, Pos: pos, Set: true}
 }
 
-// domainKey reads `domain-key SELECTOR,DOMAIN,KEYFILE` and loads the key:
-// a missing or unreadable key is a config error, not a delivery surprise.
-func (b *builder) domainKey(s *DomainSettings, n *node) {
+// domainKey reads `domain-key SELECTOR,DOMAIN,KEYFILE` into keys and loads
+// the key: a missing or unreadable key is a config error, not a delivery
+// surprise. DOMAIN may be `*`: the key then signs for whatever domain the
+// message's From: has.
+func (b *builder) domainKey(keys *Setting[[]DomainKey], n *node) {
 	parts := strings.Split(n.argText(), ",")
 	if len(n.Args) == 0 || len(parts) != 3 {
 		b.errorf(n.Pos, "domain-key takes SELECTOR,DOMAIN,KEYFILE")
@@ -256,13 +187,17 @@ func (b *builder) domainKey(s *DomainSettings, n *node) {
 	for i := range parts {
 		parts[i] = strings.TrimSpace(parts[i])
 	}
+	if parts[2] == "" {
+		b.errorf(n.Pos, "domain-key takes SELECTOR,DOMAIN,KEYFILE (the key file is missing)")
+		return
+	}
 	sel, dom, file := parts[0], strings.ToLower(parts[1]), relPath(n.Pos, parts[2])
 	if sel == "" || !validHostname(sel) {
 		b.errorf(n.Args[0].Pos, "domain-key: %q is not a selector", sel)
 		return
 	}
-	if !validHostname(dom) {
-		b.errorf(n.Args[0].Pos, "domain-key: %q is not a domain", dom)
+	if dom != AnyDomain && !validHostname(dom) {
+		b.errorf(n.Args[0].Pos, "domain-key: %q is not a domain (or * for the From: domain)", dom)
 		return
 	}
 	signer, err := loadPrivateKey(b.readKeyFile, file)
@@ -273,18 +208,18 @@ func (b *builder) domainKey(s *DomainSettings, n *node) {
 		b.errorf(n.Args[0].Pos, "domain-key: %v", err)
 		return
 	}
-	for _, k := range s.DomainKeys.Value {
+	for _, k := range keys.Value {
 		if k.Domain == dom && k.Selector == sel {
 			b.errorf(n.Pos, "domain-key %s,%s is already set at %s", sel, dom, shortPos(k.Pos, n.Pos))
 			return
 		}
 	}
-	pos := s.DomainKeys.Pos
-	if !s.DomainKeys.Set {
+	pos := keys.Pos
+	if !keys.Set {
 		pos = n.Pos
 	}
-	keys := append(append([]DomainKey(nil), s.DomainKeys.Value...), DomainKey{Pos: n.Pos, Selector: sel, Domain: dom, KeyFile: file, Signer: signer})
-	s.DomainKeys = Setting[[]DomainKey]{Value: keys, Pos: pos, Set: true}
+	list := append(append([]DomainKey(nil), keys.Value...), DomainKey{Pos: n.Pos, Selector: sel, Domain: dom, KeyFile: file, Signer: signer})
+	*keys = Setting[[]DomainKey]{Value: list, Pos: pos, Set: true}
 	b.hasDomainKey = true
 }
 
@@ -313,4 +248,11 @@ func loadPrivateKey(readFile func(string) ([]byte, error), file string) (crypto.
 		return k, nil
 	}
 	return nil, fmt.Errorf("%s: DKIM keys must be RSA or Ed25519, not %T", file, k)
+}
+
+// domainKey identifies a <domain> block: the pattern, in the block that
+// holds it (owner).
+type domainKey struct {
+	owner   string
+	pattern DomainPattern
 }

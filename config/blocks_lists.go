@@ -19,46 +19,9 @@ func (b *builder) patternListBlock(n *node) {
 	}
 	pl := &PatternList{Pos: n.Pos, Name: name}
 	for _, c := range n.Children {
-		if !b.dispatch(c, scopePatternList) {
-			continue
+		if b.dispatch(c, scopePatternList) {
+			patternListTable.apply(b, pl, c)
 		}
-		r := PatternRule{Pos: c.Pos}
-		args := c.Args
-		switch c.Name {
-		case "mail-from":
-			r.Field = MatchMailFrom
-		case "rcpt-to":
-			r.Field = MatchRcptTo
-		case "header":
-			r.Field = MatchHeader
-			if len(args) == 0 {
-				b.errorf(c.Pos, "header needs a header name, a /regex/ and virtual-mta=NAME")
-				continue
-			}
-			h, err := headerName(strings.TrimSuffix(args[0].Text, ":"))
-			if err != nil {
-				b.errorf(args[0].Pos, "header: %v", err)
-				continue
-			}
-			r.Header, args = h, args[1:]
-		}
-		if len(args) != 2 {
-			b.errorf(c.Pos, "%s takes a /regex/ and virtual-mta=NAME", c.Name)
-			continue
-		}
-		re, err := parseRegex(args[0].Text)
-		if err != nil {
-			b.errorf(args[0].Pos, "%s: %v", c.Name, err)
-			continue
-		}
-		r.Regexp = re
-		k, v, _ := strings.Cut(args[1].Text, "=")
-		if !strings.EqualFold(k, "virtual-mta") || v == "" {
-			b.errorf(args[1].Pos, "%s: expected virtual-mta=NAME, found %q", c.Name, args[1].Text)
-			continue
-		}
-		r.VirtualMTA = v
-		pl.Rules = append(pl.Rules, r)
 	}
 	b.patterns[key] = pl
 	b.cfg.PatternLists = append(b.cfg.PatternLists, pl)
@@ -80,21 +43,8 @@ func (b *builder) smtpPatternListBlock(n *node) {
 	}
 	sp := &SMTPPatternList{Pos: n.Pos, Name: name}
 	for _, c := range n.Children {
-		if !b.dispatch(c, scopeSMTPPatternList) {
-			continue
-		}
-		if len(c.Args) < 2 {
-			b.errorf(c.Pos, "reply takes a /regex/ and actions: reply /421 .*\\[TS01\\]/ mode=backoff")
-			continue
-		}
-		re, err := parseRegex(c.Args[0].Text)
-		if err != nil {
-			b.errorf(c.Args[0].Pos, "reply: %v", err)
-			continue
-		}
-		rule := ReplyRule{Pos: c.Pos, Regexp: re}
-		if b.replyActions(&rule.Actions, c) {
-			sp.Rules = append(sp.Rules, rule)
+		if b.dispatch(c, scopeSMTPPatternList) {
+			smtpPatternListTable.apply(b, sp, c)
 		}
 	}
 	b.replies[key] = sp
@@ -278,36 +228,93 @@ func (b *builder) mxRollupListBlock(n *node) {
 		b.errorf(n.Args[0].Pos, "<mx-rollup-list> takes no argument")
 	}
 	for _, c := range n.Children {
-		if !b.dispatch(c, scopeMXRollupList) {
-			continue
+		if b.dispatch(c, scopeMXRollupList) {
+			mxRollupTable.apply(b, b.cfg, c)
 		}
-		if len(c.Args) != 2 {
-			b.errorf(c.Pos, "mx takes an MX host pattern and a rollup name: mx *.google.com gmail.rollup")
-			continue
+	}
+}
+
+// mxRollup reads one `mx HOST-PATTERN NAME` entry.
+func (b *builder) mxRollup(c *node) {
+	if len(c.Args) != 2 {
+		b.errorf(c.Pos, "mx takes an MX host pattern and a rollup name: mx *.google.com gmail.rollup")
+		return
+	}
+	pa, na := c.Args[0], c.Args[1]
+	p, err := parseDomainPattern(pa.Text)
+	if err != nil {
+		b.errorf(pa.Pos, "mx: %q is not an MX host pattern (use mx.example.com, *.example.com or [*.]example.com)", pa.Text)
+		return
+	}
+	if p.Kind == PatternAny {
+		b.errorf(pa.Pos, "mx: * would roll every domain into one queue; name the provider's MX hosts, as in *.google.com")
+		return
+	}
+	name := strings.ToLower(strings.TrimSuffix(na.Text, "."))
+	if !rollupName.MatchString(name) || !validHostname(name) {
+		b.errorf(na.Pos, "mx: %q is not a rollup name (a host-name-like label of letters, digits, dots and dashes, as in gmail.rollup)", na.Text)
+		return
+	}
+	if prev, dup := b.rollups[p]; dup {
+		if prev.Name != name {
+			b.errorf(c.Pos, "mx %s: the pattern already rolls up to %s at %s; one MX host pattern has one rollup name", p, prev.Name, shortPos(prev.Pos, c.Pos))
 		}
-		pa, na := c.Args[0], c.Args[1]
-		p, err := parseDomainPattern(pa.Text)
+		return // the same entry again adds nothing
+	}
+	r := &MXRollup{Pos: c.Pos, Pattern: p, Name: name}
+	b.rollups[p] = r
+	b.cfg.MXRollups = append(b.cfg.MXRollups, r)
+}
+
+// patternRule reads one rule of a <pattern-list>: `mail-from /RE/
+// virtual-mta=NAME`, `rcpt-to …`, or `header NAME /RE/ virtual-mta=NAME`.
+func (b *builder) patternRule(pl *PatternList, c *node, field PatternField) {
+	r := PatternRule{Pos: c.Pos, Field: field}
+	args := c.Args
+	if field == MatchHeader {
+		if len(args) == 0 {
+			b.errorf(c.Pos, "header needs a header name, a /regex/ and virtual-mta=NAME")
+			return
+		}
+		h, err := headerName(strings.TrimSuffix(args[0].Text, ":"))
 		if err != nil {
-			b.errorf(pa.Pos, "mx: %q is not an MX host pattern (use mx.example.com, *.example.com or [*.]example.com)", pa.Text)
-			continue
+			b.errorf(args[0].Pos, "header: %v", err)
+			return
 		}
-		if p.Kind == PatternAny {
-			b.errorf(pa.Pos, "mx: * would roll every domain into one queue; name the provider's MX hosts, as in *.google.com")
-			continue
-		}
-		name := strings.ToLower(strings.TrimSuffix(na.Text, "."))
-		if !rollupName.MatchString(name) || !validHostname(name) {
-			b.errorf(na.Pos, "mx: %q is not a rollup name (a host-name-like label of letters, digits, dots and dashes, as in gmail.rollup)", na.Text)
-			continue
-		}
-		if prev, dup := b.rollups[p]; dup {
-			if prev.Name != name {
-				b.errorf(c.Pos, "mx %s: the pattern already rolls up to %s at %s; one MX host pattern has one rollup name", p, prev.Name, shortPos(prev.Pos, c.Pos))
-			}
-			continue // the same entry again adds nothing
-		}
-		r := &MXRollup{Pos: c.Pos, Pattern: p, Name: name}
-		b.rollups[p] = r
-		b.cfg.MXRollups = append(b.cfg.MXRollups, r)
+		r.Header, args = h, args[1:]
+	}
+	if len(args) != 2 {
+		b.errorf(c.Pos, "%s takes a /regex/ and virtual-mta=NAME", c.Name)
+		return
+	}
+	re, err := parseRegex(args[0].Text)
+	if err != nil {
+		b.errorf(args[0].Pos, "%s: %v", c.Name, err)
+		return
+	}
+	r.Regexp = re
+	k, v, _ := strings.Cut(args[1].Text, "=")
+	if !strings.EqualFold(k, "virtual-mta") || v == "" {
+		b.errorf(args[1].Pos, "%s: expected virtual-mta=NAME, found %q", c.Name, args[1].Text)
+		return
+	}
+	r.VirtualMTA = v
+	pl.Rules = append(pl.Rules, r)
+}
+
+// replyRule reads one `reply /RE/ ACTIONS` line of an <smtp-pattern-list>.
+func (b *builder) replyRule(sp *SMTPPatternList, c *node) {
+	if len(c.Args) < 2 {
+		b.errorf(c.Pos, "reply takes a /regex/ and actions: reply /421 .*\\[TS01\\]/ mode=backoff")
+		return
+	}
+	re, err := parseRegex(c.Args[0].Text)
+	if err != nil {
+		b.errorf(c.Args[0].Pos, "reply: %v", err)
+		return
+	}
+	rule := ReplyRule{Pos: c.Pos, Regexp: re}
+	if b.replyActions(&rule.Actions, c) {
+		sp.Rules = append(sp.Rules, rule)
 	}
 }

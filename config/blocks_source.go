@@ -33,7 +33,7 @@ func (b *builder) sourceBlock(n *node) {
 	settings := DefaultSourceSettings()
 	for _, c := range n.Children {
 		if b.dispatch(c, scopeSource) {
-			b.sourceDirective(&settings, c)
+			sourceTable.apply(b, &settings, c)
 		}
 	}
 	key := src.Prefix.String()
@@ -49,52 +49,18 @@ func (b *builder) sourceBlock(n *node) {
 	b.cfg.Sources = append(b.cfg.Sources, src)
 }
 
-func (b *builder) sourceDirective(s *SourceSettings, n *node) {
-	switch n.Name {
-	case "smtp-service":
-		setOne(b, &s.SMTPService, n, parseBool)
-	case "always-allow-relaying":
-		setOne(b, &s.AlwaysAllowRelaying, n, parseBool)
-	case "require-auth":
-		setOne(b, &s.RequireAuth, n, parseBool)
-	case "require-starttls":
-		setOne(b, &s.RequireStartTLS, n, parseBool)
-	case "allow-unencrypted-plain-auth":
-		setOne(b, &s.AllowUnencryptedPlainAuth, n, parseBool)
-	case "smtp-max-auth-failure-rate":
-		setOne(b, &s.SMTPMaxAuthFailureRate, n, parseRate)
-	case "process-x-virtual-mta":
-		setOne(b, &s.ProcessXVirtualMTA, n, parseBool)
-	case "default-virtual-mta":
-		setOne(b, &s.DefaultVirtualMTA, n, vmtaRef)
-	case "process-x-job":
-		setOne(b, &s.ProcessXJob, n, parseBool)
-	case "max-message-size":
-		setOne(b, &s.MaxMessageSize, n, parseSize)
-	case "max-rcpt-per-message":
-		setOne(b, &s.MaxRcptPerMessage, n, intRange(1, 1000000))
-	case "add-received-header":
-		setOne(b, &s.AddReceivedHeader, n, parseBool)
-	case "hide-message-source":
-		setOne(b, &s.HideMessageSource, n, parseBool)
-	case "remove-header":
-		// repeatable: each line adds a header name
-		var h Setting[string]
-		setOne(b, &h, n, headerName)
-		if h.Set {
-			pos := s.RemoveHeaders.Pos
-			if !s.RemoveHeaders.Set {
-				pos = n.Pos
-			}
-			list := append(append([]string(nil), s.RemoveHeaders.Value...), h.Value)
-			s.RemoveHeaders = Setting[[]string]{Value: list, Pos: pos, Set: true}
+// removeHeader reads remove-header: repeatable, each line adds a header
+// name.
+func removeHeader(b *builder, s *SourceSettings, n *node) {
+	var h Setting[string]
+	setOne(b, &h, n, headerName)
+	if h.Set {
+		pos := s.RemoveHeaders.Pos
+		if !s.RemoveHeaders.Set {
+			pos = n.Pos
 		}
-	case "pattern-list":
-		setOne(b, &s.PatternList, n, text)
-	case "log-connections":
-		setOne(b, &s.LogConnections, n, parseBool)
-	case "log-commands":
-		setOne(b, &s.LogCommands, n, parseBool)
+		list := append(append([]string(nil), s.RemoveHeaders.Value...), h.Value)
+		s.RemoveHeaders = Setting[[]string]{Value: list, Pos: pos, Set: true}
 	}
 }
 
@@ -122,6 +88,11 @@ func (b *builder) mergeInto(dst, src any, n *node) {
 			}
 		}
 		if df.Interface().(interface{ isSet() bool }).isSet() {
+			if reflect.DeepEqual(df.FieldByName("Value").Interface(), sf.FieldByName("Value").Interface()) {
+				// The same value again, as when a domain is in two
+				// macros whose blocks agree: nothing to choose between.
+				continue
+			}
 			spos := sf.FieldByName("Pos").Interface().(Position)
 			dpos := df.FieldByName("Pos").Interface().(Position)
 			b.errorf(spos, "%s is already set for %s at %s", b.directiveAt[spos], n.label(), shortPos(dpos, spos))
@@ -141,26 +112,11 @@ func (b *builder) userBlock(n *node) {
 		b.errorf(n.Pos, "<smtp-user %s> is already defined at %s", name, shortPos(prev.Pos, n.Pos))
 		return
 	}
-	u := &User{Pos: n.Pos, Name: name, Password: def(""), PasswordHash: def(""), Source: def(AuthSource)}
+	u := &User{Pos: n.Pos, Name: name}
+	userTable.fill(u)
 	for _, c := range n.Children {
-		if !b.dispatch(c, scopeUser) {
-			continue
-		}
-		switch c.Name {
-		case "password":
-			setOne(b, &u.Password, c, text)
-			if u.Password.Set && u.Password.Pos == c.Pos {
-				b.warnf(c.Pos, "smtp-user %s: the password is stored in plaintext; prefer password-hash (tern hash-password prints one)", name)
-			}
-		case "password-hash":
-			setOne(b, &u.PasswordHash, c, func(s string) (string, error) {
-				if _, err := bcrypt.Cost([]byte(s)); err != nil {
-					return "", fmt.Errorf("not a bcrypt hash ($2a$…); tern hash-password prints one")
-				}
-				return s, nil
-			})
-		case "source":
-			setOne(b, &u.Source, c, text)
+		if b.dispatch(c, scopeUser) {
+			userTable.apply(b, u, c)
 		}
 	}
 	switch {
@@ -183,4 +139,24 @@ func (b *builder) claimName(n *node, name string) bool {
 	}
 	b.names[key] = n.Pos
 	return true
+}
+
+// bcryptHash reads a password-hash.
+func bcryptHash(s string) (string, error) {
+	if _, err := bcrypt.Cost([]byte(s)); err != nil {
+		return "", fmt.Errorf("not a bcrypt hash ($2a$…); tern hash-password prints one")
+	}
+	return s, nil
+}
+
+// authMethod reads PowerMTA's authentication-method: `password` is what
+// Tern does; `system` (the host's accounts) is not available.
+func authMethod(b *builder, u *User, n *node) {
+	a, ok := b.single(n)
+	if !ok {
+		return
+	}
+	if !strings.EqualFold(a.Text, "password") {
+		b.errorf(a.Pos, "authentication-method: Tern checks the password or password-hash of the <smtp-user> only; write authentication-method password (or leave it out) and give the user a password-hash")
+	}
 }

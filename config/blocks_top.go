@@ -10,56 +10,19 @@ import (
 	"strings"
 )
 
-func (b *builder) topDirective(n *node) {
-	cfg := b.cfg
-	switch n.Name {
-	case "domain-macro":
-		// read before everything else by macros
-	case "smtp-listener":
-		b.listener(n)
-	case "host-name":
-		setOne(b, &cfg.HostName, n, hostname)
-	case "postmaster":
-		setOne(b, &cfg.Postmaster, n, func(s string) (string, error) {
-			local, domain, ok := strings.Cut(s, "@")
-			if !ok || local == "" || !validHostname(domain) {
-				return "", fmt.Errorf("%q is not an email address", s)
-			}
-			return s, nil
-		})
-	case "spool":
-		setOne(b, &cfg.Spool.Dir, n, func(s string) (string, error) { return relPath(n.Pos, s), nil })
-	case "smtp-server-tls-certificate":
-		b.certificate(n)
-	case "name-server":
-		var s Setting[string]
-		setOne(b, &s, n, nameServer)
-		if s.Set {
-			cfg.NameServers = append(cfg.NameServers, s)
-		}
-	case "total-max-smtp-out":
-		setOne(b, &cfg.TotalMaxSMTPOut, n, intRange(1, 1000000))
-	case "total-max-smtp-in":
-		setOne(b, &cfg.TotalMaxSMTPIn, n, intRange(1, 1000000))
-	case "http-mgmt-port":
-		setOne(b, &cfg.HTTPMgmtAddr, n, mgmtAddr)
-	case "http-access":
-		b.httpAccess(n)
-	case "http-api-key":
-		setOne(b, &cfg.HTTPAPIKey, n, text)
-	case "log-file":
-		setOne(b, &cfg.LogFile, n, func(s string) (string, error) { return relPath(n.Pos, s), nil })
-	case "log-level":
-		setOne(b, &cfg.LogLevel, n, logLevel)
-	case "mx-connection-limit":
-		setOne(b, &cfg.MXConnectionLimit, n, limitOrUnlimited(1000000))
-	case "max-smtp-in-per-ip":
-		setOne(b, &cfg.MaxSMTPInPerIP, n, limitOrUnlimited(1000000))
-	case "smtp-in-reserved":
-		setOne(b, &cfg.SMTPInReserved, n, intRange(0, 1000000))
-	case "max-inbound-buffer":
-		setOne(b, &cfg.MaxInboundBuffer, n, inboundBuffer)
+// emailAddress reads local@domain.
+func emailAddress(s string) (string, error) {
+	local, domain, ok := strings.Cut(s, "@")
+	if !ok || local == "" || !validHostname(domain) {
+		return "", fmt.Errorf("%q is not an email address", s)
 	}
+	return s, nil
+}
+
+// pathAt returns a parser of paths written at n, resolved against the
+// directory of n's file.
+func pathAt(n *node) func(string) (string, error) {
+	return func(s string) (string, error) { return relPath(n.Pos, s), nil }
 }
 
 // inboundBuffer reads max-inbound-buffer: a size of at least

@@ -10,31 +10,26 @@ func (b *builder) vmtaBlock(n *node) {
 	if !ok || !b.validName(n, name) || !b.claimName(n, name) {
 		return
 	}
-	v := &VirtualMTA{Pos: n.Pos, Name: name, HostName: def(""), MaxSMTPOut: def(0), MaxSMTPMsgRate: def(Rate{})}
+	v := &VirtualMTA{Pos: n.Pos, Name: name}
+	vmtaTable.fill(v)
 	for _, c := range n.Children {
 		if !b.dispatch(c, scopeVMTA) {
 			continue
 		}
 		if c.Block {
-			v.Domains = b.domainBlock(c, v.Domains)
+			v.Domains = b.domainBlock(c, "vmta:"+strings.ToLower(name), v.Domains)
 			continue
 		}
-		switch c.Name {
-		case "smtp-source-host":
-			b.sourceHost(v, c)
-		case "host-name":
-			setOne(b, &v.HostName, c, hostname)
-		case "max-smtp-out":
-			setOne(b, &v.MaxSMTPOut, c, intRange(1, 1000000))
-		case "max-smtp-msg-rate":
-			setOne(b, &v.MaxSMTPMsgRate, c, parseRate)
-		}
+		vmtaTable.apply(b, v, c)
 	}
 	b.cfg.VMTAs = append(b.cfg.VMTAs, v)
 }
 
-// sourceHost reads `smtp-source-host IP HOSTNAME`. No two VMTAs may share an
-// IP: segregation by IP is why VMTAs exist.
+// sourceHost reads `smtp-source-host IP HOSTNAME`. Several VMTAs may share
+// an IP, as in PowerMTA: a VMTA is a policy, and operators give one IP
+// several (per customer, per stream) on purpose. Limits that protect a
+// receiver from an IP (source-ip-*, mx-connection-limit, the adaptive
+// window) count per IP over every VMTA using it.
 func (b *builder) sourceHost(v *VirtualMTA, n *node) {
 	if len(n.Args) != 2 {
 		b.errorf(n.Pos, "smtp-source-host takes an IP address and a host name: smtp-source-host 192.0.2.10 mta1.example.com")
@@ -50,14 +45,6 @@ func (b *builder) sourceHost(v *VirtualMTA, n *node) {
 	if err != nil {
 		b.errorf(n.Args[1].Pos, "smtp-source-host: %v", err)
 		return
-	}
-	for _, other := range b.cfg.VMTAs {
-		for _, sh := range other.SourceHosts {
-			if sh.IP == ip {
-				b.errorf(n.Args[0].Pos, "smtp-source-host: %s is already the source IP of <virtual-mta %s> at %s; virtual MTAs must not share source IPs", ip, other.Name, shortPos(sh.Pos, n.Pos))
-				return
-			}
-		}
 	}
 	for _, sh := range v.SourceHosts {
 		if sh.IP == ip {
@@ -80,39 +67,36 @@ func (b *builder) poolBlock(n *node) {
 	if !b.claimName(n, name) {
 		return
 	}
-	p := &Pool{Pos: n.Pos, Name: name, MaxSMTPOut: def(0), MaxSMTPMsgRate: def(Rate{})}
+	p := &Pool{Pos: n.Pos, Name: name}
+	poolTable.fill(p)
 	for _, c := range n.Children {
 		if !b.dispatch(c, scopePool) {
 			continue
 		}
 		if c.Block {
-			p.Domains = b.domainBlock(c, p.Domains)
+			p.Domains = b.domainBlock(c, "pool:"+strings.ToLower(name), p.Domains)
 			continue
 		}
-		switch c.Name {
-		case "virtual-mta":
-			a, ok := b.single(c)
-			if !ok {
-				continue
-			}
-			dup := false
-			for _, m := range p.Members {
-				if strings.EqualFold(m.Name, a.Text) {
-					b.errorf(c.Pos, "virtual-mta %s is already a member (line %d)", a.Text, m.Pos.Line)
-					dup = true
-				}
-			}
-			if !dup {
-				p.Members = append(p.Members, PoolMember{Pos: c.Pos, Name: a.Text})
-			}
-		case "max-smtp-out":
-			setOne(b, &p.MaxSMTPOut, c, intRange(1, 1000000))
-		case "max-smtp-msg-rate":
-			setOne(b, &p.MaxSMTPMsgRate, c, parseRate)
-		}
+		poolTable.apply(b, p, c)
 	}
 	if len(p.Members) == 0 {
 		b.errorf(n.Pos, "%s has no members (add virtual-mta NAME lines)", n.label())
 	}
 	b.cfg.Pools = append(b.cfg.Pools, p)
+}
+
+// poolMember reads a pool's `virtual-mta NAME` line; whether the VMTA
+// exists is checked once every block is read.
+func (b *builder) poolMember(p *Pool, n *node) {
+	a, ok := b.single(n)
+	if !ok {
+		return
+	}
+	for _, m := range p.Members {
+		if strings.EqualFold(m.Name, a.Text) {
+			b.errorf(n.Pos, "virtual-mta %s is already a member (line %d)", a.Text, m.Pos.Line)
+			return
+		}
+	}
+	p.Members = append(p.Members, PoolMember{Pos: n.Pos, Name: a.Text})
 }

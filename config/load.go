@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -155,30 +155,32 @@ type builder struct {
 	reroutes []nameRef
 	// rollups holds the <mx-rollup-list> entries by pattern.
 	rollups map[DomainPattern]*MXRollup
+	// domains holds every <domain> block read, by owner and pattern.
+	domains map[domainKey]*Domain
+	// spoolBlocks counts the <spool> blocks read: a second one is a
+	// PowerMTA spool Tern does not use.
+	spoolBlocks int
 }
 
 func newBuilder(d *diags, name string, opts Options, files *fileReader) *builder {
 	cfg := &Config{
-		Path:              name,
-		Dir:               filepath.Dir(name),
-		HostName:          def(opts.Hostname),
-		Postmaster:        def("postmaster@" + opts.Hostname),
-		Spool:             Spool{Dir: def(filepath.Join(filepath.Dir(name), "spool")), MinFreeSpace: def(Size(1 << 30))},
-		TotalMaxSMTPOut:   def(1200),
-		TotalMaxSMTPIn:    def(500),
-		MXConnectionLimit: def(0),
-		HTTPMgmtAddr:      def("127.0.0.1:8080"),
-		HTTPAPIKey:        def(""),
-		LogFile:           def(""),
-		LogLevel:          def(slog.LevelInfo),
-		Macros:            map[string][]string{},
+		Path:   name,
+		Dir:    filepath.Dir(name),
+		Macros: map[string][]string{},
 	}
+	topTable.fill(cfg)
+	spoolTable.fill(&cfg.Spool)
+	// The defaults that depend on the load.
+	cfg.HostName = def(opts.Hostname)
+	cfg.Postmaster = def("postmaster@" + opts.Hostname)
+	cfg.Spool.Dir = def(filepath.Join(filepath.Dir(name), "spool"))
 	return &builder{
 		diags: d, cfg: cfg, opts: opts, files: files, index: directiveIndex(),
 		sources: map[string]*Source{}, names: map[string]Position{}, users: map[string]*User{},
 		patterns: map[string]*PatternList{}, replies: map[string]*SMTPPatternList{},
 		acct: map[string]*AcctFile{}, listeners: map[string]*Listener{},
 		directiveAt: map[Position]string{}, rollups: map[DomainPattern]*MXRollup{},
+		domains: map[domainKey]*Domain{},
 	}
 }
 
@@ -202,8 +204,8 @@ func (b *builder) dispatch(n *node, sc scope) bool {
 	if n.Block {
 		bs, ok := blockScopes[n.Name]
 		if !ok {
-			if notImplementedBlocks[n.Name] {
-				b.warnf(n.Pos, "<%s> is a PowerMTA block Tern does not implement yet; ignored with its contents", n.Name)
+			if note, ok := ignoredBlocks[n.Name]; ok {
+				b.ignoredBlock(n, note)
 				return false
 			}
 			if !looksLikeName(n.Name) {
@@ -222,11 +224,13 @@ func (b *builder) dispatch(n *node, sc scope) bool {
 		return false
 	}
 	scopes, ok := b.index[n.Name]
+	if note, ign := ignoredDirectives[n.Name]; ign && !slices.Contains(scopes, sc) {
+		// PowerMTA vocabulary Tern does not act on here (it may act on
+		// it in other blocks): a warning, so the file still loads.
+		b.ignoredDirective(n, note)
+		return false
+	}
 	if !ok {
-		if notImplemented[n.Name] {
-			b.warnf(n.Pos, "%s is a PowerMTA directive Tern does not implement yet; ignored", n.Name)
-			return false
-		}
 		if _, isBlock := blockScopes[n.Name]; isBlock {
 			b.errorf(n.Pos, "%s is a block, not a directive: write <%s …> and close it with </%s>", n.Name, n.Name, n.Name)
 			return false
@@ -276,7 +280,7 @@ func (b *builder) topNode(n *node) {
 		return
 	}
 	if !n.Block {
-		b.topDirective(n)
+		topTable.apply(b, b.cfg, n)
 		return
 	}
 	switch n.Name {
@@ -289,7 +293,7 @@ func (b *builder) topNode(n *node) {
 	case "virtual-mta-pool":
 		b.poolBlock(n)
 	case "domain":
-		b.cfg.Domains = b.domainBlock(n, b.cfg.Domains)
+		b.cfg.Domains = b.domainBlock(n, "", b.cfg.Domains)
 	case "pattern-list":
 		b.patternListBlock(n)
 	case "smtp-pattern-list":
@@ -512,6 +516,7 @@ func (b *builder) finish() {
 			b.warnf(d.Pos, "<domain %s>: no <mx-rollup-list> entry rolls MX hosts up to %s, so the block applies to no queue%s", p.Domain, p.Domain, didYouMean(p.Domain, keys(rollupNames), "%q"))
 		}
 	})
+	b.checkTLSVersions()
 	if !b.hasDomainKey {
 		for _, p := range b.dkimSignPos {
 			b.errorf(p, "dkim-sign yes needs a domain-key (no domain-key is configured)")

@@ -68,6 +68,19 @@ type Config struct {
 	// Macros maps a domain-macro name to its values, after expansion.
 	Macros map[string][]string
 
+	// TLSAllowV10 to TLSAllowV13 are smtp-server-tls-allow-tlsv1 to
+	// -tlsv1.3: the TLS versions inbound STARTTLS and tls=yes listeners
+	// accept. InboundTLSVersions turns them into a range.
+	TLSAllowV10 Setting[bool]
+	TLSAllowV11 Setting[bool]
+	TLSAllowV12 Setting[bool]
+	TLSAllowV13 Setting[bool]
+
+	// DomainKeys are the top-level domain-key lines: keys that sign the
+	// mail of every VMTA, where no <virtual-mta>, <virtual-mta-pool> or
+	// <domain> key applies. See DomainSettings.SigningKey.
+	DomainKeys Setting[[]DomainKey]
+
 	// MaxSMTPInPerIP, SMTPInReserved and MaxInboundBuffer are the limits
 	// on inbound clients as written (max-smtp-in-per-ip, smtp-in-reserved,
 	// max-inbound-buffer). Unlike other Settings, an unset one holds zero,
@@ -92,9 +105,12 @@ type Config struct {
 	// RollupName looks an MX host up in them.
 	MXRollups []*MXRollup
 
-	// Warnings are the non-fatal diagnostics: PowerMTA directives not
-	// implemented yet, plaintext passwords, includes matching nothing.
+	// Warnings are the non-fatal diagnostics: PowerMTA directives Tern
+	// ignores, plaintext passwords, includes matching nothing.
 	Warnings []Diagnostic
+	// Migration lists every directive and block read, in file order, with
+	// how it stands to PowerMTA's (`tern check --migrate`).
+	Migration []MigrationItem
 }
 
 // The defaults of the inbound limits.
@@ -231,27 +247,7 @@ const AuthSource = "{auth}"
 
 // DefaultSourceSettings returns the built-in source defaults, none of them
 // marked as set.
-func DefaultSourceSettings() SourceSettings {
-	return SourceSettings{
-		SMTPService:               def(true),
-		AlwaysAllowRelaying:       def(false),
-		RequireAuth:               def(false),
-		RequireStartTLS:           def(false),
-		AllowUnencryptedPlainAuth: def(false),
-		SMTPMaxAuthFailureRate:    def(Rate{Count: 3, Interval: 5 * time.Minute}),
-		ProcessXVirtualMTA:        def(false),
-		DefaultVirtualMTA:         def(DefaultVMTA),
-		ProcessXJob:               def(false),
-		MaxMessageSize:            def(Size(50 << 20)),
-		MaxRcptPerMessage:         def(1000),
-		AddReceivedHeader:         def(true),
-		HideMessageSource:         def(false),
-		RemoveHeaders:             def([]string(nil)),
-		PatternList:               def(""),
-		LogConnections:            def(false),
-		LogCommands:               def(false),
-	}
-}
+func DefaultSourceSettings() SourceSettings { return sourceTable.defaults() }
 
 // Inherit returns s with every directive s leaves unset taken from parent.
 func (s SourceSettings) Inherit(parent SourceSettings) SourceSettings {
@@ -285,7 +281,10 @@ type VirtualMTA struct {
 	HostName       Setting[string]
 	MaxSMTPOut     Setting[int]
 	MaxSMTPMsgRate Setting[Rate]
-	Domains        []*Domain
+	// DomainKeys are the VMTA's domain-key lines: they sign its mail where
+	// no <domain> key applies.
+	DomainKeys Setting[[]DomainKey]
+	Domains    []*Domain
 }
 
 // PoolMember is one virtual-mta line of a pool.
@@ -301,7 +300,10 @@ type Pool struct {
 	Members        []PoolMember
 	MaxSMTPOut     Setting[int]
 	MaxSMTPMsgRate Setting[Rate]
-	Domains        []*Domain
+	// DomainKeys are the pool's domain-key lines: they sign the mail
+	// selected through the pool where no <domain> or VMTA key applies.
+	DomainKeys Setting[[]DomainKey]
+	Domains    []*Domain
 }
 
 // Domain is a <domain> block, global or inside a VMTA or pool. A block
@@ -312,8 +314,12 @@ type Domain struct {
 	Settings DomainSettings
 }
 
-// DomainKey is one domain-key: the selector and signing domain, and the
-// private key read from its file.
+// AnyDomain is the domain of a `domain-key SELECTOR,*,FILE`: the key signs
+// for the domain of the message's From: header, whatever it is.
+const AnyDomain = "*"
+
+// DomainKey is one domain-key: the selector and signing domain (AnyDomain
+// for the From: domain), and the private key read from its file.
 type DomainKey struct {
 	Pos      Position
 	Selector string
@@ -368,6 +374,7 @@ type DomainSettings struct {
 	UseStartTLS                  Setting[bool]            `directive:"use-starttls"`
 	RequireStartTLS              Setting[bool]            `directive:"require-starttls"`
 	TLSVerifyCertificate         Setting[bool]            `directive:"tls-verify-certificate"`
+	ReuseSSLSession              Setting[bool]            `directive:"reuse-ssl-session"`
 	SMTPHosts                    Setting[HostList]        `directive:"smtp-hosts"`
 	DefaultSMTPPort              Setting[int]             `directive:"default-smtp-port"`
 	MXConnectionAttempts         Setting[int]             `directive:"mx-connection-attempts"`
@@ -393,49 +400,7 @@ type DomainSettings struct {
 
 // DefaultDomainSettings returns the built-in delivery defaults, none of them
 // marked as set.
-func DefaultDomainSettings() DomainSettings {
-	return DomainSettings{
-		MaxSMTPOut:                   def(20),
-		MaxMsgPerConnection:          def(100),
-		MaxRcptPerTransaction:        def(100),
-		MaxMsgRate:                   def(Rate{}),
-		MaxConnectRate:               def(Rate{}),
-		SourceIPMaxSMTPOut:           def(SourceIPLimits(nil)),
-		SourceIPMaxMsgRate:           def(SourceIPRates(nil)),
-		SourceIPMaxConnectRate:       def(SourceIPRates(nil)),
-		InitialSMTPOut:               def(2),
-		AdaptiveSMTPOut:              def(true),
-		ConnectionIdleTimeout:        def(30 * time.Second),
-		RetryAfter:                   def([]time.Duration{10 * time.Minute}),
-		BounceAfter:                  def(4*24*time.Hour + 12*time.Hour),
-		NotifyOfDelay:                def(4 * time.Hour),
-		BounceUponNoMX:               def(false),
-		UseStartTLS:                  def(true),
-		RequireStartTLS:              def(false),
-		TLSVerifyCertificate:         def(false),
-		SMTPHosts:                    def(HostList(nil)),
-		DefaultSMTPPort:              def(25),
-		MXConnectionAttempts:         def(5),
-		HostDownAfter:                def(2),
-		DisableMXRollup:              def(false),
-		AuthUsername:                 def(""),
-		AuthPassword:                 def(""),
-		UseUnencryptedPlainAuth:      def(false),
-		ConnectTimeout:               def(2 * time.Minute),
-		SMTPGreetingTimeout:          def(5 * time.Minute),
-		DataSendTimeout:              def(3 * time.Minute),
-		MaxErrorsPerConnection:       def(0),
-		QueuePriority:                def(50),
-		SMTPPatternList:              def(""),
-		BackoffMaxSMTPOut:            def(2),
-		BackoffMaxMsgRate:            def(Rate{Count: 1, Interval: time.Minute}),
-		BackoffRetryAfter:            def([]time.Duration{time.Hour}),
-		BackoffToNormalAfter:         def(time.Hour),
-		BackoffToNormalAfterDelivery: def(true),
-		DKIMSign:                     def(false),
-		DomainKeys:                   def([]DomainKey(nil)),
-	}
-}
+func DefaultDomainSettings() DomainSettings { return domainTable.defaults() }
 
 // Inherit returns s with every directive s leaves unset taken from parent:
 // each directive is resolved on its own, so an override of one inherits all

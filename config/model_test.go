@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -234,39 +235,41 @@ HTTP-API-KEY "Key With # and Spaces"
 	parseOK(t, "crlf.conf", "smtp-listener 127.0.0.1:2525\r\n<domain *>\r\n  max-smtp-out 3\r\n</domain>\r\n", noFiles())
 }
 
-// TestNotImplementedWarn checks every name in the not-implemented lists: the
-// config loads and the warning names the directive or block.
-func TestNotImplementedWarn(t *testing.T) {
-	names := keys(notImplemented)
-	for _, n := range names {
-		for _, where := range []struct{ open, close string }{{"", ""}, {"<domain *>\n", "</domain>\n"}, {"<source 0/0>\n", "</source>\n"}} {
+// TestIgnoredWarn checks every name in the ignored lists: the config
+// loads, the warning names the directive or block and says what Tern does
+// instead, and the migration report lists it as ignored.
+func TestIgnoredWarn(t *testing.T) {
+	index := directiveIndex()
+	for _, n := range sortedNames(ignoredDirectives) {
+		for _, where := range []struct {
+			sc          scope
+			open, close string
+		}{{scopeTop, "", ""}, {scopeDomain, "<domain *>\n", "</domain>\n"}, {scopeSource, "<source 0/0>\n", "</source>\n"}} {
+			if slices.Contains(index[n], where.sc) {
+				continue // applied there: its row's harness case covers it
+			}
 			src := listener + where.open + n + " some value\n" + where.close
 			cfg := parseOK(t, "ni.conf", src, noFiles())
-			want := n + " is a PowerMTA directive Tern does not implement yet; ignored"
+			want := n + " is a PowerMTA directive Tern ignores: " + ignoredDirectives[n]
 			if len(cfg.Warnings) != 1 || cfg.Warnings[0].Message != want || cfg.Warnings[0].Pos.Line != strings.Count(listener+where.open, "\n")+1 {
 				t.Errorf("%q: warnings %s", src, diagStrings(cfg.Warnings))
 			}
+			if !slices.ContainsFunc(cfg.Migration, func(m MigrationItem) bool { return m.Name == n && m.Status == PMTAIgnored }) {
+				t.Errorf("%q: not in the migration report as ignored: %+v", src, cfg.Migration)
+			}
 		}
 	}
-	for _, n := range keys(notImplementedBlocks) {
+	for _, n := range sortedNames(ignoredBlocks) {
 		src := listener + "<" + n + " arg>\n  anything goes here 1 2 3\n  <nested x>\n  </nested>\n</" + n + ">\n"
 		cfg := parseOK(t, "ni.conf", src, noFiles())
-		want := "<" + n + "> is a PowerMTA block Tern does not implement yet; ignored with its contents"
+		want := "<" + n + "> is a PowerMTA block Tern ignores with its contents: " + ignoredBlocks[n]
 		if len(cfg.Warnings) != 1 || cfg.Warnings[0].Message != want || cfg.Warnings[0].Pos.Line != 2 {
 			t.Errorf("<%s>: warnings %s", n, diagStrings(cfg.Warnings))
 		}
 	}
-	// None of them is also implemented: an implemented name would never
-	// reach the warning.
-	index := directiveIndex()
-	for _, n := range names {
-		if _, ok := index[n]; ok {
-			t.Errorf("%s is both implemented and in notImplemented", n)
-		}
-	}
-	for n := range notImplementedBlocks {
+	for n := range ignoredBlocks {
 		if _, ok := blockScopes[n]; ok {
-			t.Errorf("<%s> is both implemented and in notImplementedBlocks", n)
+			t.Errorf("<%s> is both implemented and in ignoredBlocks", n)
 		}
 	}
 }

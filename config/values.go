@@ -44,10 +44,14 @@ type Rate struct {
 }
 
 // Unlimited reports whether the rate sets no limit.
-func (r Rate) Unlimited() bool { return r.Count == 0 || r.Interval == 0 }
+func (r Rate) Unlimited() bool { return r.Interval == 0 }
 
-// PerSecond is the rate as events per second, +Inf when unlimited; the form
-// token-bucket limiters take.
+// Zero reports whether the rate allows nothing: PowerMTA's `max-msg-rate 0`,
+// which holds a queue's mail without sending it.
+func (r Rate) Zero() bool { return r.Count == 0 && r.Interval != 0 }
+
+// PerSecond is the rate as events per second, +Inf when unlimited and 0 for
+// a zero rate; the form token-bucket limiters take.
 func (r Rate) PerSecond() float64 {
 	if r.Unlimited() {
 		return math.Inf(1)
@@ -59,6 +63,9 @@ func (r Rate) PerSecond() float64 {
 func (r Rate) String() string {
 	if r.Unlimited() {
 		return "unlimited"
+	}
+	if r.Zero() {
+		return "0"
 	}
 	per := FormatDuration(r.Interval)
 	if len(per) == 2 && per[0] == '1' {
@@ -247,6 +254,14 @@ func parseRate(s string) (Rate, error) {
 		return Rate{}, fmt.Errorf("%q is not a rate: interval %q is too long", s, per)
 	}
 	return Rate{Count: n, Interval: time.Duration(mult) * unit}, nil
+}
+
+// parseRateOrZero reads a rate, or 0 for none at all (a Zero rate).
+func parseRateOrZero(s string) (Rate, error) {
+	if strings.TrimSpace(s) == "0" {
+		return Rate{Count: 0, Interval: time.Hour}, nil
+	}
+	return parseRate(s)
 }
 
 // parseSize reads 40K, 25M, 1G, a plain byte count, or `unlimited`.
