@@ -47,6 +47,10 @@ func (d Diagnostic) String() string { return d.Pos.String() + ": " + d.Message }
 type ErrorList struct {
 	Errors   []Diagnostic
 	Warnings []Diagnostic
+	// Migration is what the load read of each directive before it
+	// stopped (see Config.Migration), so a migration report can be
+	// written for a file that does not load yet.
+	Migration []MigrationItem
 }
 
 // Error formats every error on its own line.

@@ -115,17 +115,19 @@ func parse(name string, src []byte, opts Options, files *fileReader) (*Config, e
 	// missing listeners and dangling names that are not the operator's
 	// mistakes, so only the reading errors are reported.
 	var cfg *Config
+	var migration []MigrationItem
 	if !files.stopped {
 		b := newBuilder(d, name, opts, files)
 		b.build(nodes)
 		cfg = b.cfg
+		migration = cfg.Migration
 	}
 	sortDiagnostics(d.errors)
 	sortDiagnostics(d.warnings)
 	d.errors = withhold(dedupe(d.errors), r.opaque, "error")
 	d.warnings = withhold(dedupe(d.warnings), r.opaque, "warning")
 	if len(d.errors) > 0 || cfg == nil {
-		return nil, &ErrorList{Errors: d.errors, Warnings: d.warnings}
+		return nil, &ErrorList{Errors: d.errors, Warnings: d.warnings, Migration: migration}
 	}
 	cfg.Warnings = d.warnings
 	return cfg, nil

@@ -30,8 +30,8 @@ const (
 )
 
 var pmtaStatusNames = [...]string{
-	PMTASame:    "applied",
-	PMTADiffers: "applied differently",
+	PMTASame:    "as in PowerMTA",
+	PMTADiffers: "differs",
 	PMTATern:    "Tern only",
 	PMTAIgnored: "ignored",
 }

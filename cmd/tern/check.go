@@ -21,8 +21,9 @@ func runCheck(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	quiet := fs.Bool("q", false, "print only errors and warnings")
+	migrate := fs.Bool("migrate", false, "report how each PowerMTA directive of FILE is treated: applied, applied differently, ignored; and what to fix")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: tern check [-q] FILE")
+		fmt.Fprintln(stderr, "usage: tern check [-q] [--migrate] FILE")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -31,6 +32,9 @@ func runCheck(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	if fs.NArg() != 1 {
 		fs.Usage()
 		return 2
+	}
+	if *migrate {
+		return runMigrate(fs.Arg(0), stdout, stderr)
 	}
 	// The same loading as serve's, so check refuses exactly what serve
 	// would refuse.
