@@ -256,3 +256,24 @@ type domainKey struct {
 	owner   string
 	pattern DomainPattern
 }
+
+// deliveryType reads PowerMTA's `type` of a queue. Tern delivers by SMTP;
+// `discard` is accepted and recorded (DomainSettings.Discard); the other
+// methods (pipe, file, http-delivery) are refused, since accepting them
+// would send by SMTP mail meant for a program or a file.
+func deliveryType(b *builder, s *DomainSettings, n *node) {
+	a, ok := b.single(n)
+	if !ok {
+		return
+	}
+	switch strings.ToLower(a.Text) {
+	case "smtp":
+		setOne(b, &s.Discard, n, func(string) (bool, error) { return false, nil })
+	case "discard":
+		setOne(b, &s.Discard, n, func(string) (bool, error) { return true, nil })
+	case "pipe", "file", "http-delivery":
+		b.errorf(a.Pos, "type %s: Tern delivers by SMTP only (or discards, with type discard); deliver this domain's mail with another program", a.Text)
+	default:
+		b.errorf(a.Pos, "type: unknown delivery type %q (smtp or discard)", a.Text)
+	}
+}

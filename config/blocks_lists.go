@@ -19,9 +19,14 @@ func (b *builder) patternListBlock(n *node) {
 	}
 	pl := &PatternList{Pos: n.Pos, Name: name}
 	for _, c := range n.Children {
-		if b.dispatch(c, scopePatternList) {
-			patternListTable.apply(b, pl, c)
+		if !b.dispatch(c, scopePatternList) {
+			continue
 		}
+		if c.Block {
+			b.ignoredBlock(c, "nested pattern lists are not implemented; write their rules in the outer list")
+			continue
+		}
+		patternListTable.apply(b, pl, c)
 	}
 	b.patterns[key] = pl
 	b.cfg.PatternLists = append(b.cfg.PatternLists, pl)

@@ -207,3 +207,43 @@ func (b *builder) certificate(n *node) {
 	b.cfg.TLSCertificate = &cert
 	b.cfg.TLSCertificateFile = Setting[string]{Value: certFile, Pos: n.Pos, Set: true}
 }
+
+// mxConnectionLimit reads `mx-connection-limit N`: one limit for every MX
+// host address. PowerMTA's `mx-connection-limit MX-PATTERN N` limits the
+// hosts a pattern matches; Tern has no per-pattern limit, so that form is
+// a warning that says what to use instead.
+func mxConnectionLimit(b *builder, c *Config, n *node) {
+	if len(n.Args) == 2 {
+		b.warnf(n.Pos, "mx-connection-limit %s %s: Tern's limit is one value for every MX host (mx-connection-limit N); per-pattern limits are not applied. Limit a provider with max-smtp-out or source-ip-max-smtp-out in its <domain NAME.rollup>", n.Args[0].Text, n.Args[1].Text)
+		return
+	}
+	setOne(b, &c.MXConnectionLimit, n, limitOrUnlimited(1000000))
+}
+
+// listenerBlock reads PowerMTA 5's block form of a listener,
+// <smtp-listener ADDR:PORT>, whose body may name the source and ask for
+// implicit TLS; the other listener settings are Tern's global ones.
+func (b *builder) listenerBlock(n *node) {
+	if len(n.Args) != 1 {
+		b.errorf(n.Pos, "<smtp-listener> takes one address: <smtp-listener 0/0:587>")
+		return
+	}
+	line := &node{Pos: n.Pos, Name: n.Name, Args: append([]arg(nil), n.Args...)}
+	for _, c := range n.Children {
+		if !b.dispatch(c, scopeListener) {
+			continue
+		}
+		b.noteUse(c, rowInfo{name: c.Name})
+		a, ok := b.single(c)
+		if !ok {
+			continue
+		}
+		switch c.Name {
+		case "source":
+			line.Args = append(line.Args, arg{Pos: a.Pos, Text: "source=" + a.Text})
+		case "immediate-tls":
+			line.Args = append(line.Args, arg{Pos: a.Pos, Text: "tls=" + a.Text})
+		}
+	}
+	b.listener(line)
+}

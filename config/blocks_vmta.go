@@ -30,7 +30,7 @@ func (b *builder) vmtaBlock(n *node) {
 // several (per customer, per stream) on purpose. Limits that protect a
 // receiver from an IP (source-ip-*, mx-connection-limit, the adaptive
 // window) count per IP over every VMTA using it.
-func (b *builder) sourceHost(v *VirtualMTA, n *node) {
+func (b *builder) sourceHost(hosts *[]SourceHost, n *node) {
 	if len(n.Args) != 2 {
 		b.errorf(n.Pos, "smtp-source-host takes an IP address and a host name: smtp-source-host 192.0.2.10 mta1.example.com")
 		return
@@ -46,13 +46,13 @@ func (b *builder) sourceHost(v *VirtualMTA, n *node) {
 		b.errorf(n.Args[1].Pos, "smtp-source-host: %v", err)
 		return
 	}
-	for _, sh := range v.SourceHosts {
+	for _, sh := range *hosts {
 		if sh.IP == ip {
 			b.errorf(n.Args[0].Pos, "smtp-source-host: %s is listed twice (first at %s)", ip, shortPos(sh.Pos, n.Pos))
 			return
 		}
 	}
-	v.SourceHosts = append(v.SourceHosts, SourceHost{Pos: n.Pos, IP: ip, HostName: host})
+	*hosts = append(*hosts, SourceHost{Pos: n.Pos, IP: ip, HostName: host})
 }
 
 func (b *builder) poolBlock(n *node) {

@@ -150,6 +150,11 @@ func scaffold(r *dirRow, sc, domIn scope, line, dir string) (string, int) {
 	add("<mx-rollup-list>")
 	put(sc == scopeMXRollupList)
 	add("</mx-rollup-list>")
+	if sc == scopeListener && line != "" {
+		add("<smtp-listener 127.0.0.1:2526>")
+		put(true)
+		add("</smtp-listener>")
+	}
 	if r.name != "spool" {
 		add("<spool q>")
 		put(sc == scopeSpool)
@@ -505,7 +510,7 @@ func directiveTable(dir string) []dirRow {
 		{name: "remove-header", scope: scopeSource, good: "X-Originating-IP",
 			get:  func(x target) any { return x.src.RemoveHeaders },
 			want: []string{"X-Originating-IP"}, def: []string(nil),
-			bad: "Bad:Header", badErr: `"Bad:Header" is not a header name`, wrong: scopeDomain},
+			bad: "Bad:Header", badErr: `"Bad:Header" is not a header name`, wrong: scopeVMTA},
 		{name: "pattern-list", scope: scopeSource, good: "pl",
 			get:  func(x target) any { return x.src.PatternList },
 			want: "pl", def: "",
@@ -763,7 +768,23 @@ func directiveTable(dir string) []dirRow {
 		{name: "include", scope: scopeDomain, good: "{dir}/inc-domain.conf", setIn: "inc-domain.conf",
 			get:  func(x target) any { return x.dom.QueuePriority },
 			want: 77, def: 50,
-			bad: "{dir}/missing.conf", badErr: "does not exist", wrong: scopeSMTPPatternList},
+			bad: "{dir}/missing.conf", badErr: "does not exist", wrong: scopeAcctFile},
+		{name: "type", scope: scopeDomain, good: "discard",
+			get:  func(x target) any { return x.dom.Discard },
+			want: true, def: false,
+			bad: "pipe", badErr: "Tern delivers by SMTP only", wrong: scopeVMTA},
+		{name: "log-commands", scope: scopeDomain, good: "yes",
+			get:  func(x target) any { return nil },
+			want: nil, def: nil, warn: "log-commands is a PowerMTA directive Tern ignores: Tern does not log outbound SMTP commands",
+			wrong: scopeVMTA},
+		{name: "log-connections", scope: scopeDomain, good: "yes",
+			get:  func(x target) any { return nil },
+			want: nil, def: nil, warn: "log-connections is a PowerMTA directive Tern ignores",
+			wrong: scopeVMTA},
+		{name: "remove-header", scope: scopeDomain, good: "X-Mailer",
+			get:  func(x target) any { return nil },
+			want: nil, def: nil, warn: "remove-header is a PowerMTA directive Tern ignores",
+			wrong: scopeVMTA},
 
 		// <pattern-list>
 		{name: "mail-from", scope: scopePatternList, good: `/@example\.com$/ virtual-mta=v`,
@@ -818,6 +839,34 @@ func directiveTable(dir string) []dirRow {
 			get:  func(x target) any { return nil },
 			want: nil, def: nil, warn: "priority is a PowerMTA directive Tern ignores",
 			bad: "", badErr: "", wrong: scopeSource},
+		{name: "call-to", scope: scopePatternList, good: "other",
+			get:  func(x target) any { return nil },
+			want: nil, def: nil, warn: "call-to is a PowerMTA directive Tern ignores",
+			wrong: scopeDomain},
+		{name: "include", scope: scopeSMTPPatternList, good: "{dir}/inc-spl.conf", setIn: "inc-spl.conf",
+			get:  func(x target) any { return len(x.spl.Rules) },
+			want: 1, def: 0,
+			bad: "{dir}/missing.conf", badErr: "does not exist", wrong: scopePool},
+		{name: "smtp-source-host", scope: scopeTop, good: "192.0.2.44 out.example.com",
+			get: func(x target) any {
+				var out []string
+				for _, sh := range x.cfg.DefaultSourceHosts {
+					out = append(out, sh.IP.String()+" "+sh.HostName)
+				}
+				return out
+			},
+			want: []string{"192.0.2.44 out.example.com"}, def: []string(nil),
+			bad: "192.0.2.44", badErr: "smtp-source-host takes an IP address and a host name", wrong: scopeDomain},
+		{name: "source", scope: scopeListener, good: "bulk", extra: "<source bulk>\n</source>",
+			get:  func(x target) any { return listenerStrings(x.cfg) },
+			want: []string{"tcp 127.0.0.1:2525 source= tls=false", "tcp 127.0.0.1:2526 source=bulk tls=false"},
+			def:  []string{"tcp 127.0.0.1:2525 source= tls=false"},
+			bad: "a b", badErr: "source takes one value", wrong: scopeDomain},
+		{name: "immediate-tls", scope: scopeListener, good: "no",
+			get:  func(x target) any { return listenerStrings(x.cfg) },
+			want: []string{"tcp 127.0.0.1:2525 source= tls=false", "tcp 127.0.0.1:2526 source= tls=false"},
+			def:  []string{"tcp 127.0.0.1:2525 source= tls=false"},
+			bad: "perhaps", badErr: "is not yes or no", wrong: scopeDomain},
 		{name: "min-free-space", scope: scopeSpool, good: "5G",
 			get:  func(x target) any { return x.cfg.Spool.MinFreeSpace },
 			want: Size(5 << 30), def: Size(1 << 30),
@@ -965,11 +1014,12 @@ var blockTable = []blockRow{
 	{name: "virtual-mta", arg: "mta9", parents: []scope{scopeTop}, wrong: scopePool},
 	{name: "virtual-mta-pool", arg: "pool9", body: "virtual-mta v", parents: []scope{scopeTop}, wrong: scopeVMTA},
 	{name: "domain", arg: "example.org", body: "max-smtp-out 3", parents: []scope{scopeTop, scopeVMTA, scopePool}, wrong: scopeSource},
-	{name: "pattern-list", arg: "pl9", parents: []scope{scopeTop}, wrong: scopeSource},
+	{name: "pattern-list", arg: "pl9", parents: []scope{scopeTop, scopePatternList}, wrong: scopeSource},
 	{name: "smtp-pattern-list", arg: "spl9", parents: []scope{scopeTop}, wrong: scopeDomain},
 	{name: "acct-file", arg: "other.csv", parents: []scope{scopeTop}, wrong: scopeSource},
 	{name: "spool", arg: "q2", parents: []scope{scopeTop}, wrong: scopeVMTA},
 	{name: "mx-rollup-list", body: "mx *.mx.example.net example.rollup", parents: []scope{scopeTop}, wrong: scopeDomain},
+	{name: "smtp-listener", arg: "127.0.0.1:2527", parents: []scope{scopeTop}, wrong: scopeVMTA},
 }
 
 // TestBlocks opens every block in each scope it is allowed in and in one

@@ -223,6 +223,7 @@ func writeFixtures(t testing.TB) string {
 		"inc-source.conf": []byte("max-rcpt-per-message 7\n"),
 		"inc-vmta.conf":   []byte("max-smtp-out 9\n"),
 		"inc-domain.conf": []byte("queue-priority 77\n"),
+		"inc-spl.conf":    []byte("reply /^421 / mode=backoff\n"),
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {

@@ -126,8 +126,8 @@ func TestIncludeErrors(t *testing.T) {
 		// balance its own blocks; include is refused in a pool.
 		{"broken.conf", strings.Join([]string{
 			incDir + "broken.conf:7:1: <virtual-mta-pool pool1> has no members (add virtual-mta NAME lines)",
-			incDir + "broken.conf:8:5: include is not allowed in <virtual-mta-pool>; it belongs at the top level or in <source>, <domain> or <virtual-mta>",
-			incDir + "broken/domain.conf:2:1: smtp-source-host is not allowed in <domain>; it belongs in <virtual-mta>",
+			incDir + "broken.conf:8:5: include is not allowed in <virtual-mta-pool>; it belongs at the top level or in <source>, <domain>, <virtual-mta> or <smtp-pattern-list>",
+			incDir + "broken/domain.conf:2:1: smtp-source-host is not allowed in <domain>; it belongs at the top level or in <virtual-mta>",
 			incDir + "broken/domain.conf:3:1: </domain> without an open <domain>",
 			incDir + `broken/vmta.conf:3:18: max-smtp-out: "lots" is not a whole number`,
 			incDir + "broken/vmta.conf:5:1: <domain example.org> is never closed (missing </domain>)",

@@ -306,6 +306,8 @@ func (b *builder) topNode(n *node) {
 		b.spoolBlock(n)
 	case "mx-rollup-list":
 		b.mxRollupListBlock(n)
+	case "smtp-listener":
+		b.listenerBlock(n)
 	}
 }
 

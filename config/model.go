@@ -76,6 +76,11 @@ type Config struct {
 	TLSAllowV12 Setting[bool]
 	TLSAllowV13 Setting[bool]
 
+	// DefaultSourceHosts are the top-level smtp-source-host lines: the
+	// source addresses of {default} when no <virtual-mta {default}> gives
+	// its own.
+	DefaultSourceHosts []SourceHost
+
 	// DomainKeys are the top-level domain-key lines: keys that sign the
 	// mail of every VMTA, where no <virtual-mta>, <virtual-mta-pool> or
 	// <domain> key applies. See DomainSettings.SigningKey.
@@ -395,6 +400,7 @@ type DomainSettings struct {
 	BackoffToNormalAfter         Setting[time.Duration]   `directive:"backoff-to-normal-after"`
 	BackoffToNormalAfterDelivery Setting[bool]            `directive:"backoff-to-normal-after-delivery"`
 	DKIMSign                     Setting[bool]            `directive:"dkim-sign"`
+	Discard                      Setting[bool]            `directive:"type"`
 	DomainKeys                   Setting[[]DomainKey]     `directive:"domain-key"`
 }
 

@@ -20,6 +20,7 @@ const (
 	scopeAcctFile
 	scopeSpool
 	scopeMXRollupList
+	scopeListener
 )
 
 var scopeLabels = [...]string{
@@ -34,6 +35,7 @@ var scopeLabels = [...]string{
 	scopeAcctFile:        "<acct-file>",
 	scopeSpool:           "<spool>",
 	scopeMXRollupList:    "<mx-rollup-list>",
+	scopeListener:        "<smtp-listener>",
 }
 
 // blockScopes maps each block to the scopes it may be opened in and the
@@ -47,7 +49,8 @@ var blockScopes = map[string]struct {
 	"virtual-mta":       {[]scope{scopeTop}, scopeVMTA},
 	"virtual-mta-pool":  {[]scope{scopeTop}, scopePool},
 	"domain":            {[]scope{scopeTop, scopeVMTA, scopePool}, scopeDomain},
-	"pattern-list":      {[]scope{scopeTop}, scopePatternList},
+	"pattern-list":      {[]scope{scopeTop, scopePatternList}, scopePatternList},
+	"smtp-listener":     {[]scope{scopeTop}, scopeListener},
 	"smtp-pattern-list": {[]scope{scopeTop}, scopeSMTPPatternList},
 	"acct-file":         {[]scope{scopeTop}, scopeAcctFile},
 	"spool":             {[]scope{scopeTop}, scopeSpool},

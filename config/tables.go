@@ -13,6 +13,7 @@ import (
 // name, the file's directory); newBuilder sets those.
 var topTable = newTable(
 	custom("smtp-listener", "", func(b *builder, _ *Config, n *node) { b.listener(n) }),
+	custom("smtp-source-host", "the system's choice", func(b *builder, c *Config, n *node) { b.sourceHost(&c.DefaultSourceHosts, n) }),
 	custom("host-name", "the machine's host name", func(b *builder, c *Config, n *node) { setOne(b, &c.HostName, n, hostname) }),
 	custom("postmaster", "postmaster@ + host-name", func(b *builder, c *Config, n *node) { setOne(b, &c.Postmaster, n, emailAddress) }),
 	custom("spool", "spool beside the file", func(b *builder, c *Config, n *node) { setOne(b, &c.Spool.Dir, n, pathAt(n)) }).needsRestart(),
@@ -22,26 +23,27 @@ var topTable = newTable(
 	one("smtp-server-tls-allow-tlsv1.1", func(c *Config) *Setting[bool] { return &c.TLSAllowV11 }, parseBool, false).
 		differs("the default is no: TLS 1.1 is refused unless allowed"),
 	one("smtp-server-tls-allow-tlsv1.2", func(c *Config) *Setting[bool] { return &c.TLSAllowV12 }, parseBool, true),
-	one("smtp-server-tls-allow-tlsv1.3", func(c *Config) *Setting[bool] { return &c.TLSAllowV13 }, parseBool, true),
+	one("smtp-server-tls-allow-tlsv1.3", func(c *Config) *Setting[bool] { return &c.TLSAllowV13 }, parseBool, true).tern(),
 	custom("name-server", "/etc/resolv.conf", func(b *builder, c *Config, n *node) {
 		var s Setting[string]
 		setOne(b, &s, n, nameServer)
 		if s.Set {
 			c.NameServers = append(c.NameServers, s)
 		}
-	}).tern(),
+	}),
 	one("total-max-smtp-out", func(c *Config) *Setting[int] { return &c.TotalMaxSMTPOut }, intRange(1, 1000000), 1200),
 	one("total-max-smtp-in", func(c *Config) *Setting[int] { return &c.TotalMaxSMTPIn }, intRange(1, 1000000), 500),
 	one("http-mgmt-port", func(c *Config) *Setting[string] { return &c.HTTPMgmtAddr }, mgmtAddr, "127.0.0.1:8080").
 		needsRestart().differs("a bare port listens on every interface, as in PowerMTA, but http-access grants nothing until a rule does"),
 	custom("http-access", "nobody", func(b *builder, _ *Config, n *node) { b.httpAccess(n) }).
 		differs("the levels are none, monitor, operator and admin; PowerMTA's `admin` and `monitor` mean the same"),
-	one("http-api-key", func(c *Config) *Setting[string] { return &c.HTTPAPIKey }, text, "").tern(),
+	one("http-api-key", func(c *Config) *Setting[string] { return &c.HTTPAPIKey }, text, "").
+		differs("one key, sent as `Authorization: Bearer KEY` (PowerMTA: X-API-Key, several keys)"),
 	custom("log-file", "standard error", func(b *builder, c *Config, n *node) { setOne(b, &c.LogFile, n, pathAt(n)) }).
 		differs("Tern's log is one line per event in key=value form, not PowerMTA's format"),
 	one("log-level", func(c *Config) *Setting[slog.Level] { return &c.LogLevel }, logLevel, slog.LevelInfo).tern(),
-	one("mx-connection-limit", func(c *Config) *Setting[int] { return &c.MXConnectionLimit }, limitOrUnlimited(1000000), 0).
-		withDefault("unlimited").tern(),
+	custom("mx-connection-limit", "unlimited", mxConnectionLimit).
+		differs("one limit for every MX host address, per source IP; PowerMTA's per-pattern form (MX-PATTERN N) is read with a warning and not applied"),
 	custom("max-smtp-in-per-ip", "20", func(b *builder, c *Config, n *node) { setOne(b, &c.MaxSMTPInPerIP, n, limitOrUnlimited(1000000)) }).tern(),
 	custom("smtp-in-reserved", "total-max-smtp-in / 10", func(b *builder, c *Config, n *node) { setOne(b, &c.SMTPInReserved, n, intRange(0, 1000000)) }).tern(),
 	custom("max-inbound-buffer", "256M", func(b *builder, c *Config, n *node) { setOne(b, &c.MaxInboundBuffer, n, inboundBuffer) }).tern(),
@@ -57,12 +59,14 @@ var sourceTable = newTable(
 	one("require-auth", func(s *SourceSettings) *Setting[bool] { return &s.RequireAuth }, parseBool, false),
 	one("require-starttls", func(s *SourceSettings) *Setting[bool] { return &s.RequireStartTLS }, parseBool, false),
 	one("allow-unencrypted-plain-auth", func(s *SourceSettings) *Setting[bool] { return &s.AllowUnencryptedPlainAuth }, parseBool, false),
-	one("smtp-max-auth-failure-rate", func(s *SourceSettings) *Setting[Rate] { return &s.SMTPMaxAuthFailureRate }, parseRate, Rate{Count: 3, Interval: 5 * time.Minute}).tern(),
+	one("smtp-max-auth-failure-rate", func(s *SourceSettings) *Setting[Rate] { return &s.SMTPMaxAuthFailureRate }, parseRate, Rate{Count: 3, Interval: 5 * time.Minute}).
+		differs("the default is 3/5m (PowerMTA: unlimited)"),
 	one("process-x-virtual-mta", func(s *SourceSettings) *Setting[bool] { return &s.ProcessXVirtualMTA }, parseBool, false),
 	one("default-virtual-mta", func(s *SourceSettings) *Setting[string] { return &s.DefaultVirtualMTA }, vmtaRef, DefaultVMTA),
 	one("process-x-job", func(s *SourceSettings) *Setting[bool] { return &s.ProcessXJob }, parseBool, false),
 	one("max-message-size", func(s *SourceSettings) *Setting[Size] { return &s.MaxMessageSize }, parseSize, Size(50<<20)),
-	one("max-rcpt-per-message", func(s *SourceSettings) *Setting[int] { return &s.MaxRcptPerMessage }, intRange(1, 1000000), 1000),
+	one("max-rcpt-per-message", func(s *SourceSettings) *Setting[int] { return &s.MaxRcptPerMessage }, intRange(1, 1000000), 1000).
+		differs("the default is 1000 (PowerMTA: no limit), and a limit is required"),
 	one("add-received-header", func(s *SourceSettings) *Setting[bool] { return &s.AddReceivedHeader }, parseBool, true),
 	one("hide-message-source", func(s *SourceSettings) *Setting[bool] { return &s.HideMessageSource }, parseBool, false),
 	custom("remove-header", "", removeHeader),
@@ -87,7 +91,7 @@ var userTable = newTable(
 
 // vmtaTable holds the directives of <virtual-mta>.
 var vmtaTable = newTable(
-	custom("smtp-source-host", "the system's choice", func(b *builder, v *VirtualMTA, n *node) { b.sourceHost(v, n) }),
+	custom("smtp-source-host", "the system's choice", func(b *builder, v *VirtualMTA, n *node) { b.sourceHost(&v.SourceHosts, n) }),
 	one("host-name", func(v *VirtualMTA) *Setting[string] { return &v.HostName }, hostname, "").withDefault("the top-level host-name"),
 	one("max-smtp-out", func(v *VirtualMTA) *Setting[int] { return &v.MaxSMTPOut }, intRange(1, 1000000), 0).withDefault("no VMTA-wide cap"),
 	one("max-smtp-msg-rate", func(v *VirtualMTA) *Setting[Rate] { return &v.MaxSMTPMsgRate }, parseRate, Rate{}),
@@ -108,30 +112,30 @@ var poolTable = newTable(
 var domainTable = newTable(
 	one("max-smtp-out", func(s *DomainSettings) *Setting[int] { return &s.MaxSMTPOut }, intRange(1, 100000), 20),
 	one("max-msg-per-connection", func(s *DomainSettings) *Setting[int] { return &s.MaxMsgPerConnection }, intRange(0, 1000000), 100),
-	one("max-rcpt-per-transaction", func(s *DomainSettings) *Setting[int] { return &s.MaxRcptPerTransaction }, intRange(1, 100000), 100).tern(),
+	one("max-rcpt-per-transaction", func(s *DomainSettings) *Setting[int] { return &s.MaxRcptPerTransaction }, intRange(1, 100000), 100).differs("the default is 100 (PowerMTA: 1000)"),
 	one("max-rcpt-per-message", func(s *DomainSettings) *Setting[int] { return &s.MaxRcptPerTransaction }, intRange(1, 100000), 100).aliasFor("max-rcpt-per-transaction"),
 	one("max-msg-rate", func(s *DomainSettings) *Setting[Rate] { return &s.MaxMsgRate }, parseRateOrZero, Rate{}),
 	one("max-connect-rate", func(s *DomainSettings) *Setting[Rate] { return &s.MaxConnectRate }, parseRate, Rate{}),
-	custom("source-ip-max-smtp-out", "", func(b *builder, s *DomainSettings, n *node) { b.sourceIPLimit(&s.SourceIPMaxSMTPOut, n) }).tern(),
-	custom("source-ip-max-msg-rate", "", func(b *builder, s *DomainSettings, n *node) { b.sourceIPRate(&s.SourceIPMaxMsgRate, n) }).tern(),
-	custom("source-ip-max-connect-rate", "", func(b *builder, s *DomainSettings, n *node) { b.sourceIPRate(&s.SourceIPMaxConnectRate, n) }).tern(),
+	custom("source-ip-max-smtp-out", "", func(b *builder, s *DomainSettings, n *node) { b.sourceIPLimit(&s.SourceIPMaxSMTPOut, n) }),
+	custom("source-ip-max-msg-rate", "", func(b *builder, s *DomainSettings, n *node) { b.sourceIPRate(&s.SourceIPMaxMsgRate, n) }),
+	custom("source-ip-max-connect-rate", "", func(b *builder, s *DomainSettings, n *node) { b.sourceIPRate(&s.SourceIPMaxConnectRate, n) }),
 	one("initial-smtp-out", func(s *DomainSettings) *Setting[int] { return &s.InitialSMTPOut }, intRange(1, 10000), 2).tern(),
 	one("adaptive-smtp-out", func(s *DomainSettings) *Setting[bool] { return &s.AdaptiveSMTPOut }, parseBool, true).tern(),
 	one("connection-idle-timeout", func(s *DomainSettings) *Setting[time.Duration] { return &s.ConnectionIdleTimeout }, positiveDuration, 30*time.Second),
 	list("retry-after", func(s *DomainSettings) *Setting[[]time.Duration] { return &s.RetryAfter }, parseDurationList, []time.Duration{10 * time.Minute}),
 	one("bounce-after", func(s *DomainSettings) *Setting[time.Duration] { return &s.BounceAfter }, positiveDuration, 4*24*time.Hour+12*time.Hour),
-	one("notify-of-delay", func(s *DomainSettings) *Setting[time.Duration] { return &s.NotifyOfDelay }, durationOrNever, 4*time.Hour),
+	one("notify-of-delay", func(s *DomainSettings) *Setting[time.Duration] { return &s.NotifyOfDelay }, durationOrNever, 4*time.Hour).tern(),
 	one("bounce-upon-no-mx", func(s *DomainSettings) *Setting[bool] { return &s.BounceUponNoMX }, parseBool, false),
 	one("use-starttls", func(s *DomainSettings) *Setting[bool] { return &s.UseStartTLS }, parseBool, true),
 	one("require-starttls", func(s *DomainSettings) *Setting[bool] { return &s.RequireStartTLS }, parseBool, false),
 	one("tls-verify-certificate", func(s *DomainSettings) *Setting[bool] { return &s.TLSVerifyCertificate }, parseBool, false).tern(),
 	one("reuse-ssl-session", func(s *DomainSettings) *Setting[bool] { return &s.ReuseSSLSession }, parseBool, true),
-	list("smtp-hosts", func(s *DomainSettings) *Setting[HostList] { return &s.SMTPHosts }, parseHostList, HostList(nil)).tern(),
+	list("smtp-hosts", func(s *DomainSettings) *Setting[HostList] { return &s.SMTPHosts }, parseHostList, HostList(nil)),
 	list("route", func(s *DomainSettings) *Setting[HostList] { return &s.SMTPHosts }, parseHostList, HostList(nil)).aliasFor("smtp-hosts"),
 	one("default-smtp-port", func(s *DomainSettings) *Setting[int] { return &s.DefaultSMTPPort }, intRange(1, 65535), 25),
 	one("mx-connection-attempts", func(s *DomainSettings) *Setting[int] { return &s.MXConnectionAttempts }, intRange(1, 100), 5),
 	one("host-down-after", func(s *DomainSettings) *Setting[int] { return &s.HostDownAfter }, intRange(1, 1000), 2).tern(),
-	one("disable-mx-rollup", func(s *DomainSettings) *Setting[bool] { return &s.DisableMXRollup }, parseBool, false).tern(),
+	one("disable-mx-rollup", func(s *DomainSettings) *Setting[bool] { return &s.DisableMXRollup }, parseBool, false),
 	one("auth-username", func(s *DomainSettings) *Setting[string] { return &s.AuthUsername }, text, ""),
 	one("auth-password", func(s *DomainSettings) *Setting[string] { return &s.AuthPassword }, text, ""),
 	one("use-unencrypted-plain-auth", func(s *DomainSettings) *Setting[bool] { return &s.UseUnencryptedPlainAuth }, parseBool, false),
@@ -152,6 +156,10 @@ var domainTable = newTable(
 	custom("domain-key", "", func(b *builder, s *DomainSettings, n *node) { b.domainKey(&s.DomainKeys, n) }),
 	custom("smtp-421-means-mx-unavailable", "yes", smtp421).
 		differs("Tern always tries the next MX after a 421 greeting and counts it towards host-down-after; `no` is not available"),
+	custom("type", "smtp", deliveryType),
+	ignored[DomainSettings]("log-commands", "Tern does not log outbound SMTP commands; each delivery attempt's outcome is logged (at log-level debug for deliveries) and written to the accounting file. log-commands in <source> logs inbound commands"),
+	ignored[DomainSettings]("log-connections", "Tern does not log outbound connections one by one; log-connections in <source> logs inbound ones, and `tern hosts` shows the connections to each MX"),
+	ignored[DomainSettings]("remove-header", "headers are removed when the message is received, by remove-header in <source>"),
 	custom("include", "", func(*builder, *DomainSettings, *node) {}),
 )
 
@@ -160,21 +168,24 @@ var patternListTable = newTable(
 	custom("mail-from", "", func(b *builder, pl *PatternList, n *node) { b.patternRule(pl, n, MatchMailFrom) }),
 	custom("rcpt-to", "", func(b *builder, pl *PatternList, n *node) { b.patternRule(pl, n, MatchRcptTo) }),
 	custom("header", "", func(b *builder, pl *PatternList, n *node) { b.patternRule(pl, n, MatchHeader) }),
+	ignored[PatternList]("call-to", "pattern lists do not call each other; write the rules in the list the source names"),
 )
 
 // smtpPatternListTable holds the rules of <smtp-pattern-list>.
 var smtpPatternListTable = newTable(
 	custom("reply", "", func(b *builder, sp *SMTPPatternList, n *node) { b.replyRule(sp, n) }),
+	custom("include", "", func(*builder, *SMTPPatternList, *node) {}),
 )
 
 // mxRollupTable holds the entries of <mx-rollup-list>.
 var mxRollupTable = newTable(
-	custom("mx", "", func(b *builder, _ *Config, n *node) { b.mxRollup(n) }).tern(),
+	custom("mx", "", func(b *builder, _ *Config, n *node) { b.mxRollup(n) }),
 )
 
 // spoolTable holds the directives of <spool>.
 var spoolTable = newTable(
-	one("min-free-space", func(s *Spool) *Setting[Size] { return &s.MinFreeSpace }, parseSize, Size(1<<30)).tern(),
+	one("min-free-space", func(s *Spool) *Setting[Size] { return &s.MinFreeSpace }, parseSize, Size(1<<30)).
+		differs("the default is 1G (PowerMTA: 0)"),
 	custom("deliver-only", "no", deliverOnly),
 	ignored[Spool]("delete-file-holders", "Tern's queue is a single database, not one file per message: there are no file holders to delete"),
 	ignored[Spool]("priority", "Tern keeps one spool, so there is no order between spools to give"),
@@ -185,6 +196,13 @@ var acctTable = newTable(
 	list("records", func(a *AcctFile) *Setting[RecordTypes] { return &a.Records }, parseRecords, RecordTypes{Delivered: true, Bounced: true}),
 	one("max-size", func(a *AcctFile) *Setting[Size] { return &a.MaxSize }, parseSize, Size(250<<20)),
 	one("move-interval", func(a *AcctFile) *Setting[time.Duration] { return &a.MoveInterval }, durationOrNever, 24*time.Hour),
+)
+
+// listenerTable holds the directives of PowerMTA 5's <smtp-listener>
+// block; listenerBlock reads them into the listener's options.
+var listenerTable = newTable(
+	custom("source", "", func(*builder, *Config, *node) {}),
+	custom("immediate-tls", "no", func(*builder, *Config, *node) {}),
 )
 
 // scopeInfos holds each scope's rows, read by dispatch and the docs.
@@ -200,6 +218,7 @@ var scopeInfos = map[scope][]rowInfo{
 	scopeAcctFile:        acctTable.infos(),
 	scopeSpool:           spoolTable.infos(),
 	scopeMXRollupList:    mxRollupTable.infos(),
+	scopeListener:        listenerTable.infos(),
 }
 
 // scopeRows returns the rows of scope sc.

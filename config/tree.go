@@ -126,7 +126,7 @@ func position(p lexer.Position) Position {
 }
 
 // includeScopes are the blocks an include may stand in ("" is top level).
-var includeScopes = map[string]bool{"": true, "source": true, "domain": true, "virtual-mta": true}
+var includeScopes = map[string]bool{"": true, "source": true, "domain": true, "virtual-mta": true, "smtp-pattern-list": true}
 
 // parseChunk is about how much text one run of the parser sees: parseFile
 // hands a file to the parser in pieces of whole lines. The lexer is back in
@@ -435,7 +435,7 @@ func (r *reader) expandIncludes(nodes []*node, parent string) []*node {
 			continue
 		}
 		if !includeScopes[parent] {
-			r.errorf(n.Pos, "include is not allowed in <%s>; it belongs at the top level or in <source>, <domain> or <virtual-mta>", parent)
+			r.errorf(n.Pos, "include is not allowed in <%s>; it belongs at the top level or in <source>, <domain>, <virtual-mta> or <smtp-pattern-list>", parent)
 			continue
 		}
 		out = append(out, r.include(n, parent)...)

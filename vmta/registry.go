@@ -160,7 +160,9 @@ func Build(cfg *config.Config) (*Registry, error) {
 		r.vmtas = append(r.vmtas, m)
 	}
 	if _, ok := r.names[strings.ToLower(config.DefaultVMTA)]; !ok {
-		m := r.newVMTA(&config.VirtualMTA{Name: config.DefaultVMTA})
+		// The implicit {default} sends from the top-level
+		// smtp-source-host addresses, as in PowerMTA, if there are any.
+		m := r.newVMTA(&config.VirtualMTA{Name: config.DefaultVMTA, SourceHosts: cfg.DefaultSourceHosts})
 		m.Config = nil
 		r.names[strings.ToLower(config.DefaultVMTA)] = target{vmta: m}
 		r.vmtas = append(r.vmtas, m)
