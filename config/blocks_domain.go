@@ -56,14 +56,28 @@ func (b *builder) domainBlock(n *node, owner string, list []*Domain) []*Domain {
 	if settings.DKIMSign.Value {
 		b.dkimSignPos = append(b.dkimSignPos, settings.DKIMSign.Pos)
 	}
+	viaMacro := strings.Contains(raw, "$")
 	for _, p := range patterns {
 		k := domainKey{owner, p}
 		if d, ok := b.domains[k]; ok {
-			b.mergeInto(&d.Settings, &settings, n)
+			switch {
+			case viaMacro && !b.explicit[k]:
+				b.mergeInto(&d.Settings, &settings, n)
+			case viaMacro:
+				// <domain aol.com> named the domain itself: it wins
+				// over a macro that also lists it.
+				b.mergeUnder(&d.Settings, &settings)
+			case !b.explicit[k]:
+				b.explicit[k] = true
+				b.mergeOver(&d.Settings, &settings, n)
+			default:
+				b.mergeInto(&d.Settings, &settings, n)
+			}
 			continue
 		}
 		d := &Domain{Pos: n.Pos, Pattern: p, Settings: settings}
 		b.domains[k] = d
+		b.explicit[k] = !viaMacro
 		list = append(list, d)
 	}
 	return list

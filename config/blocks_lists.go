@@ -241,6 +241,12 @@ func (b *builder) mxRollupListBlock(n *node) {
 
 // mxRollup reads one `mx HOST-PATTERN NAME` entry.
 func (b *builder) mxRollup(c *node) {
+	if len(c.Args) == 3 && strings.EqualFold(c.Args[2].Text, "rollup-by-ip") {
+		// PowerMTA's rollup-by-ip keys the queue by the MX addresses;
+		// Tern keys it by the host names, which follow them.
+		b.warnf(c.Args[2].Pos, "mx: rollup-by-ip is ignored: Tern rolls up by MX host name")
+		c = &node{Pos: c.Pos, Name: c.Name, Args: c.Args[:2]}
+	}
 	if len(c.Args) != 2 {
 		b.errorf(c.Pos, "mx takes an MX host pattern and a rollup name: mx *.google.com gmail.rollup")
 		return
@@ -298,7 +304,13 @@ func (b *builder) patternRule(pl *PatternList, c *node, field PatternField) {
 		return
 	}
 	r.Regexp = re
-	k, v, _ := strings.Cut(args[1].Text, "=")
+	action, extra, _ := strings.Cut(args[1].Text, ",")
+	if extra != "" {
+		// PowerMTA's recipient-priority= orders recipients in a queue;
+		// Tern's queues are first in, first out.
+		b.warnf(args[1].Pos, "%s: %q is ignored: Tern delivers a queue's recipients in the order they arrived; only virtual-mta= is applied", c.Name, extra)
+	}
+	k, v, _ := strings.Cut(action, "=")
 	if !strings.EqualFold(k, "virtual-mta") || v == "" {
 		b.errorf(args[1].Pos, "%s: expected virtual-mta=NAME, found %q", c.Name, args[1].Text)
 		return

@@ -102,6 +102,33 @@ func (b *builder) mergeInto(dst, src any, n *node) {
 	}
 }
 
+// mergeUnder fills the settings dst leaves unset from src: src is a
+// macro's block for a domain that also has a block of its own (dst), which
+// takes precedence.
+func (b *builder) mergeUnder(dst, src *DomainSettings) {
+	inherit(dst, src)
+}
+
+// mergeOver folds the block of its own for a domain (src) into the
+// settings macro blocks gave it (dst): src's directives win, and each one
+// that replaces a different value is a warning naming both lines.
+func (b *builder) mergeOver(dst, src *DomainSettings, n *node) {
+	d := reflect.ValueOf(dst).Elem()
+	s := reflect.ValueOf(src).Elem()
+	for i := 0; i < d.NumField(); i++ {
+		sf, df := s.Field(i), d.Field(i)
+		if !sf.Interface().(interface{ isSet() bool }).isSet() {
+			continue
+		}
+		if df.Interface().(interface{ isSet() bool }).isSet() && !reflect.DeepEqual(df.FieldByName("Value").Interface(), sf.FieldByName("Value").Interface()) {
+			spos := sf.FieldByName("Pos").Interface().(Position)
+			dpos := df.FieldByName("Pos").Interface().(Position)
+			b.warnf(spos, "%s for %s replaces the value a domain macro's block gave it at %s: a block naming the domain itself wins", b.directiveAt[spos], n.label(), shortPos(dpos, spos))
+		}
+		df.Set(sf)
+	}
+}
+
 func (b *builder) userBlock(n *node) {
 	name, ok := b.blockName(n, "user name")
 	if !ok {

@@ -150,7 +150,12 @@ func (b *builder) httpAccess(n *node) {
 	if !ok {
 		return
 	}
-	lvl := strings.ToLower(n.Args[1].Text)
+	lvl, opts, _ := strings.Cut(strings.ToLower(n.Args[1].Text), ",")
+	if opts != "" {
+		// PowerMTA's deny-logs keeps monitor users from the log files;
+		// Tern's admin API serves no log files to anyone.
+		b.warnf(n.Args[1].Pos, "http-access: the option %q is ignored: the admin API serves no log files", opts)
+	}
 	for i, name := range accessLevelNames {
 		if lvl == name {
 			b.cfg.HTTPAccess = append(b.cfg.HTTPAccess, &HTTPAccess{Pos: n.Pos, Prefix: p, Level: AccessLevel(i)})

@@ -157,8 +157,10 @@ type builder struct {
 	reroutes []nameRef
 	// rollups holds the <mx-rollup-list> entries by pattern.
 	rollups map[DomainPattern]*MXRollup
-	// domains holds every <domain> block read, by owner and pattern.
-	domains map[domainKey]*Domain
+	// domains holds every <domain> block read, by owner and pattern, and
+	// explicit those a block named without a macro.
+	domains  map[domainKey]*Domain
+	explicit map[domainKey]bool
 	// spoolBlocks counts the <spool> blocks read: a second one is a
 	// PowerMTA spool Tern does not use.
 	spoolBlocks int
@@ -182,7 +184,7 @@ func newBuilder(d *diags, name string, opts Options, files *fileReader) *builder
 		patterns: map[string]*PatternList{}, replies: map[string]*SMTPPatternList{},
 		acct: map[string]*AcctFile{}, listeners: map[string]*Listener{},
 		directiveAt: map[Position]string{}, rollups: map[DomainPattern]*MXRollup{},
-		domains: map[domainKey]*Domain{},
+		domains: map[domainKey]*Domain{}, explicit: map[domainKey]bool{},
 	}
 }
 
