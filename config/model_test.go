@@ -126,18 +126,48 @@ func TestDomainMerge(t *testing.T) {
 		t.Errorf("mta1 domains: %+v", v.Domains)
 	}
 
+	// A block naming the domain itself wins over a macro's block for it,
+	// before or after it; after, each value it replaces is a warning.
+	for _, order := range []string{"explicit first", "macro first"} {
+		explicit, macro := "<domain yahoo.com>\n    max-smtp-out 3\n</domain>\n", "<domain yahoo.$tld>\n    max-smtp-out 4\n    queue-priority 60\n</domain>\n"
+		body := explicit + macro
+		if order == "macro first" {
+			body = macro + explicit
+		}
+		cfg := parseOK(t, "merge.conf", listener+"domain-macro tld com, net\n"+body, noFiles())
+		com, net := findDomain(t, cfg.Domains, "yahoo.com").Settings, findDomain(t, cfg.Domains, "yahoo.net").Settings
+		if com.MaxSMTPOut.Value != 3 || com.QueuePriority.Value != 60 || net.MaxSMTPOut.Value != 4 {
+			t.Errorf("%s: yahoo.com %d/%d, yahoo.net %d; want 3/60 and 4", order, com.MaxSMTPOut.Value, com.QueuePriority.Value, net.MaxSMTPOut.Value)
+		}
+		wantWarn := order == "macro first"
+		if got := len(cfg.Warnings) == 1 && strings.Contains(cfg.Warnings[0].Message, "max-smtp-out for <domain yahoo.com> replaces the value a domain macro's block gave it at line 4"); got != wantWarn {
+			t.Errorf("%s: warnings %s", order, diagStrings(cfg.Warnings))
+		}
+	}
+	// Two macro blocks for one domain that disagree are an error; that
+	// agree, are not.
 	el := parseErr(t, "merge.conf", listener+`domain-macro tld com, net
-<domain yahoo.com>
+domain-macro big yahoo.com
+<domain $big>
     max-smtp-out 3
 </domain>
 <domain yahoo.$tld>
     max-smtp-out 4
 </domain>
 `, noFiles())
-	want := "merge.conf:7:5: max-smtp-out is already set for <domain yahoo.$tld> at line 4"
+	want := "merge.conf:8:5: max-smtp-out is already set for <domain yahoo.$tld> at line 5"
 	if el.Error() != want {
 		t.Errorf("conflict:\n%v\nwant\n%s", el, want)
 	}
+	parseOK(t, "merge.conf", listener+`domain-macro tld com, net
+domain-macro big yahoo.com
+<domain $big>
+    max-smtp-out 3
+</domain>
+<domain yahoo.$tld>
+    max-smtp-out 3
+</domain>
+`, noFiles())
 }
 
 // TestSourceMerge checks that <source> blocks for the same CIDR (however

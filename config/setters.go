@@ -13,7 +13,7 @@ func (b *builder) already(s interface{ isSet() bool }, prev Position, n *node) b
 	if !s.isSet() {
 		return false
 	}
-	b.errorf(n.Pos, "%s is already set at %s; keep one of the two lines (PowerMTA would apply the last one silently)", n.Name, shortPos(prev, n.Pos))
+	b.errorf(n.Pos, "%s is already set at %s; remove one of the two lines", n.Name, shortPos(prev, n.Pos))
 	return true
 }
 
