@@ -18,24 +18,23 @@ type DirectiveValue struct {
 	Set bool
 }
 
-// Directives lists every directive of s in declaration order, with its
-// value in the file's notation. Secrets (auth-password) are never shown.
-// It answers "why does this queue behave like that": the admin API's
-// settings view.
+// Directives lists every directive of s in the order of the <domain>
+// table, with its value in the file's notation. Secrets (auth-password)
+// are never shown. It answers "why does this queue behave like that": the
+// admin API's settings view.
 func (s *DomainSettings) Directives() []DirectiveValue {
-	v := reflect.ValueOf(s).Elem()
-	t := v.Type()
-	out := make([]DirectiveValue, 0, t.NumField())
-	for i := 0; i < t.NumField(); i++ {
-		name := t.Field(i).Tag.Get("directive")
-		f := v.Field(i)
-		d := DirectiveValue{
-			Name: name,
-			Pos:  f.FieldByName("Pos").Interface().(Position),
-			Set:  f.FieldByName("Set").Bool(),
+	out := make([]DirectiveValue, 0, len(domainTable.rows))
+	for _, r := range domainTable.rows {
+		if r.field == nil {
+			continue
 		}
-		d.Value = formatValue(name, f.FieldByName("Value").Interface())
-		out = append(out, d)
+		f := reflect.ValueOf(r.field(s)).Elem()
+		out = append(out, DirectiveValue{
+			Name:  r.name,
+			Value: formatValue(r.name, f.FieldByName("Value").Interface()),
+			Pos:   f.FieldByName("Pos").Interface().(Position),
+			Set:   f.FieldByName("Set").Bool(),
+		})
 	}
 	return out
 }
@@ -54,6 +53,12 @@ func formatValue(name string, v any) string {
 		}
 		return strconv.Itoa(x)
 	case bool:
+		if name == "type" {
+			if x {
+				return "discard"
+			}
+			return "smtp"
+		}
 		if x {
 			return "yes"
 		}

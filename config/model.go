@@ -335,7 +335,8 @@ type DomainKey struct {
 
 // DomainSettings are the directives of a <domain> block: the delivery policy
 // of a queue. docs/configuration.md describes each; the field is the
-// directive's name in Go, and its tag the name as written.
+// directive's name in Go, and domainTable (tables.go) says how each is
+// written, read and defaulted.
 //
 // A queue is one VMTA sending to one domain or, with MX rollup, to one
 // provider (the domains whose MX hosts share a rollup name, see
@@ -361,47 +362,47 @@ type DomainKey struct {
 //   - NotifyOfDelay: a recipient that asked for NOTIFY=DELAY and is still
 //     queued this long after reception gets one delay DSN; Never for none.
 type DomainSettings struct {
-	MaxSMTPOut                   Setting[int]             `directive:"max-smtp-out"`
-	MaxMsgPerConnection          Setting[int]             `directive:"max-msg-per-connection"`
-	MaxRcptPerTransaction        Setting[int]             `directive:"max-rcpt-per-transaction"`
-	MaxMsgRate                   Setting[Rate]            `directive:"max-msg-rate"`
-	MaxConnectRate               Setting[Rate]            `directive:"max-connect-rate"`
-	SourceIPMaxSMTPOut           Setting[SourceIPLimits]  `directive:"source-ip-max-smtp-out"`
-	SourceIPMaxMsgRate           Setting[SourceIPRates]   `directive:"source-ip-max-msg-rate"`
-	SourceIPMaxConnectRate       Setting[SourceIPRates]   `directive:"source-ip-max-connect-rate"`
-	InitialSMTPOut               Setting[int]             `directive:"initial-smtp-out"`
-	AdaptiveSMTPOut              Setting[bool]            `directive:"adaptive-smtp-out"`
-	ConnectionIdleTimeout        Setting[time.Duration]   `directive:"connection-idle-timeout"`
-	RetryAfter                   Setting[[]time.Duration] `directive:"retry-after"`
-	BounceAfter                  Setting[time.Duration]   `directive:"bounce-after"`
-	NotifyOfDelay                Setting[time.Duration]   `directive:"notify-of-delay"`
-	BounceUponNoMX               Setting[bool]            `directive:"bounce-upon-no-mx"`
-	UseStartTLS                  Setting[bool]            `directive:"use-starttls"`
-	RequireStartTLS              Setting[bool]            `directive:"require-starttls"`
-	TLSVerifyCertificate         Setting[bool]            `directive:"tls-verify-certificate"`
-	ReuseSSLSession              Setting[bool]            `directive:"reuse-ssl-session"`
-	SMTPHosts                    Setting[HostList]        `directive:"smtp-hosts"`
-	DefaultSMTPPort              Setting[int]             `directive:"default-smtp-port"`
-	MXConnectionAttempts         Setting[int]             `directive:"mx-connection-attempts"`
-	HostDownAfter                Setting[int]             `directive:"host-down-after"`
-	DisableMXRollup              Setting[bool]            `directive:"disable-mx-rollup"`
-	AuthUsername                 Setting[string]          `directive:"auth-username"`
-	AuthPassword                 Setting[string]          `directive:"auth-password"`
-	UseUnencryptedPlainAuth      Setting[bool]            `directive:"use-unencrypted-plain-auth"`
-	ConnectTimeout               Setting[time.Duration]   `directive:"connect-timeout"`
-	SMTPGreetingTimeout          Setting[time.Duration]   `directive:"smtp-greeting-timeout"`
-	DataSendTimeout              Setting[time.Duration]   `directive:"data-send-timeout"`
-	MaxErrorsPerConnection       Setting[int]             `directive:"max-errors-per-connection"`
-	QueuePriority                Setting[int]             `directive:"queue-priority"`
-	SMTPPatternList              Setting[string]          `directive:"smtp-pattern-list"`
-	BackoffMaxSMTPOut            Setting[int]             `directive:"backoff-max-smtp-out"`
-	BackoffMaxMsgRate            Setting[Rate]            `directive:"backoff-max-msg-rate"`
-	BackoffRetryAfter            Setting[[]time.Duration] `directive:"backoff-retry-after"`
-	BackoffToNormalAfter         Setting[time.Duration]   `directive:"backoff-to-normal-after"`
-	BackoffToNormalAfterDelivery Setting[bool]            `directive:"backoff-to-normal-after-delivery"`
-	DKIMSign                     Setting[bool]            `directive:"dkim-sign"`
-	Discard                      Setting[bool]            `directive:"type"`
-	DomainKeys                   Setting[[]DomainKey]     `directive:"domain-key"`
+	MaxSMTPOut                   Setting[int]
+	MaxMsgPerConnection          Setting[int]
+	MaxRcptPerTransaction        Setting[int]
+	MaxMsgRate                   Setting[Rate]
+	MaxConnectRate               Setting[Rate]
+	SourceIPMaxSMTPOut           Setting[SourceIPLimits]
+	SourceIPMaxMsgRate           Setting[SourceIPRates]
+	SourceIPMaxConnectRate       Setting[SourceIPRates]
+	InitialSMTPOut               Setting[int]
+	AdaptiveSMTPOut              Setting[bool]
+	ConnectionIdleTimeout        Setting[time.Duration]
+	RetryAfter                   Setting[[]time.Duration]
+	BounceAfter                  Setting[time.Duration]
+	NotifyOfDelay                Setting[time.Duration]
+	BounceUponNoMX               Setting[bool]
+	UseStartTLS                  Setting[bool]
+	RequireStartTLS              Setting[bool]
+	TLSVerifyCertificate         Setting[bool]
+	ReuseSSLSession              Setting[bool]
+	SMTPHosts                    Setting[HostList]
+	DefaultSMTPPort              Setting[int]
+	MXConnectionAttempts         Setting[int]
+	HostDownAfter                Setting[int]
+	DisableMXRollup              Setting[bool]
+	AuthUsername                 Setting[string]
+	AuthPassword                 Setting[string]
+	UseUnencryptedPlainAuth      Setting[bool]
+	ConnectTimeout               Setting[time.Duration]
+	SMTPGreetingTimeout          Setting[time.Duration]
+	DataSendTimeout              Setting[time.Duration]
+	MaxErrorsPerConnection       Setting[int]
+	QueuePriority                Setting[int]
+	SMTPPatternList              Setting[string]
+	BackoffMaxSMTPOut            Setting[int]
+	BackoffMaxMsgRate            Setting[Rate]
+	BackoffRetryAfter            Setting[[]time.Duration]
+	BackoffToNormalAfter         Setting[time.Duration]
+	BackoffToNormalAfterDelivery Setting[bool]
+	DKIMSign                     Setting[bool]
+	Discard                      Setting[bool]
+	DomainKeys                   Setting[[]DomainKey]
 }
 
 // DefaultDomainSettings returns the built-in delivery defaults, none of them

@@ -1,14 +1,33 @@
 package config
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 )
 
-// Every DomainSettings field names a directive of <domain>, so the
-// settings view can never show a field under a wrong or missing name.
+// Every DomainSettings field is stored by exactly one row of the <domain>
+// table (aliases aside), so the settings view can never show a field under
+// a wrong or missing name, or leave one out.
 func TestDirectivesNameEveryField(t *testing.T) {
 	s := DefaultDomainSettings()
+	owner := map[uintptr]string{}
+	for _, r := range domainTable.rows {
+		if r.field == nil || r.aliasOf != "" {
+			continue
+		}
+		p := reflect.ValueOf(r.field(&s)).Pointer()
+		if prev, dup := owner[p]; dup {
+			t.Errorf("%s and %s store the same field", prev, r.name)
+		}
+		owner[p] = r.name
+	}
+	v := reflect.ValueOf(&s).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		if _, ok := owner[v.Field(i).Addr().Pointer()]; !ok {
+			t.Errorf("DomainSettings.%s is stored by no row of the <domain> table", v.Type().Field(i).Name)
+		}
+	}
 	ds := s.Directives()
 	seen := map[string]bool{}
 	for _, d := range ds {

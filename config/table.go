@@ -66,6 +66,10 @@ type row[S any] struct {
 	// setDefault stores the built-in default in s, unset; nil when the
 	// zero value is the default.
 	setDefault func(s *S)
+	// field returns a pointer to the Setting the directive is stored in,
+	// for the views that list a block's settings; nil for directives not
+	// stored in one Setting of S.
+	field func(s *S) any
 }
 
 // one declares a directive with a single value read by parse into the
@@ -75,6 +79,7 @@ func one[S, T any](name string, field func(*S) *Setting[T], parse func(string) (
 		rowInfo:    rowInfo{name: name, dflt: formatValue(name, dflt)},
 		apply:      func(b *builder, s *S, n *node) { setOne(b, field(s), n, parse) },
 		setDefault: func(s *S) { *field(s) = def(dflt) },
+		field:      func(s *S) any { return field(s) },
 	}
 }
 
@@ -101,6 +106,9 @@ func ignored[S any](name, note string) row[S] {
 	}
 }
 
+// of names the Setting a custom row stores its directive in.
+func (r row[S]) of(field func(*S) any) row[S] { r.field = field; return r }
+
 // tern marks the row as Tern's own directive.
 func (r row[S]) tern() row[S] { r.pmta = PMTATern; return r }
 
@@ -113,7 +121,7 @@ func (r row[S]) needsRestart() row[S] { r.restart = true; return r }
 // aliasFor marks the row as another name for canonical's setting; it has no
 // default of its own.
 func (r row[S]) aliasFor(canonical string) row[S] {
-	r.aliasOf, r.setDefault, r.dflt = canonical, nil, ""
+	r.aliasOf, r.setDefault, r.dflt, r.field = canonical, nil, "", nil
 	return r
 }
 

@@ -116,9 +116,12 @@ var domainTable = newTable(
 	one("max-rcpt-per-message", func(s *DomainSettings) *Setting[int] { return &s.MaxRcptPerTransaction }, intRange(1, 100000), 100).aliasFor("max-rcpt-per-transaction"),
 	one("max-msg-rate", func(s *DomainSettings) *Setting[Rate] { return &s.MaxMsgRate }, parseRateOrZero, Rate{}),
 	one("max-connect-rate", func(s *DomainSettings) *Setting[Rate] { return &s.MaxConnectRate }, parseRate, Rate{}),
-	custom("source-ip-max-smtp-out", "", func(b *builder, s *DomainSettings, n *node) { b.sourceIPLimit(&s.SourceIPMaxSMTPOut, n) }),
-	custom("source-ip-max-msg-rate", "", func(b *builder, s *DomainSettings, n *node) { b.sourceIPRate(&s.SourceIPMaxMsgRate, n) }),
-	custom("source-ip-max-connect-rate", "", func(b *builder, s *DomainSettings, n *node) { b.sourceIPRate(&s.SourceIPMaxConnectRate, n) }),
+	custom("source-ip-max-smtp-out", "", func(b *builder, s *DomainSettings, n *node) { b.sourceIPLimit(&s.SourceIPMaxSMTPOut, n) }).
+		of(func(s *DomainSettings) any { return &s.SourceIPMaxSMTPOut }),
+	custom("source-ip-max-msg-rate", "", func(b *builder, s *DomainSettings, n *node) { b.sourceIPRate(&s.SourceIPMaxMsgRate, n) }).
+		of(func(s *DomainSettings) any { return &s.SourceIPMaxMsgRate }),
+	custom("source-ip-max-connect-rate", "", func(b *builder, s *DomainSettings, n *node) { b.sourceIPRate(&s.SourceIPMaxConnectRate, n) }).
+		of(func(s *DomainSettings) any { return &s.SourceIPMaxConnectRate }),
 	one("initial-smtp-out", func(s *DomainSettings) *Setting[int] { return &s.InitialSMTPOut }, intRange(1, 10000), 2).tern(),
 	one("adaptive-smtp-out", func(s *DomainSettings) *Setting[bool] { return &s.AdaptiveSMTPOut }, parseBool, true).tern(),
 	one("connection-idle-timeout", func(s *DomainSettings) *Setting[time.Duration] { return &s.ConnectionIdleTimeout }, positiveDuration, 30*time.Second),
@@ -153,10 +156,11 @@ var domainTable = newTable(
 	one("backoff-to-normal-after-delivery", func(s *DomainSettings) *Setting[bool] { return &s.BackoffToNormalAfterDelivery }, parseBool, true).
 		differs("the default is yes (PowerMTA: no)"),
 	one("dkim-sign", func(s *DomainSettings) *Setting[bool] { return &s.DKIMSign }, parseBool, false),
-	custom("domain-key", "", func(b *builder, s *DomainSettings, n *node) { b.domainKey(&s.DomainKeys, n) }),
+	custom("domain-key", "", func(b *builder, s *DomainSettings, n *node) { b.domainKey(&s.DomainKeys, n) }).
+		of(func(s *DomainSettings) any { return &s.DomainKeys }),
 	custom("smtp-421-means-mx-unavailable", "yes", smtp421).
 		differs("Tern always tries the next MX after a 421 greeting and counts it towards host-down-after; `no` is not available"),
-	custom("type", "smtp", deliveryType),
+	custom("type", "smtp", deliveryType).of(func(s *DomainSettings) any { return &s.Discard }),
 	ignored[DomainSettings]("log-commands", "Tern does not log outbound SMTP commands; each delivery attempt's outcome is logged (at log-level debug for deliveries) and written to the accounting file. log-commands in <source> logs inbound commands"),
 	ignored[DomainSettings]("log-connections", "Tern does not log outbound connections one by one; log-connections in <source> logs inbound ones, and `tern hosts` shows the connections to each MX"),
 	ignored[DomainSettings]("remove-header", "headers are removed when the message is received, by remove-header in <source>"),
