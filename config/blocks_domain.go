@@ -272,7 +272,8 @@ type domainKey struct {
 }
 
 // deliveryType reads PowerMTA's `type` of a queue. Tern delivers by SMTP;
-// `discard` is accepted and recorded (DomainSettings.Discard); the other
+// `discard` sets DomainSettings.Discard, and delivery then completes the
+// queue's mail without sending it (delivery/discard.go); the other
 // methods (pipe, file, http-delivery) are refused, since accepting them
 // would send by SMTP mail meant for a program or a file.
 func deliveryType(b *builder, s *DomainSettings, n *node) {

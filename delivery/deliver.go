@@ -50,6 +50,13 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 			}
 			pre = nil
 		}
+		if pol.Discard.Value && pre == nil {
+			// type discard for this message's domain (and pool): a
+			// rolled-up or pool-dependent queue, or one a reload just
+			// switched. Completed here, never sent (discard.go).
+			s.discardEntry(lease, entry)
+			continue
+		}
 		if reply := s.bounceShaped(r); reply != "" && pre == nil {
 			s.reportAll(w, lease, entry, queue.Bounced, reply, nil)
 			continue
@@ -127,7 +134,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 			}
 			npol := s.msgPolicy(reg, r, ne.Recipients[0].Pool, domain)
 			ncpol := s.connPolicy(reg, r, ne.Recipients[0].Pool, domain)
-			if !s.reusable(w, npol, ncpol) || s.clock.Now().Sub(ne.Envelope.Received) >= npol.BounceAfter.Value {
+			if npol.Discard.Value || !s.reusable(w, npol, ncpol) || s.clock.Now().Sub(ne.Envelope.Received) >= npol.BounceAfter.Value {
 				return nil
 			}
 			ahead, _ = s.prepare(reg, v, w, from, ne, ncpol, false)

@@ -20,6 +20,8 @@ import (
 // views and the operators' commands see.
 //
 // A domain's provider is, in order:
+//   - the domain itself, with type discard (under its VMTA or any pool):
+//     no lookup, no rollup (discard.go);
 //   - its smtp-hosts, when set: every domain routed to the same smart
 //     hosts shares them ("[a.example,b.example]");
 //   - the domain itself, with disable-mx-rollup or when it has no usable
@@ -67,6 +69,11 @@ func providerOf(ctx context.Context, res Resolver, reg *vmta.Registry, key queue
 	pol := &reg.Policy(key.VMTA, "", key.Domain).Settings
 	rt := route{provider: key.Domain, reg: reg}
 	switch {
+	case discardsAny(reg, key):
+		// A type discard domain is its own provider, never rolled up or
+		// grouped, so that the policy at hand is its own, and it is
+		// never looked up (discard.go).
+		return rt
 	case len(pol.SMTPHosts.Value) > 0:
 		// A smart host account is its own provider: the same hosts
 		// under another AUTH identity do not share connections.

@@ -39,6 +39,10 @@ func (ev Event) AcctRecord() acct.Record {
 		r.DSNMta = "dns;" + ev.RemoteHost + " (" + r.DlvDestinationIP + ")"
 	}
 	r.DSNDiag = "smtp;" + ev.Reply
+	if ev.Discarded {
+		// Not an SMTP reply: nothing was sent (type discard).
+		r.DlvType, r.DSNDiag = "discard", ev.Reply
+	}
 	code := replyCode(ev.Reply)
 	if e, ok := bounce.ParseEnhanced(ev.Reply); ok {
 		r.DSNStatus = strconv.Itoa(e.Class) + "." + strconv.Itoa(e.Subject) + "." + strconv.Itoa(e.Detail)

@@ -94,6 +94,9 @@ type Event struct {
 	// Duration is how long the transaction took, from MAIL FROM to the
 	// final reply, when one was attempted.
 	Duration time.Duration
+	// Discarded: a Delivered outcome of a queue whose policy says type
+	// discard. Nothing was looked up or sent; Reply is discardReply.
+	Discarded bool
 }
 
 // Scheduler runs the delivery of every queue.
@@ -134,6 +137,8 @@ type Scheduler struct {
 	shapes      map[shapeKey]*Shaping
 	thresh      map[threshKey][]time.Time
 	rerouteTurn uint64 // round robin over a reroute pool's members
+	// discarding are the keys a discarder is emptying (type discard).
+	discarding map[queue.Key]*discarder
 }
 
 // keyInfo is what the scheduler keeps per queue key.
@@ -142,6 +147,9 @@ type keyInfo struct {
 	runner    *runner // the runner of its provider; nil until routed
 	resolving bool
 	act       activity // recent outcomes, for the admin API's queue views
+	// discardReg is the configuration discardAll was computed with.
+	discardReg *vmta.Registry
+	discardAll bool
 }
 
 // leaseRetry is how long a queue whose lease failed waits before trying
@@ -175,6 +183,7 @@ func New(opts Options) *Scheduler {
 		vmtaRate: map[string]*limiter{}, poolRate: map[string]*limiter{}, sources: map[string]*atomic.Uint64{},
 		hosts: map[hostKey]*hostState{}, sites: map[siteKey]*window{},
 		shapes: map[shapeKey]*Shaping{}, thresh: map[threshKey][]time.Time{},
+		discarding: map[queue.Key]*discarder{},
 	}
 }
 
@@ -199,6 +208,9 @@ func (s *Scheduler) Notify(key queue.Key) {
 		return
 	}
 	reg := s.opts.Registry()
+	if s.discard(reg, key) {
+		return // type discard: no route, no runner
+	}
 	now := s.clock.Now()
 	s.mu.Lock()
 	ki := s.keyInfoLocked(key)
@@ -327,12 +339,19 @@ func (s *Scheduler) record(key queue.Key, entry queue.Entry, rc queue.RecipientS
 		ev.SourceIP, ev.RemoteHost, ev.RemoteIP, ev.TLSVersion = st.source, st.target.host, st.target.ip, st.tls
 		ev.Duration = st.txnDur
 	}
-	s.activityOf(key).add(&ev)
+	s.publish(key, &ev, out, st)
+	return ev
+}
+
+// publish hands the outcome ev of out to the queue's activity, the journal
+// and OnOutcome, and logs it. st is the session, nil when none was open.
+func (s *Scheduler) publish(key queue.Key, ev *Event, out *queue.Outcome, st *sessionState) {
+	s.activityOf(key).add(ev)
 	if s.opts.Journal != nil {
-		out.Journal = s.opts.Journal(ev)
+		out.Journal = s.opts.Journal(*ev)
 	}
 	if s.opts.OnOutcome != nil {
-		s.opts.OnOutcome(ev)
+		s.opts.OnOutcome(*ev)
 	}
 	// A delivery is a debug line (the accounting file's d record holds
 	// it); a deferral or a bounce is what an operator looks for, at info.
@@ -341,9 +360,9 @@ func (s *Scheduler) record(key queue.Key, entry queue.Entry, rc queue.RecipientS
 		level = slog.LevelDebug
 	}
 	if !s.log.Enabled(context.Background(), level) {
-		return ev
+		return
 	}
-	attrs := []any{"id", entry.ID.String(), "rcpt", rc.Address, "vmta", rc.VMTA, "outcome", out.Kind.String(), "reply", out.Reply}
+	attrs := []any{"id", ev.ID.String(), "rcpt", ev.Recipient.Address, "vmta", ev.Recipient.VMTA, "outcome", out.Kind.String(), "reply", out.Reply}
 	if st != nil {
 		tlsv := "none"
 		if st.tls != 0 {
@@ -355,7 +374,6 @@ func (s *Scheduler) record(key queue.Key, entry queue.Entry, rc queue.RecipientS
 		attrs = append(attrs, "next_attempt", out.Until.Format(time.RFC3339))
 	}
 	s.log.Log(context.Background(), level, "delivery attempt", attrs...)
-	return ev
 }
 
 // activityOf returns the recent-outcome ring of key.

@@ -205,13 +205,32 @@ func (s *fakeSession) close() {
 	}
 }
 
-// fakeResolver answers from maps.
+// fakeResolver answers from maps, and counts the names asked about.
 type fakeResolver struct {
-	mx   map[string][]*net.MX
-	addr map[string][]netip.Addr
+	mx    map[string][]*net.MX
+	addr  map[string][]netip.Addr
+	mu    sync.Mutex
+	asked map[string]int
+}
+
+func (r *fakeResolver) ask(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.asked == nil {
+		r.asked = map[string]int{}
+	}
+	r.asked[name]++
+}
+
+// lookups returns how many lookups (MX or address) named name.
+func (r *fakeResolver) lookups(name string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.asked[name]
 }
 
 func (r *fakeResolver) LookupMX(_ context.Context, domain string) ([]*net.MX, error) {
+	r.ask(domain)
 	if mx, ok := r.mx[domain]; ok {
 		return mx, nil
 	}
@@ -222,6 +241,7 @@ func (r *fakeResolver) LookupMX(_ context.Context, domain string) ([]*net.MX, er
 }
 
 func (r *fakeResolver) LookupAddr(_ context.Context, host string) ([]netip.Addr, error) {
+	r.ask(host)
 	if a, ok := r.addr[host]; ok {
 		return a, nil
 	}
@@ -241,6 +261,23 @@ type world struct {
 	evs   atomic.Int64 // outcomes reported
 	bnc   atomic.Int64 // bounces
 	dly   atomic.Int64 // recipients given delay reports
+	// events are the outcomes reported, in order.
+	evMu   sync.Mutex
+	events []Event
+}
+
+func (w *world) outcome(ev Event) {
+	w.evs.Add(1)
+	w.evMu.Lock()
+	w.events = append(w.events, ev)
+	w.evMu.Unlock()
+}
+
+// outcomes returns the outcomes reported so far.
+func (w *world) outcomes() []Event {
+	w.evMu.Lock()
+	defer w.evMu.Unlock()
+	return append([]Event(nil), w.events...)
 }
 
 // newWorld builds a scheduler for conf (appended to two VMTAs on
@@ -249,6 +286,21 @@ func newWorld(t *testing.T, conf string) *world {
 	t.Helper()
 	w := &world{t: t, clock: queuetest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), net: newFakeNet(),
 		res: &fakeResolver{mx: map[string][]*net.MX{}, addr: map[string][]netip.Addr{}}}
+	w.reload(conf)
+	w.net.clock = w.clock
+	w.fs = vfs.NewMem()
+	w.start()
+	t.Cleanup(func() {
+		close(w.net.hole)
+		w.stop()
+	})
+	return w
+}
+
+// reload makes conf (appended to the two VMTAs) the configuration, as a
+// reload of the daemon would.
+func (w *world) reload(conf string) {
+	w.t.Helper()
 	cfg, err := config.Parse("t.conf", []byte(`smtp-listener 127.0.0.1:1
 host-name tern.test
 <virtual-mta mta1>
@@ -259,21 +311,13 @@ host-name tern.test
 </virtual-mta>
 `+conf), config.Options{Hostname: "tern.test"})
 	if err != nil {
-		t.Fatal(err)
+		w.t.Fatal(err)
 	}
 	reg, err := vmta.Build(cfg)
 	if err != nil {
-		t.Fatal(err)
+		w.t.Fatal(err)
 	}
 	w.reg.Store(reg)
-	w.net.clock = w.clock
-	w.fs = vfs.NewMem()
-	w.start()
-	t.Cleanup(func() {
-		close(w.net.hole)
-		w.stop()
-	})
-	return w
 }
 
 // start opens the queue in the world's file system and starts a new
@@ -294,7 +338,7 @@ func (w *world) start() {
 	w.s = New(Options{Queue: w.q, Registry: w.reg.Load, Resolver: w.res, Clock: w.clock,
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Jitter:    func() float64 { return 0.5 },
-		OnOutcome: func(ev Event) { w.evs.Add(1) },
+		OnOutcome: w.outcome,
 		OnBounce:  func(queue.Envelope, []Event, []byte) { w.bnc.Add(1) },
 		OnDelay:   func(_ queue.Envelope, d []Event, _ []byte) { w.dly.Add(int64(len(d))) },
 		transport: w.net})
