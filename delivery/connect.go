@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -195,6 +196,9 @@ func (s *Scheduler) open(w *worker, t target, src vmta.SourceHost, pol, cpol *co
 	r := w.r
 	o := connOptions{source: src.IP, ehlo: src.HostName, pol: pol,
 		wantTLS: pol.UseStartTLS.Value || pol.RequireStartTLS.Value}
+	if pol.ReuseSSLSession.Value {
+		o.sessions = s.tlsSessionCache(src.IP)
+	}
 	sess, err := s.tr.open(s.ctx, t, o)
 	if err != nil && judgeOpen(err, pol.RequireStartTLS.Value).plaintext {
 		// Opportunistic TLS failed: the same host in plaintext.
@@ -250,6 +254,26 @@ func (s *Scheduler) open(w *worker, t target, src vmta.SourceHost, pol, cpol *co
 		s.matchReply(s.opts.Registry(), r, cpol, oe.reply().Error(), src.IP)
 	}
 	return nil, err
+}
+
+// tlsSessionsPerSource bounds the TLS sessions kept per source address:
+// the least recently used goes first.
+const tlsSessionsPerSource = 1024
+
+// tlsSessionCache returns the TLS session cache of the source address src,
+// made on first use. Each source address has its own, so a session is
+// only ever resumed from the address that made it: a receiver must not
+// be able to tie two source IPs together by the session one resumes.
+// VMTAs sharing an address share its cache, as they share its reputation.
+func (s *Scheduler) tlsSessionCache(src netip.Addr) tls.ClientSessionCache {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.tlsSessions[src]
+	if c == nil {
+		c = tls.NewLRUClientSessionCache(tlsSessionsPerSource)
+		s.tlsSessions[src] = c
+	}
+	return c
 }
 
 // probeInterval is how long a down host waits for its probe: the first

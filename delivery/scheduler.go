@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -131,6 +132,9 @@ type Scheduler struct {
 	sites    map[siteKey]*window
 	// shapes are the traffic-shaping states in force; thresh the recent
 	// matches of threshold rules.
+	// tlsSessions are the TLS session caches per source address
+	// (reuse-ssl-session).
+	tlsSessions map[netip.Addr]tls.ClientSessionCache
 	shapes      map[shapeKey]*Shaping
 	thresh      map[threshKey][]time.Time
 	rerouteTurn uint64 // round robin over a reroute pool's members
@@ -175,6 +179,7 @@ func New(opts Options) *Scheduler {
 		vmtaRate: map[string]*limiter{}, poolRate: map[string]*limiter{}, sources: map[string]*atomic.Uint64{},
 		hosts: map[hostKey]*hostState{}, sites: map[siteKey]*window{},
 		shapes: map[shapeKey]*Shaping{}, thresh: map[threshKey][]time.Time{},
+		tlsSessions: map[netip.Addr]tls.ClientSessionCache{},
 	}
 }
 
