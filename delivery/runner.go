@@ -172,6 +172,14 @@ func (s *Scheduler) kick(r *runner) {
 		return
 	}
 	r.orphaned = nil
+	heldKeys, heldWhy := s.dropHeldLocked(reg, r)
+	if len(heldKeys) > 0 {
+		s.mu.Unlock()
+		for i, k := range heldKeys {
+			s.holdKey(r, k, heldWhy[i])
+		}
+		s.mu.Lock()
+	}
 	if now.Before(r.holdUntil) || r.idle > 0 || len(r.ready) == 0 {
 		s.mu.Unlock()
 		return
@@ -523,6 +531,13 @@ func (s *Scheduler) leaseNext(reg *vmta.Registry, r *runner, pool string) (*queu
 		if !ok {
 			return nil, nil
 		}
+		if why := heldBy(reg, r, pool, key.Domain); why != "" {
+			// max-msg-rate 0: the key's mail waits, off the ready list
+			// until a reload notifies it again.
+			s.holdKey(r, key, why)
+			continue
+		}
+		s.unholdKey(key)
 		max := s.msgPolicy(reg, r, pool, key.Domain).MaxRcptPerTransaction.Value
 		lease, err := q.Lease(s.ctx, key, max)
 		if err != nil {

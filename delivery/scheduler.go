@@ -146,6 +146,9 @@ type keyInfo struct {
 	runner    *runner // the runner of its provider; nil until routed
 	resolving bool
 	act       activity // recent outcomes, for the admin API's queue views
+	// held is set while the key is held by max-msg-rate 0 (held.go), with
+	// its expiry check armed.
+	held bool
 }
 
 // leaseRetry is how long a queue whose lease failed waits before trying

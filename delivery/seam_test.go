@@ -249,6 +249,21 @@ func newWorld(t *testing.T, conf string) *world {
 	t.Helper()
 	w := &world{t: t, clock: queuetest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), net: newFakeNet(),
 		res: &fakeResolver{mx: map[string][]*net.MX{}, addr: map[string][]netip.Addr{}}}
+	w.reg.Store(worldRegistry(t, conf))
+	w.net.clock = w.clock
+	w.fs = vfs.NewMem()
+	w.start()
+	t.Cleanup(func() {
+		close(w.net.hole)
+		w.stop()
+	})
+	return w
+}
+
+// worldRegistry builds the registry of conf appended to the world's two
+// VMTAs.
+func worldRegistry(t *testing.T, conf string) *vmta.Registry {
+	t.Helper()
 	cfg, err := config.Parse("t.conf", []byte(`smtp-listener 127.0.0.1:1
 host-name tern.test
 <virtual-mta mta1>
@@ -265,15 +280,15 @@ host-name tern.test
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.reg.Store(reg)
-	w.net.clock = w.clock
-	w.fs = vfs.NewMem()
-	w.start()
-	t.Cleanup(func() {
-		close(w.net.hole)
-		w.stop()
-	})
-	return w
+	return reg
+}
+
+// reload makes conf (appended to the two VMTAs) the running configuration
+// and starts the scheduler again, as tern serve's reload does.
+func (w *world) reload(conf string) {
+	w.t.Helper()
+	w.reg.Store(worldRegistry(w.t, conf))
+	w.s.Start()
 }
 
 // start opens the queue in the world's file system and starts a new
