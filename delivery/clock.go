@@ -65,11 +65,19 @@ func (l *limiter) wait(ctx context.Context, clock queue.Clock, r config.Rate) er
 	now := clock.Now()
 	l.mu.Lock()
 	if l.l == nil || l.rate != r {
-		lim := rate.Inf
-		if !r.Unlimited() {
-			lim = rate.Limit(r.PerSecond())
+		if l.l != nil && !l.rate.Unlimited() && !r.Unlimited() {
+			// Another finite rate (a reload, or another queue sharing
+			// the bucket with its own limit): the bucket keeps its
+			// tokens, so a change cannot grant a burst.
+			l.l.SetLimitAt(now, rate.Limit(r.PerSecond()))
+			l.rate = r
+		} else {
+			lim := rate.Inf
+			if !r.Unlimited() {
+				lim = rate.Limit(r.PerSecond())
+			}
+			l.l, l.rate = rate.NewLimiter(lim, 1), r
 		}
-		l.l, l.rate = rate.NewLimiter(lim, 1), r
 	}
 	res := l.l.ReserveN(now, 1)
 	l.mu.Unlock()

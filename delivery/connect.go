@@ -63,7 +63,7 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 		return err
 	}
 	if rt, ok := sourceIPMaxConnectRate(cpol, w.src.IP); ok {
-		if err := limiterFor(s, r.srcConn, w.src.IP).wait(s.ctx, s.clock, rt); err != nil {
+		if err := s.site(w.src.IP, r.key.Provider, cpol).conn.wait(s.ctx, s.clock, rt); err != nil {
 			return err
 		}
 	}
@@ -91,6 +91,23 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 	attempts, maxAttempts := 0, mxConnectionAttempts(cpol)
 	var lastErr error
 	var down *hostsDownError
+	// waitingAt are the hosts this connect counts itself waiting at,
+	// until its wait for room ends.
+	var waitingAt []hostKey
+	unwait := func() {
+		if len(waitingAt) == 0 {
+			return
+		}
+		s.mu.Lock()
+		for _, hk := range waitingAt {
+			if h := s.hosts[hk]; h != nil && h.waiting > 0 {
+				h.waiting--
+			}
+		}
+		s.mu.Unlock()
+		waitingAt = waitingAt[:0]
+	}
+	defer unwait()
 	for {
 		var busy <-chan struct{}
 		down = &hostsDownError{domain: domain, source: src.IP}
@@ -110,7 +127,13 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 					busy = h.wait()
 				}
 				// A connection idling at this host for another queue from
-				// the same address gives its place up.
+				// the same address gives its place up; at
+				// mx-connection-limit, also one that falls idle while
+				// this connect waits.
+				if limit > 0 && h.conns+h.pending >= limit {
+					h.waiting++
+					waitingAt = append(waitingAt, hk)
+				}
 				s.closeIdlerLocked(func(id *idler) bool { return id.host == hk })
 			case hostDown:
 				if down.probe.IsZero() || h.downUntil.Before(down.probe) {
@@ -154,6 +177,7 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 		case <-ctx.Done():
 		}
 		cancel()
+		unwait()
 		if s.ctx.Err() != nil {
 			return s.ctx.Err()
 		}

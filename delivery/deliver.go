@@ -321,7 +321,7 @@ func (s *Scheduler) prepare(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 				}
 			}
 			if srcRated {
-				if err := limiterFor(s, r.srcMsg, w.src.IP).wait(s.ctx, s.clock, srcRate); err != nil {
+				if err := s.site(w.src.IP, r.key.Provider, cpol).msg.wait(s.ctx, s.clock, srcRate); err != nil {
 					return nil, true
 				}
 			}
