@@ -61,7 +61,7 @@ pickup /var/pickup
 		path + `:2:1: unknown directive "max-smpt-out" (did you mean "max-smtp-out"?)`,
 		path + ":4:3: max-smtp-out is not allowed in <source>; it belongs in <virtual-mta>, <virtual-mta-pool> or <domain>",
 		path + ":8:1: </domain> closes <virtual-mta mta1> opened at line 6",
-		path + ":9:1: warning: pickup is a PowerMTA directive Tern does not implement yet; ignored",
+		path + ":9:1: warning: pickup is a PowerMTA directive Tern ignores: ",
 		"3 errors, 1 warning; the configuration is refused",
 	} {
 		if !strings.Contains(errs, want) {
