@@ -3,6 +3,7 @@ package listener
 import (
 	"bytes"
 	"context"
+	"crypto/fips140"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -154,6 +155,22 @@ func inboundTLS(cfg *config.Config) *tls.Config {
 	return &tls.Config{Certificates: []tls.Certificate{*cfg.TLSCertificate}, MinVersion: lo, MaxVersion: hi}
 }
 
+// unavailableTLS says which of the TLS versions from lo up this build
+// cannot serve: in Go's FIPS 140 mode (GODEBUG=fips140=on) crypto/tls
+// speaks only TLS 1.2 and 1.3, so a configuration that allows 1.0 or 1.1
+// gets a warning rather than silent refusals. "" when every version is
+// available.
+func unavailableTLS(lo uint16, fips bool) string {
+	if !fips || lo >= tls.VersionTLS12 {
+		return ""
+	}
+	v := "TLS 1.0 and 1.1 are"
+	if lo == tls.VersionTLS11 {
+		v = "TLS 1.1 is"
+	}
+	return v + " allowed by smtp-server-tls-allow-tlsv1.x but not available in this build: Go's FIPS 140 mode speaks only TLS 1.2 and 1.3"
+}
+
 // New returns a Server with no listener open; Apply opens them.
 func New(opts Options) *Server {
 	if opts.Logger == nil {
@@ -207,6 +224,11 @@ func (s *Server) Apply(cfg *config.Config, reg *vmta.Registry) error {
 	}
 	if cfg.TLSCertificate != nil {
 		snap.tls = inboundTLS(cfg)
+		if lo, _, ok := cfg.InboundTLSVersions(); ok {
+			if msg := unavailableTLS(lo, fips140.Enabled()); msg != "" {
+				s.log.Warn(msg)
+			}
+		}
 	}
 	// The largest limit any session can have (a block that does not set
 	// it holds the default); unlimited anywhere means no server-wide cap,
