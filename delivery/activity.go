@@ -40,6 +40,9 @@ type QueueActivity struct {
 	LastErrorAt time.Time
 	// Events are the most recent outcomes, newest first.
 	Events []ActivityEvent
+	// Held says why the scheduler holds the queue's mail without sending
+	// it ("max-msg-rate 0 at tern.conf:12:5"); empty when it does not.
+	Held string
 }
 
 // activity is a queue's recent history: a ring of outcomes and a
@@ -100,7 +103,8 @@ func (a *activity) snapshot(events int) QueueActivity {
 
 // Activity reports the queue key's connections (those of its provider),
 // delivery rate, last error and up to events recent outcomes (newest
-// first). A key the scheduler has not worked on yet has none of them.
+// first), and why it is held, if it is. A key the scheduler has not worked
+// on yet has no connections, rate or outcomes.
 func (s *Scheduler) Activity(key queue.Key, events int) QueueActivity {
 	s.mu.Lock()
 	ki := s.keys[key]
@@ -110,10 +114,11 @@ func (s *Scheduler) Activity(key queue.Key, events int) QueueActivity {
 	}
 	s.mu.Unlock()
 	if ki == nil {
-		return QueueActivity{Events: []ActivityEvent{}}
+		return QueueActivity{Events: []ActivityEvent{}, Held: s.Held(key)}
 	}
 	out := ki.act.snapshot(events)
 	out.Connections = conns
+	out.Held = s.Held(key)
 	return out
 }
 

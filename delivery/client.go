@@ -100,6 +100,10 @@ type connOptions struct {
 	pol     *config.DomainSettings
 	dial    Dialer
 	wantTLS bool // try STARTTLS when offered
+	// sessions, when set, keeps the TLS sessions of the source address
+	// so that a new connection to the same host resumes one
+	// (reuse-ssl-session); nil makes every handshake a full one.
+	sessions tls.ClientSessionCache
 }
 
 // open connects to t and runs the prelude: greeting, EHLO, STARTTLS as the
@@ -137,6 +141,10 @@ func open(ctx context.Context, t target, o connOptions) (*outConn, error) {
 				// authenticating unless tls-verify-certificate says so.
 				InsecureSkipVerify: !pol.TLSVerifyCertificate.Value,
 				MinVersion:         tls.VersionTLS12,
+				// Keyed by ServerName; a session made without
+				// verification is never resumed by a connection that
+				// verifies (crypto/tls checks).
+				ClientSessionCache: o.sessions,
 			})
 			raw.SetDeadline(time.Now().Add(oc.cmdTimeout))
 			if err := tc.HandshakeContext(ctx); err != nil {

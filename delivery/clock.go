@@ -52,23 +52,37 @@ type limiter struct {
 
 // wait blocks until the rate allows one more event. Burst 1 spreads events
 // evenly over the interval, as a remote site counting per minute expects.
+// A Zero rate (max-msg-rate 0) allows no event at all: errZeroRate, at
+// once. x/time/rate would let one through (its burst) and then refuse the
+// reservations, which must not read as "go ahead".
 func (l *limiter) wait(ctx context.Context, clock queue.Clock, r config.Rate) error {
+	if r.Zero() {
+		return errZeroRate
+	}
 	if r.Unlimited() && l.unlimited() {
 		return ctx.Err()
 	}
 	now := clock.Now()
 	l.mu.Lock()
 	if l.l == nil || l.rate != r {
-		lim := rate.Inf
-		if !r.Unlimited() {
-			lim = rate.Limit(r.PerSecond())
+		if l.l != nil && !l.rate.Unlimited() && !r.Unlimited() {
+			// Another finite rate (a reload, or another queue sharing
+			// the bucket with its own limit): the bucket keeps its
+			// tokens, so a change cannot grant a burst.
+			l.l.SetLimitAt(now, rate.Limit(r.PerSecond()))
+			l.rate = r
+		} else {
+			lim := rate.Inf
+			if !r.Unlimited() {
+				lim = rate.Limit(r.PerSecond())
+			}
+			l.l, l.rate = rate.NewLimiter(lim, 1), r
 		}
-		l.l, l.rate = rate.NewLimiter(lim, 1), r
 	}
 	res := l.l.ReserveN(now, 1)
 	l.mu.Unlock()
 	if !res.OK() {
-		return ctx.Err()
+		return errZeroRate // only a limit of 0 refuses a reservation of 1
 	}
 	if err := sleep(ctx, clock, res.DelayFrom(now)); err != nil {
 		res.CancelAt(clock.Now())
@@ -88,7 +102,10 @@ func (l *limiter) unlimited() bool {
 // allows reports, without waiting or taking a token, whether an event
 // could happen now.
 func (l *limiter) allows(clock queue.Clock, r config.Rate) bool {
-	if r.Unlimited() {
+	switch {
+	case r.Zero():
+		return false
+	case r.Unlimited():
 		return true
 	}
 	l.mu.Lock()

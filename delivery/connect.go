@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -62,7 +63,7 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 		return err
 	}
 	if rt, ok := sourceIPMaxConnectRate(cpol, w.src.IP); ok {
-		if err := limiterFor(s, r.srcConn, w.src.IP).wait(s.ctx, s.clock, rt); err != nil {
+		if err := s.site(w.src.IP, r.key.Provider, cpol).conn.wait(s.ctx, s.clock, rt); err != nil {
 			return err
 		}
 	}
@@ -90,6 +91,23 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 	attempts, maxAttempts := 0, mxConnectionAttempts(cpol)
 	var lastErr error
 	var down *hostsDownError
+	// waitingAt are the hosts this connect counts itself waiting at,
+	// until its wait for room ends.
+	var waitingAt []hostKey
+	unwait := func() {
+		if len(waitingAt) == 0 {
+			return
+		}
+		s.mu.Lock()
+		for _, hk := range waitingAt {
+			if h := s.hosts[hk]; h != nil && h.waiting > 0 {
+				h.waiting--
+			}
+		}
+		s.mu.Unlock()
+		waitingAt = waitingAt[:0]
+	}
+	defer unwait()
 	for {
 		var busy <-chan struct{}
 		down = &hostsDownError{domain: domain, source: src.IP}
@@ -109,7 +127,13 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 					busy = h.wait()
 				}
 				// A connection idling at this host for another queue from
-				// the same address gives its place up.
+				// the same address gives its place up; at
+				// mx-connection-limit, also one that falls idle while
+				// this connect waits.
+				if limit > 0 && h.conns+h.pending >= limit {
+					h.waiting++
+					waitingAt = append(waitingAt, hk)
+				}
 				s.closeIdlerLocked(func(id *idler) bool { return id.host == hk })
 			case hostDown:
 				if down.probe.IsZero() || h.downUntil.Before(down.probe) {
@@ -153,6 +177,7 @@ func (s *Scheduler) connect(w *worker, v *vmta.VMTA, domain string, pol, cpol *c
 		case <-ctx.Done():
 		}
 		cancel()
+		unwait()
 		if s.ctx.Err() != nil {
 			return s.ctx.Err()
 		}
@@ -195,6 +220,9 @@ func (s *Scheduler) open(w *worker, t target, src vmta.SourceHost, pol, cpol *co
 	r := w.r
 	o := connOptions{source: src.IP, ehlo: src.HostName, pol: pol,
 		wantTLS: pol.UseStartTLS.Value || pol.RequireStartTLS.Value}
+	if pol.ReuseSSLSession.Value {
+		o.sessions = s.tlsSessionCache(src.IP)
+	}
 	sess, err := s.tr.open(s.ctx, t, o)
 	if err != nil && judgeOpen(err, pol.RequireStartTLS.Value).plaintext {
 		// Opportunistic TLS failed: the same host in plaintext.
@@ -250,6 +278,26 @@ func (s *Scheduler) open(w *worker, t target, src vmta.SourceHost, pol, cpol *co
 		s.matchReply(s.opts.Registry(), r, cpol, oe.reply().Error(), src.IP)
 	}
 	return nil, err
+}
+
+// tlsSessionsPerSource bounds the TLS sessions kept per source address:
+// the least recently used goes first.
+const tlsSessionsPerSource = 1024
+
+// tlsSessionCache returns the TLS session cache of the source address src,
+// made on first use. Each source address has its own, so a session is
+// only ever resumed from the address that made it: a receiver must not
+// be able to tie two source IPs together by the session one resumes.
+// VMTAs sharing an address share its cache, as they share its reputation.
+func (s *Scheduler) tlsSessionCache(src netip.Addr) tls.ClientSessionCache {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.tlsSessions[src]
+	if c == nil {
+		c = tls.NewLRUClientSessionCache(tlsSessionsPerSource)
+		s.tlsSessions[src] = c
+	}
+	return c
 }
 
 // probeInterval is how long a down host waits for its probe: the first

@@ -62,9 +62,15 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 			continue
 		}
 		if age := now.Sub(entry.Envelope.Received); pre == nil && age >= pol.BounceAfter.Value {
-			s.reportAll(w, lease, entry, queue.Bounced,
-				fmt.Sprintf("5.4.7 message expired after %s in the queue (bounce-after %s)",
-					config.FormatDuration(age.Truncate(time.Second)), config.FormatDuration(pol.BounceAfter.Value)), nil)
+			s.reportAll(w, lease, entry, queue.Bounced, expiredReply(age, pol.BounceAfter.Value), nil)
+			continue
+		}
+		if why := heldBy(reg, r, pool, domain); why != "" && pre == nil {
+			// max-msg-rate 0 for this message's policy (a reload, or
+			// another pool than the lease's first message): it is not
+			// sent, and goes back to the queue with the lease; the key
+			// waits until a reload releases it.
+			s.holdKey(r, lease.Key, why)
 			continue
 		}
 		if w.sess != nil && (connErr != nil || !s.reusable(w, pol, cpol)) {
@@ -131,6 +137,9 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 					return nil // another pool: its slot is checked first
 				}
 				from, ne = carry, carry.Messages[0]
+			}
+			if heldBy(reg, r, ne.Recipients[0].Pool, domain) != "" {
+				return nil
 			}
 			npol := s.msgPolicy(reg, r, ne.Recipients[0].Pool, domain)
 			ncpol := s.connPolicy(reg, r, ne.Recipients[0].Pool, domain)
@@ -319,7 +328,7 @@ func (s *Scheduler) prepare(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 				}
 			}
 			if srcRated {
-				if err := limiterFor(s, r.srcMsg, w.src.IP).wait(s.ctx, s.clock, srcRate); err != nil {
+				if err := s.site(w.src.IP, r.key.Provider, cpol).msg.wait(s.ctx, s.clock, srcRate); err != nil {
 					return nil, true
 				}
 			}

@@ -37,6 +37,10 @@ type hostState struct {
 	// changed is closed and replaced when a pending open ends or a
 	// session closes: connects waiting for room at this host look again.
 	changed chan struct{}
+	// waiting counts the connects waiting for room at this host's
+	// mx-connection-limit: a session that falls idle here then closes
+	// rather than keep the place (see Scheduler.idle).
+	waiting int
 }
 
 // admission is the answer to "may a session to this host be opened now".
@@ -142,7 +146,7 @@ func (h *hostState) wait() <-chan struct{} {
 
 // idle reports whether the state holds nothing worth keeping.
 func (h *hostState) idle() bool {
-	return h.conns == 0 && h.pending == 0 && h.downUntil.IsZero() && h.failures == 0 && h.changed == nil
+	return h.conns == 0 && h.pending == 0 && h.downUntil.IsZero() && h.failures == 0 && h.changed == nil && h.waiting == 0
 }
 
 // siteKey is one provider as seen from one source address.
@@ -180,6 +184,10 @@ type window struct {
 	refusals     int // refusals at the banner, ever
 	// waiters are the runners that found the window full.
 	waiters map[*runner]bool
+	// conn and msg are source-ip-max-connect-rate and
+	// source-ip-max-msg-rate: like the window, one bucket per (source
+	// address, provider) over every VMTA sending from the address.
+	conn, msg limiter
 }
 
 // newWindow returns a window starting at initial connections.

@@ -56,9 +56,6 @@ type runner struct {
 	skipHost  string
 	skipUntil time.Time
 	conn, msg limiter
-	// srcConn and srcMsg are the per-source-address rates
-	// (source-ip-max-connect-rate, source-ip-max-msg-rate).
-	srcConn, srcMsg map[netip.Addr]*limiter
 	// poolBlocked is the pool whose max-smtp-out stopped the queue's last
 	// worker: no worker starts until that pool has a free slot.
 	poolBlocked string
@@ -69,7 +66,7 @@ type runner struct {
 
 func newRunner(k provKey) *runner {
 	return &runner{key: k, members: map[queue.Key]bool{}, inReady: map[queue.Key]bool{},
-		bySource: map[netip.Addr]int{}, srcConn: map[netip.Addr]*limiter{}, srcMsg: map[netip.Addr]*limiter{}}
+		bySource: map[netip.Addr]int{}}
 }
 
 // pushReadyLocked adds key to the runner's ready list (once) and wakes its
@@ -172,6 +169,14 @@ func (s *Scheduler) kick(r *runner) {
 		return
 	}
 	r.orphaned = nil
+	heldKeys, heldWhy := s.dropHeldLocked(reg, r)
+	if len(heldKeys) > 0 {
+		s.mu.Unlock()
+		for i, k := range heldKeys {
+			s.holdKey(r, k, heldWhy[i])
+		}
+		s.mu.Lock()
+	}
 	if now.Before(r.holdUntil) || r.idle > 0 || len(r.ready) == 0 {
 		s.mu.Unlock()
 		return
@@ -270,12 +275,13 @@ func (s *Scheduler) pickSourceLocked(r *runner, v *vmta.VMTA, pol *config.Domain
 	return vmta.SourceHost{}, false
 }
 
-// roomLocked reports whether r may start one more connection from src: it
-// is under source-ip-max-smtp-out there, the address is not disabled for
-// the provider, and the provider's window from it has room. When only the
-// window is full, that window is returned.
+// roomLocked reports whether r may start one more connection from src: the
+// provider has fewer than source-ip-max-smtp-out connections from src
+// (counted over every VMTA sending from it, as the provider counts them),
+// the address is not disabled for the provider, and the provider's window
+// from it has room. When only the window is full, that window is returned.
 func (s *Scheduler) roomLocked(r *runner, src netip.Addr, pol *config.DomainSettings, now time.Time) (*window, bool) {
-	if lim, ok := sourceIPMaxSMTPOut(pol, src); ok && r.bySource[src] >= lim {
+	if lim, ok := sourceIPMaxSMTPOut(pol, src); ok && s.siteLocked(src, r.key.Provider, pol).open >= lim {
 		return nil, false
 	}
 	if s.sourceDisabledLocked(r, src) {
@@ -297,6 +303,13 @@ func (s *Scheduler) siteLocked(src netip.Addr, provider string, pol *config.Doma
 		s.sites[k] = w
 	}
 	return w
+}
+
+// site is siteLocked for callers without the lock.
+func (s *Scheduler) site(src netip.Addr, provider string, pol *config.DomainSettings) *window {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.siteLocked(src, provider, pol)
 }
 
 // release gives back a worker's slot and hands it on: to this runner if
@@ -523,6 +536,13 @@ func (s *Scheduler) leaseNext(reg *vmta.Registry, r *runner, pool string) (*queu
 		if !ok {
 			return nil, nil
 		}
+		if why := heldBy(reg, r, pool, key.Domain); why != "" {
+			// max-msg-rate 0: the key's mail waits, off the ready list
+			// until a reload notifies it again.
+			s.holdKey(r, key, why)
+			continue
+		}
+		s.unholdKey(key)
 		max := s.msgPolicy(reg, r, pool, key.Domain).MaxRcptPerTransaction.Value
 		lease, err := q.Lease(s.ctx, key, max)
 		if err != nil {
@@ -566,6 +586,13 @@ func (s *Scheduler) idle(w *worker, reg *vmta.Registry, pool, vmtaName, poolSlot
 	if len(r.ready) > 0 {
 		s.mu.Unlock()
 		return true
+	}
+	if h := s.hosts[w.host]; h != nil && h.waiting > 0 {
+		// Another connect waits for this connection's place at the
+		// host's mx-connection-limit: it gets it now rather than after
+		// connection-idle-timeout.
+		s.mu.Unlock()
+		return false
 	}
 	lead := r.lead
 	s.mu.Unlock()

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -134,6 +135,9 @@ type Scheduler struct {
 	sites    map[siteKey]*window
 	// shapes are the traffic-shaping states in force; thresh the recent
 	// matches of threshold rules.
+	// tlsSessions are the TLS session caches per source address
+	// (reuse-ssl-session).
+	tlsSessions map[netip.Addr]tls.ClientSessionCache
 	shapes      map[shapeKey]*Shaping
 	thresh      map[threshKey][]time.Time
 	rerouteTurn uint64 // round robin over a reroute pool's members
@@ -150,6 +154,9 @@ type keyInfo struct {
 	// discardReg is the configuration discardAll was computed with.
 	discardReg *vmta.Registry
 	discardAll bool
+	// held is set while the key is held by max-msg-rate 0 (held.go), with
+	// its expiry check armed.
+	held bool
 }
 
 // leaseRetry is how long a queue whose lease failed waits before trying
@@ -183,7 +190,8 @@ func New(opts Options) *Scheduler {
 		vmtaRate: map[string]*limiter{}, poolRate: map[string]*limiter{}, sources: map[string]*atomic.Uint64{},
 		hosts: map[hostKey]*hostState{}, sites: map[siteKey]*window{},
 		shapes: map[shapeKey]*Shaping{}, thresh: map[threshKey][]time.Time{},
-		discarding: map[queue.Key]*discarder{},
+		discarding:  map[queue.Key]*discarder{},
+		tlsSessions: map[netip.Addr]tls.ClientSessionCache{},
 	}
 }
 

@@ -286,7 +286,7 @@ func newWorld(t *testing.T, conf string) *world {
 	t.Helper()
 	w := &world{t: t, clock: queuetest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), net: newFakeNet(),
 		res: &fakeResolver{mx: map[string][]*net.MX{}, addr: map[string][]netip.Addr{}}}
-	w.reload(conf)
+	w.reg.Store(worldRegistry(t, conf))
 	w.net.clock = w.clock
 	w.fs = vfs.NewMem()
 	w.start()
@@ -297,10 +297,10 @@ func newWorld(t *testing.T, conf string) *world {
 	return w
 }
 
-// reload makes conf (appended to the two VMTAs) the configuration, as a
-// reload of the daemon would.
-func (w *world) reload(conf string) {
-	w.t.Helper()
+// worldRegistry builds the registry of conf appended to the world's two
+// VMTAs.
+func worldRegistry(t *testing.T, conf string) *vmta.Registry {
+	t.Helper()
 	cfg, err := config.Parse("t.conf", []byte(`smtp-listener 127.0.0.1:1
 host-name tern.test
 <virtual-mta mta1>
@@ -311,13 +311,21 @@ host-name tern.test
 </virtual-mta>
 `+conf), config.Options{Hostname: "tern.test"})
 	if err != nil {
-		w.t.Fatal(err)
+		t.Fatal(err)
 	}
 	reg, err := vmta.Build(cfg)
 	if err != nil {
-		w.t.Fatal(err)
+		t.Fatal(err)
 	}
-	w.reg.Store(reg)
+	return reg
+}
+
+// reload makes conf (appended to the two VMTAs) the running configuration
+// and starts the scheduler again, as tern serve's reload does.
+func (w *world) reload(conf string) {
+	w.t.Helper()
+	w.reg.Store(worldRegistry(w.t, conf))
+	w.s.Start()
 }
 
 // start opens the queue in the world's file system and starts a new

@@ -165,8 +165,9 @@ func (s *Scheduler) HostsDown() []HostView {
 const sweepInterval = 10 * time.Minute
 
 // sweep forgets the queue keys that hold no mail (their route and recent
-// outcomes), the runners left with no key, worker or state, and the host
-// states with nothing to remember: a sender reaching a million domains a
+// outcomes), the runners left with no key, worker or state, the host
+// states with nothing to remember, and the TLS sessions of source
+// addresses no longer configured: a sender reaching a million domains a
 // day must not keep them all. It rearms itself.
 func (s *Scheduler) sweep() {
 	empty := map[queue.Key]bool{}
@@ -183,8 +184,21 @@ func (s *Scheduler) sweep() {
 			empty[k] = true
 		}
 	}
+	// The TLS sessions of the source addresses that no VMTA sends from any
+	// more (a reload removed them) are of no use.
+	used := map[netip.Addr]bool{}
+	for _, v := range s.opts.Registry().VMTAs() {
+		for _, sh := range v.SourceHosts {
+			used[sh.IP] = true
+		}
+	}
 	now := s.clock.Now()
 	s.mu.Lock()
+	for ip := range s.tlsSessions {
+		if !used[ip] {
+			delete(s.tlsSessions, ip)
+		}
+	}
 	for k := range empty {
 		ki := s.keys[k]
 		if ki == nil || ki.resolving {

@@ -23,6 +23,9 @@ type QueueActivity struct {
 	LastError           string
 	LastErrorAt         time.Time
 	Events              []QueueEvent // newest first
+	// Held says why delivery holds the queue's mail without sending it
+	// (max-msg-rate 0); empty when it does not.
+	Held string
 }
 
 // QueueEvent is one recipient outcome in a queue's detail view.
@@ -61,6 +64,10 @@ type queueView struct {
 	// configuration: its mail waits for the VMTA to return or an operator
 	// to delete it.
 	Orphaned bool `json:"orphaned"`
+	// Held says why delivery holds the queue's mail without sending it,
+	// as an operator's pause would ("max-msg-rate 0 at tern.conf:12:5");
+	// absent when it does not.
+	Held string `json:"held,omitempty"`
 }
 
 // queueDetail is the answer of GET /api/queue.
@@ -99,7 +106,7 @@ func (a *Admin) view(st queue.KeyStats, act QueueActivity, reg *vmta.Registry, n
 	v := queueView{Queue: st.Key.String(), VMTA: st.Key.VMTA, Domain: st.Key.Domain,
 		Ready: st.Ready, Deferred: st.Deferred, Leased: st.Leased, Total: st.Total(), Paused: st.Paused, Mode: "normal",
 		Connections: act.Connections, RatePerMinute: act.DeliveredLastMinute, LastError: act.LastError,
-		Orphaned: !a.configured(reg, st.Key.VMTA)}
+		Orphaned: !a.configured(reg, st.Key.VMTA), Held: act.Held}
 	if a.opts.ProviderOf != nil {
 		v.Provider = a.opts.ProviderOf(st.Key)
 	}

@@ -3,6 +3,7 @@ package listener
 import (
 	"bytes"
 	"context"
+	"crypto/fips140"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -139,6 +140,37 @@ func bakedInto(l *config.Listener, _ *snapshot) string {
 	return fmt.Sprintf("implicit-tls=%v", l.TLS)
 }
 
+// inboundTLS is the TLS configuration of STARTTLS and tls=yes listeners:
+// the certificate, and the versions smtp-server-tls-allow-tlsv1 to -tlsv1.3
+// allow (by default TLS 1.2 and 1.3). Go's TLS stack still serves TLS 1.0
+// and 1.1 when MinVersion asks for them explicitly (only its default
+// minimum is 1.2), so no GODEBUG setting is needed for them.
+func inboundTLS(cfg *config.Config) *tls.Config {
+	lo, hi, ok := cfg.InboundTLSVersions()
+	if !ok {
+		// Load refuses a file that allows no version; a Config built
+		// otherwise gets the defaults.
+		lo, hi = tls.VersionTLS12, tls.VersionTLS13
+	}
+	return &tls.Config{Certificates: []tls.Certificate{*cfg.TLSCertificate}, MinVersion: lo, MaxVersion: hi}
+}
+
+// unavailableTLS says which of the TLS versions from lo up this build
+// cannot serve: in Go's FIPS 140 mode (GODEBUG=fips140=on) crypto/tls
+// speaks only TLS 1.2 and 1.3, so a configuration that allows 1.0 or 1.1
+// gets a warning rather than silent refusals. "" when every version is
+// available.
+func unavailableTLS(lo uint16, fips bool) string {
+	if !fips || lo >= tls.VersionTLS12 {
+		return ""
+	}
+	v := "TLS 1.0 and 1.1 are"
+	if lo == tls.VersionTLS11 {
+		v = "TLS 1.1 is"
+	}
+	return v + " allowed by smtp-server-tls-allow-tlsv1.x but not available in this build: Go's FIPS 140 mode speaks only TLS 1.2 and 1.3"
+}
+
 // New returns a Server with no listener open; Apply opens them.
 func New(opts Options) *Server {
 	if opts.Logger == nil {
@@ -191,7 +223,12 @@ func (s *Server) Apply(cfg *config.Config, reg *vmta.Registry) error {
 		snap.limits.Reserved = min(snap.limits.Reserved, m/10)
 	}
 	if cfg.TLSCertificate != nil {
-		snap.tls = &tls.Config{Certificates: []tls.Certificate{*cfg.TLSCertificate}, MinVersion: tls.VersionTLS12}
+		snap.tls = inboundTLS(cfg)
+		if lo, _, ok := cfg.InboundTLSVersions(); ok {
+			if msg := unavailableTLS(lo, fips140.Enabled()); msg != "" {
+				s.log.Warn(msg)
+			}
+		}
 	}
 	// The largest limit any session can have (a block that does not set
 	// it holds the default); unlimited anywhere means no server-wide cap,
@@ -290,6 +327,9 @@ func (s *Server) open(l *config.Listener, snap *snapshot) (*running, error) {
 	r.cur.Store(l)
 	// The certificate is looked up per handshake, so a reload that renews
 	// it applies to the next client without reopening the socket.
+	// So are the TLS versions: the handshake negotiates with the
+	// configuration returned here, its MinVersion and MaxVersion included
+	// (this one's MinVersion plays no part).
 	r.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		if cur := s.snap.Load(); cur != nil && cur.tls != nil {
 			return cur.tls, nil

@@ -92,11 +92,17 @@ func (q *Queue) Lease(ctx context.Context, key Key, max int) (*Lease, error) {
 	k.leases[l] = struct{}{}
 	durable := q.durableGen
 	q.mu.Unlock()
+	return l.start(ctx, need, durable)
+}
 
+// start reads the records of a lease whose slots were just taken from the
+// index: after the commit holding the newest of them (need) when that was
+// not yet durable (durable).
+func (l *Lease) start(ctx context.Context, need, durable uint64) (*Lease, error) {
 	// A recipient deferred a moment ago may have its new record still in the
 	// committer's batch; read only after that batch is durable.
 	if need > durable {
-		if err := q.waitDurable(ctx, need); err != nil {
+		if err := l.q.waitDurable(ctx, need); err != nil {
 			l.Release()
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -103,11 +104,18 @@ func printSummary(w io.Writer, cfg *config.Config, reg *vmta.Registry) {
 	row("listeners", len(cfg.Listeners), list(items))
 	row("host-name", -1, cfg.HostName.Value)
 	row("spool", -1, fmt.Sprintf("%s (min-free-space %s)", cfg.Spool.Dir.Value, cfg.Spool.MinFreeSpace.Value))
-	tls := "not offered (no smtp-server-tls-certificate)"
+	starttls := "not offered (no smtp-server-tls-certificate)"
 	if cfg.TLSCertificate != nil {
-		tls = cfg.TLSCertificateFile.Value
+		starttls = cfg.TLSCertificateFile.Value
+		if lo, hi, ok := cfg.InboundTLSVersions(); ok {
+			starttls += " (" + tlsVersionName(lo)
+			if hi != lo {
+				starttls += " to " + tlsVersionName(hi)
+			}
+			starttls += ")"
+		}
 	}
-	row("STARTTLS", -1, tls)
+	row("STARTTLS", -1, starttls)
 
 	items = items[:0]
 	for _, s := range cfg.Sources {
@@ -193,4 +201,10 @@ func printSummary(w io.Writer, cfg *config.Config, reg *vmta.Registry) {
 	}
 	row("log", -1, fmt.Sprintf("%s, level %s", logTo, strings.ToLower(cfg.LogLevel.Value.String())))
 	tw.Flush()
+}
+
+// tlsVersionName names a TLS version as the smtp-server-tls-allow lines
+// do: "TLS 1.2".
+func tlsVersionName(v uint16) string {
+	return strings.Replace(tls.VersionName(v), "TLSv", "TLS ", 1)
 }

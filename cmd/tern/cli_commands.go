@@ -171,6 +171,7 @@ type queueRow struct {
 	LastError        string     `json:"last_error"`
 	LastErrorAt      *time.Time `json:"last_error_at"`
 	Orphaned         bool       `json:"orphaned"`
+	Held             string     `json:"held"`
 }
 
 // total is the row's recipient count, computed when the server omits it.
@@ -190,7 +191,9 @@ func (r *queueRow) oldestAge(now time.Time) string {
 	return ageSince(r.Oldest, now)
 }
 
-// state is "active", "paused" and/or "orphaned".
+// state is "active", or "paused", "orphaned" and "held: REASON" as they
+// apply; the reason of a hold without where it is written (the detail view
+// has it whole).
 func (r *queueRow) state() string {
 	var s []string
 	if r.Paused {
@@ -198,6 +201,10 @@ func (r *queueRow) state() string {
 	}
 	if r.Orphaned {
 		s = append(s, "orphaned")
+	}
+	if r.Held != "" {
+		why, _, _ := strings.Cut(r.Held, " at ")
+		s = append(s, "held: "+why)
 	}
 	if len(s) == 0 {
 		return "active"
@@ -308,6 +315,9 @@ func showQueue(c *apiClient, name string, events int) int {
 	t.row("provider", q.Provider)
 	t.row("recipients", fmt.Sprintf("%d (ready %d, deferred %d, leased %d)", q.total(), q.Ready, q.Deferred, q.Leased))
 	t.row("state", q.state())
+	if q.Held != "" {
+		t.row("held", q.Held+"; nothing is sent until a reload gives the queue a rate")
+	}
 	t.row("mode", q.mode(now))
 	t.row("oldest", q.oldestAge(now))
 	t.row("next attempt", until(q.NextAttempt, now))

@@ -470,7 +470,7 @@ func restartOnly(file string, running, next *config.Config) []config.Diagnostic 
 // (the listener does not import delivery).
 func activityView(a delivery.QueueActivity) listener.QueueActivity {
 	out := listener.QueueActivity{Connections: a.Connections, DeliveredLastMinute: a.DeliveredLastMinute,
-		LastError: a.LastError, LastErrorAt: a.LastErrorAt, Events: make([]listener.QueueEvent, 0, len(a.Events))}
+		LastError: a.LastError, LastErrorAt: a.LastErrorAt, Held: a.Held, Events: make([]listener.QueueEvent, 0, len(a.Events))}
 	for _, ev := range a.Events {
 		e := listener.QueueEvent{Time: ev.Time, ID: ev.ID.String(), Recipient: ev.Recipient, Kind: ev.Kind.String(),
 			Reply: ev.Reply, RemoteHost: ev.RemoteHost}

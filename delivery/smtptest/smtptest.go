@@ -162,6 +162,9 @@ type Conn struct {
 	TLSVersion uint16
 	// TLSServerName is the SNI name the client sent, if any.
 	TLSServerName string
+	// TLSResumed is true when the client resumed an earlier TLS session
+	// (tls.ConnectionState.DidResume) rather than making a full handshake.
+	TLSResumed bool
 	// AuthUser is the user name that authenticated, if any.
 	AuthUser string
 	// Refused is true when a greeting script turned the connection away.
@@ -629,6 +632,7 @@ func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		if st, ok := c.TLSConnectionState(); ok {
 			r.TLSVersion = st.Version
 			r.TLSServerName = st.ServerName
+			r.TLSResumed = st.DidResume
 		}
 	})
 	s.mu.Lock()

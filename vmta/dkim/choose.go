@@ -75,51 +75,111 @@ func Enabled(reg *vmta.Registry, vmtaName, pool, rcptDomain string) bool {
 }
 
 // ChooseKey returns the key that signs mail From fromDomain sent by the VMTA
-// vmtaName selected through pool ("" when chosen directly). A key qualifies
-// when its domain is fromDomain or a parent of it (compared
-// case-insensitively, on whole labels). The VMTA's <domain> blocks are
-// searched first, then the pool's, then the global ones, whatever their
-// patterns; the first level holding a qualifying key decides, and within it
-// the longest key domain wins, then file order. Names the registry does not
-// know contribute nothing.
+// vmtaName selected through pool ("" when chosen directly).
+//
+// A key qualifies when its domain is fromDomain or a parent of it
+// (compared case-insensitively, on whole labels), or when its domain is
+// config.AnyDomain (`domain-key SELECTOR,*,FILE`): such a key signs for the
+// From domain itself, and the returned key carries fromDomain (lower-cased)
+// as its Domain, the d= of the signature.
+//
+// The keys are searched level by level, and the first level holding a
+// qualifying key decides:
+//
+//  1. the keys of the VMTA's <domain> blocks, then those of the pool's,
+//     then those of the global <domain> blocks, whatever their patterns;
+//  2. the VMTA's own domain-key lines (in <virtual-mta>);
+//  3. the pool's own domain-key lines (in <virtual-mta-pool>), when the
+//     mail was selected through a pool;
+//  4. the top-level domain-key lines.
+//
+// Within a level an aligned key wins over a * key; among aligned keys the
+// longest domain wins, then file order; among * keys, file order. Names
+// the registry does not know contribute nothing.
 func ChooseKey(reg *vmta.Registry, vmtaName, pool, fromDomain string) (config.DomainKey, bool) {
 	from := normalize(fromDomain)
 	if from == "" {
 		return config.DomainKey{}, false
 	}
-	if v, ok := reg.VMTA(vmtaName); ok && v.Config != nil {
-		if k, ok := bestKey(v.Config.Domains, from); ok {
+	var v *config.VirtualMTA
+	if m, ok := reg.VMTA(vmtaName); ok {
+		v = m.Config
+	}
+	var p *config.Pool
+	if pool != "" {
+		if m, ok := reg.Pool(pool); ok {
+			p = m.Config
+		}
+	}
+	cfg := reg.Config()
+	var levels [][]config.DomainKey
+	// 1. The <domain> blocks: the VMTA's, the pool's, the global ones.
+	if v != nil {
+		levels = append(levels, blockKeys(v.Domains))
+	}
+	if p != nil {
+		levels = append(levels, blockKeys(p.Domains))
+	}
+	if cfg != nil {
+		levels = append(levels, blockKeys(cfg.Domains))
+	}
+	// 2-4. The keys written outside <domain>.
+	if v != nil {
+		levels = append(levels, v.DomainKeys.Value)
+	}
+	if p != nil {
+		levels = append(levels, p.DomainKeys.Value)
+	}
+	if cfg != nil {
+		levels = append(levels, cfg.DomainKeys.Value)
+	}
+	for _, keys := range levels {
+		if k, ok := bestKey(keys, from); ok {
 			return k, true
 		}
-	}
-	if pool != "" {
-		if p, ok := reg.Pool(pool); ok && p.Config != nil {
-			if k, ok := bestKey(p.Config.Domains, from); ok {
-				return k, true
-			}
-		}
-	}
-	if cfg := reg.Config(); cfg != nil {
-		return bestKey(cfg.Domains, from)
 	}
 	return config.DomainKey{}, false
 }
 
-// bestKey is the most specific key of blocks aligned with from.
-func bestKey(blocks []*config.Domain, from string) (config.DomainKey, bool) {
-	var best config.DomainKey
-	found := false
+// blockKeys lists the keys of blocks, in file order.
+func blockKeys(blocks []*config.Domain) []config.DomainKey {
+	var out []config.DomainKey
 	for _, b := range blocks {
-		for _, k := range b.Settings.DomainKeys.Value {
-			if k.Signer == nil || !aligned(from, k.Domain) {
-				continue
+		out = append(out, b.Settings.DomainKeys.Value...)
+	}
+	return out
+}
+
+// bestKey is the key of keys that signs mail From from: the most specific
+// aligned key, else the first * key (with from as its domain).
+func bestKey(keys []config.DomainKey, from string) (config.DomainKey, bool) {
+	var best, wild config.DomainKey
+	found, foundAny := false, false
+	for _, k := range keys {
+		if k.Signer == nil {
+			continue
+		}
+		if k.Domain == config.AnyDomain {
+			if !foundAny {
+				wild, foundAny = k, true
 			}
-			if !found || len(k.Domain) > len(best.Domain) {
-				best, found = k, true
-			}
+			continue
+		}
+		if !aligned(from, k.Domain) {
+			continue
+		}
+		if !found || len(k.Domain) > len(best.Domain) {
+			best, found = k, true
 		}
 	}
-	return best, found
+	switch {
+	case found:
+		return best, true
+	case foundAny:
+		wild.Domain = from
+		return wild, true
+	}
+	return config.DomainKey{}, false
 }
 
 // aligned reports whether a signature by domain aligns with from: the same

@@ -15,12 +15,17 @@
 // domain of the From header (see FromDomain), so that the signature's d=
 // aligns with it for DMARC. A domain-key whose domain equals the From domain
 // or is a parent of it qualifies (a key for example.com signs mail From
-// news.example.com: relaxed alignment). The keys are searched level by level
-// (see ChooseKey): the VMTA's <domain> blocks, then the pool's, then the
-// global blocks. The first level with a qualifying key decides; within it the
-// most specific key (the longest domain) wins, then file order. The pattern
-// of the <domain> block a domain-key is written in does not restrict the
-// recipients it signs for: it only scopes dkim-sign.
+// news.example.com: relaxed alignment), and so does a key written with *
+// as its domain (`domain-key s1,*,key.pem`), which signs with d= the From
+// domain itself. The keys are searched level by level (see ChooseKey): the
+// keys of the VMTA's <domain> blocks, then the pool's, then the global
+// blocks'; then the domain-key lines of the <virtual-mta> itself, of the
+// <virtual-mta-pool> the mail was selected through, and of the top level.
+// The first level with a qualifying key decides; within it an aligned key
+// wins over a * key, and the most specific aligned key (the longest
+// domain), then file order. The pattern of the <domain> block a domain-key
+// is written in does not restrict the recipients it signs for: it only
+// scopes dkim-sign.
 //
 // # Signature
 //
