@@ -66,7 +66,7 @@ var scopeDirectives = map[scope][]string{
 		"include"},
 	scopePatternList:     {"mail-from", "rcpt-to", "header"},
 	scopeSMTPPatternList: {"reply"},
-	scopeAcctFile:        {"records", "max-size", "move-interval"},
+	scopeAcctFile:        {"records", "max-size", "move-interval", "delete-after", "move-to", "world-readable", "record-fields"},
 	scopeSpool:           {"min-free-space"},
 	scopeMXRollupList:    {"mx"},
 }
@@ -114,7 +114,7 @@ var notImplemented = map[string]bool{
 	"track-recipients": true, "bounce-upon-5xx-greeting": true, "bounce-upon-transfer-failure": true,
 	"blocked-ip-address": true, "smtp-source-ip": true, "include-dkim-headers": true,
 	"spool-max-recipients": true, "delete-file": true, "move-interval-after": true,
-	"rotate-at": true, "world-readable": true, "user-string": true, "max-msg-per-hour": true,
+	"rotate-at": true, "user-string": true, "max-msg-per-hour": true,
 	"queue-to": true, "allow-starttls": true, "auto-cold-virtual-mta": true,
 	"bounce-after-no-mx": true, "check-ehlo": true, "x-mailer": true,
 }
