@@ -102,6 +102,11 @@ type Record struct {
 	EnvID    string
 	Queue    string
 	VMTAPool string
+	// Message is the message the record is about, or its header section,
+	// when it is at hand (nil otherwise): record-fields' header_NAME
+	// fields read it. Only the header section is looked at, and only by
+	// files that have such fields; the record keeps no copy.
+	Message []byte
 }
 
 // fields fills dst (len(Columns) long) with the record's columns.
