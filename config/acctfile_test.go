@@ -26,6 +26,13 @@ func acctConf(t *testing.T, dir, body string) (*AcctFile, *Config) {
 func TestAcctFilePipe(t *testing.T) {
 	dir := t.TempDir()
 	prog := filepath.Join(dir, "bin", "reader")
+	spaced := filepath.Join(dir, "my bin", "acct reader")
+	if err := os.MkdirAll(filepath.Dir(spaced), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(spaced, []byte("#!/bin/sh\nexec cat\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.MkdirAll(filepath.Dir(prog), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -45,6 +52,8 @@ func TestAcctFilePipe(t *testing.T) {
 		{`|bin/reader`, []string{prog}, "|" + prog},
 		{`|./bin/../bin/reader`, []string{prog}, "|" + prog},
 		{`|cat`, []string{"cat"}, "|cat"}, // looked up in PATH
+		// A path with spaces is a value of its own.
+		{`| "my bin/acct reader" "an arg"`, []string{spaced, "an arg"}, `|"` + spaced + `" "an arg"`},
 	} {
 		af, _ := acctConf(t, dir, "<acct-file "+tc.tag+">\n</acct-file>\n")
 		if !slices.Equal(af.Command, tc.want) || af.Path != "" {
