@@ -84,12 +84,16 @@ func TestAcctPipe(t *testing.T) {
 	smtpPort := freePort(t)
 	out, pids := filepath.Join(dir, "records.csv"), filepath.Join(dir, "pids")
 	prog := pipeProgram(t, dir, "acct-reader", pids, "cat >> "+out)
-	conf := writeConf(t, dir, baseConf(dir, smtpPort, dns.Addr(), sink.Port(), "")+fmt.Sprintf(`
+	confText := func(records string) string {
+		return baseConf(dir, smtpPort, dns.Addr(), sink.Port(), "") + fmt.Sprintf(`
 <acct-file "|%s">
-    records d
+    records %s
     record-fields d rcpt,dsnStatus,vmta,header_Subject
+    record-fields b rcpt,dsnStatus,vmta,header_Subject
 </acct-file>
-`, prog))
+`, prog, records)
+	}
+	conf := writeConf(t, dir, confText("d"))
 	p := startTern(t, conf)
 	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
 
@@ -159,6 +163,23 @@ func TestAcctPipe(t *testing.T) {
 	}
 	if len(rows) != 12 || rows[0][0] != "type" || rows[6][0] != "type" {
 		t.Errorf("output: %d lines, want a header, 5 records, a header, 5 records:\n%v", len(rows), rows)
+	}
+
+	// A reload that keeps the command line keeps the program, and
+	// applies the new records to it.
+	writeConf(t, dir, confText("d,b"))
+	mark = p.mark()
+	p.signal(t, syscall.SIGHUP)
+	changed := p.waitLog(t, mark, deliverTimeout, "the reload's accounting change", func(l string) bool {
+		return strings.Contains(l, "accounting files changed")
+	})
+	if logField(changed, "opened") != `""` || logField(changed, "closed") != `""` || !strings.Contains(changed, "updated=|"+prog) {
+		t.Errorf("reload: %s", changed)
+	}
+	mustInject(t, addr, "pipe-c0@pipe.test", "pipe-c0")
+	rows = wantRows(append(append(first, second...), "pipe-c0"))
+	if ps := readPids(t, pids); len(ps) != 2 || len(rows) != 13 {
+		t.Errorf("after the reload: program started %d times, %d lines; want the same program, one more line", len(ps), len(rows))
 	}
 	p.stop(t)
 }

@@ -206,6 +206,40 @@ func TestReloadNewColumnsRotates(t *testing.T) {
 	})
 }
 
+// TestReloadSameColumnsKeepsFile: a reload that changes the layout but
+// not the columns (another type recorded, with the same fields) keeps
+// writing the same file.
+func TestReloadSameColumnsKeepsFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "acct.csv")
+	fields := []string{"rcpt", "header_Subject"}
+	mk := func(types config.RecordTypes) *config.AcctFile {
+		return withFields(acctFile(path, types, config.Unlimited, config.Never),
+			config.RecordFields{Type: "d", Fields: fields}, config.RecordFields{Type: "b", Fields: fields})
+	}
+	s, _ := openSet(t, configOf(mk(config.RecordTypes{Delivered: true})), Options{})
+	if err := s.Write(fieldsRecord(TypeDelivered, 0)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Prepare(configOf(mk(defaultTypes)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkSummary(t, c, nil, nil, []string{path})
+	c.Commit()
+	if err := s.Write(fieldsRecord(TypeBounced, 1)); err != nil {
+		t.Fatal(err)
+	}
+	s.Flush()
+	if files := acctFiles(t, dir, filepath.Base(path)); len(files) != 1 {
+		t.Errorf("files %v, want the one file", files)
+	}
+	want := "type,rcpt,header_Subject\nd,user0@example.com,\"Spring  sale, \"\"50%\"\" off\"\nb,user1@example.com,\"Spring  sale, \"\"50%\"\" off\"\n"
+	if got := readFile(t, path); got != want {
+		t.Errorf("file:\n%s\nwant:\n%s", got, want)
+	}
+}
+
 // checkReformatted checks that dir holds the file moved aside, with the
 // default columns and the record of "old", and the current file, with
 // fieldsConfig's columns and the first line of wantFieldsLines.

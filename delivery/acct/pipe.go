@@ -84,7 +84,7 @@ type Pipe struct {
 	mu sync.Mutex
 	// queue holds the lines not yet written whole to the program, oldest
 	// first, each with the layout it was made with (a reload changing the
-	// columns sends the new header line before the first new line).
+	// columns sends the new header line before the first line in them).
 	queue  []pipeLine
 	queued int // bytes in queue
 	// dropped counts the records dropped since the Pipe opened;
@@ -174,8 +174,8 @@ func (p *Pipe) current() settings {
 
 // Reconfigure applies the records and record-fields of cfg from the next
 // record on; the program keeps running (its command line is what makes
-// it the same pipe). New columns send their header line before the first
-// record in them.
+// it the same pipe). Other columns send their header line before the
+// first record in them.
 func (p *Pipe) Reconfigure(cfg *config.AcctFile) {
 	st := settingsOf(cfg)
 	p.types.Store(st.types)
@@ -390,7 +390,7 @@ func (p *Pipe) feed(pr *proc) error {
 	}
 	p.mu.Unlock()
 	var (
-		sent *layout // the layout whose header the program got last
+		sent []byte // the header line the program got last; nil: none yet
 		buf  []byte
 		ends []int
 	)
@@ -418,11 +418,11 @@ func (p *Pipe) feed(pr *proc) error {
 		if sent == nil {
 			// A program's input starts with a header line: the one of
 			// the lines waiting, or of the current columns.
-			sent = p.lay.Load()
+			sent = p.lay.Load().header
 			if n > 0 {
-				sent = lines[0].lay
+				sent = lines[0].lay.header
 			}
-			buf = append(buf, sent.header...)
+			buf = append(buf, sent...)
 		}
 		if n == 0 && len(buf) == 0 {
 			if closing {
@@ -437,9 +437,9 @@ func (p *Pipe) feed(pr *proc) error {
 			continue
 		}
 		for _, l := range lines {
-			if l.lay != sent {
+			if !bytes.Equal(l.lay.header, sent) {
 				buf = append(buf, l.lay.header...)
-				sent = l.lay
+				sent = l.lay.header
 			}
 			buf = append(buf, l.line...)
 			ends = append(ends, len(buf))

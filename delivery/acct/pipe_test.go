@@ -354,19 +354,34 @@ func TestPipeReload(t *testing.T) {
 		t.Errorf("output %v, want a header, d1 and b2", lines)
 	}
 
+	// Other columns: a header line in them before the next record, from
+	// the same program.
+	c, err = s.Prepare(configOf(withFields(pipeFile([]string{prog}, config.RecordTypes{Delivered: true}),
+		config.RecordFields{Type: "d", Fields: []string{"rcpt", "vmta"}})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkSummary(t, c, nil, []string{filePath}, []string{"|" + prog})
+	c.Commit()
+	writeOrFail(t, s, TypeDelivered, "d2")
+	eventually(t, "d2", func() bool { return records(t, out) == 3 })
+	if lines := outLines(t, out); len(lines) != 5 || strings.Join(lines[3], ",") != "type,rcpt,vmta" || strings.Join(lines[4], ",") != "d,d2," {
+		t.Errorf("output after new columns: %v", lines)
+	}
+
 	// Another argument: another pipe.
 	c, err = s.Prepare(configOf(pipeFile([]string{prog, "x y"}, config.RecordTypes{Delivered: true})))
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkSummary(t, c, []string{"|" + prog + ` "x y"`}, []string{filePath, "|" + prog}, nil)
+	checkSummary(t, c, []string{"|" + prog + ` "x y"`}, []string{"|" + prog}, nil)
 	c.Commit()
 	if ps := s.Pipes(); len(ps) != 1 || ps[0] == p {
 		t.Fatalf("pipes after a change of command: %v", ps)
 	}
 	eventually(t, "the old program to end", func() bool { return reaped(first[0]) })
 	writeOrFail(t, s, TypeDelivered, "d3")
-	eventually(t, "d3 from the new program", func() bool { return records(t, out) == 3 })
+	eventually(t, "d3 from the new program", func() bool { return records(t, out) == 4 })
 	if p := pidsOf(t, pids); len(p) != 2 {
 		t.Errorf("pids %v, want two programs", p)
 	}

@@ -180,13 +180,17 @@ func (s *Set) Close() error {
 		return nil
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.closed = true
 	var errs []error
 	for _, w := range s.writers {
 		errs = append(errs, w.Close())
 	}
-	closePipes(s.pipes)
+	pipes := s.pipes
+	s.mu.Unlock()
+	// Outside mu: a pipe may take its seconds, and a Write meanwhile
+	// must not wait for them (it finds the pipe closed, or its record is
+	// among the last the program gets).
+	closePipes(pipes)
 	return errors.Join(errs...)
 }
 

@@ -291,8 +291,8 @@ func (w *Writer) current() settings {
 // older than the new move-interval at the next line or flusher tick (the
 // flusher reads the interval on every tick, so it follows the change without
 // a restart). New columns (record-fields, or records with record-fields)
-// rotate the file before its next line, so that no file mixes two
-// headers' lines. world-readable changes the current file's mode at once;
+// rotate the file before its next line, so that no file mixes lines of
+// two headers. world-readable changes the current file's mode at once;
 // move-to and delete-after apply to the next rotation and the next look
 // for old files. It is safe to call concurrently with Write.
 func (w *Writer) Reconfigure(cfg *config.AcctFile) {
@@ -302,7 +302,9 @@ func (w *Writer) Reconfigure(cfg *config.AcctFile) {
 	w.types.Store(st.types)
 	if old := w.lay.Load(); old.sig != st.lay.sig {
 		w.lay.Store(st.lay)
-		w.reformat = true
+		// Only other columns need another file: lines that fill the
+		// same columns otherwise (another type recorded) fit this one.
+		w.reformat = w.reformat || !bytes.Equal(old.header, st.lay.header)
 	}
 	w.maxSize, w.interval = st.maxSize, st.interval
 	w.moveTo, w.deleteAfter = st.moveTo, st.deleteAfter
