@@ -7,8 +7,11 @@ import (
 	"encoding/csv"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -196,13 +199,16 @@ func TestAcctPipeNeverReads(t *testing.T) {
 	domains := []string{"stall1.test", "stall2.test"}
 	dns := dnstest.Start(t, zones(domains...))
 	sink := startCountingSink(t, sinkIP+":0")
-	smtpPort := freePort(t)
+	smtpPort, adminPort := freePort(t), freePort(t)
 	pids := filepath.Join(dir, "pids")
 	prog := pipeProgram(t, dir, "stuck", pids, "sleep 3600")
 	acctDir := filepath.Join(dir, "acct")
 	// Records of about 1.3 KB (a padding header in them), two a message:
 	// more than the pipe's buffer holds.
 	conf := writeConf(t, dir, baseConf(dir, smtpPort, dns.Addr(), sink.Port(), "")+fmt.Sprintf(`
+http-mgmt-port 127.0.0.1:%d
+http-access 127.0.0.1 monitor
+http-api-key s3cret
 <acct-file |%s>
     records r,d
     record-fields r *,header_X-Pad
@@ -211,7 +217,7 @@ func TestAcctPipeNeverReads(t *testing.T) {
 <acct-file %s>
     records r,d
 </acct-file>
-`, prog, filepath.Join(acctDir, "acct.csv")))
+`, adminPort, prog, filepath.Join(acctDir, "acct.csv")))
 	p := startTern(t, conf)
 	res := injectSessions(fmt.Sprintf("127.0.0.1:%d", smtpPort), "S", total, sessions, domains, "X-Pad: "+strings.Repeat("p", 1000))
 	select {
@@ -241,6 +247,20 @@ func TestAcctPipeNeverReads(t *testing.T) {
 	})
 	if n := strings.Count(p.log(), "records dropped"); n > 20 {
 		t.Errorf("%d warnings about dropped records: not rate-limited", n)
+	}
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/metrics", adminPort), nil)
+	req.Header.Set("Authorization", "Bearer s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`(?m)^tern_acct_pipe_dropped_total\{acct_file="\|` + regexp.QuoteMeta(prog) + `"\} (\d+)$`).FindSubmatch(body)
+	if m == nil {
+		t.Errorf("/metrics has no drop count of the pipe:\n%s", body)
+	} else if n, _ := strconv.Atoi(string(m[1])); n == 0 || n > 2*total {
+		t.Errorf("/metrics: %d records dropped", n)
 	}
 	ps := readPids(t, pids)
 	if len(ps) != 1 {

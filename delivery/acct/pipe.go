@@ -141,6 +141,9 @@ func OpenPipe(cfg *config.AcctFile, opts Options) (*Pipe, error) {
 	if opts.pipeCloseWait > 0 {
 		p.closeWait = opts.pipeCloseWait
 	}
+	if opts.pipeMaxBackoff > 0 {
+		p.maxBackoff = opts.pipeMaxBackoff
+	}
 	p.maxBackoff = max(p.maxBackoff, p.minBackoff)
 	st := settingsOf(cfg)
 	p.types.Store(st.types)

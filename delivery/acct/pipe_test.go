@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -438,5 +439,43 @@ func TestJournalFeedsPipe(t *testing.T) {
 		if got[rcptOf(i)] != "rd" {
 			t.Errorf("%s: %q through the pipe, want r then d", rcptOf(i), got[rcptOf(i)])
 		}
+	}
+}
+
+// TestPipeBackoff: a program that exits at once is started again and
+// again, each time after twice the wait of the time before, and the log
+// says how it exited and what it wrote on standard error.
+func TestPipeBackoff(t *testing.T) {
+	dir := t.TempDir()
+	prog := filepath.Join(dir, "quitter")
+	if err := os.WriteFile(prog, []byte("#!/bin/sh\necho \"no database\" >&2\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	// A run shorter than the most wait does not start the waits over;
+	// ten seconds is far more than the script takes, however loaded the
+	// machine.
+	s, err := OpenAll(configOf(pipeFile([]string{prog}, defaultTypes)),
+		Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)), pipeBackoff: 5 * time.Millisecond, pipeMaxBackoff: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	eventually(t, "four runs of the program", func() bool { return logs.count("accounting program ended") >= 4 })
+	l := logs.String()
+	for _, want := range []string{`why="exit status 3"`, `stderr="no database"`} {
+		if !strings.Contains(l, want) {
+			t.Errorf("log lacks %s:\n%s", want, l)
+		}
+	}
+	var waits []string
+	for _, m := range regexp.MustCompile(`restart_in=(\S+)`).FindAllStringSubmatch(l, -1) {
+		waits = append(waits, m[1])
+	}
+	if len(waits) < 4 || strings.Join(waits[:4], " ") != "5ms 10ms 20ms 40ms" {
+		t.Errorf("waits %v, want 5ms 10ms 20ms 40ms first", waits)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -67,11 +67,13 @@ type Options struct {
 
 	// tick replaces the flusher's ticker in tests.
 	tick <-chan time.Time
-	// pipeBuffer, pipeBackoff and pipeCloseWait replace
-	// pipeBufferBytes, pipeMinBackoff and pipeCloseWait in tests.
-	pipeBuffer    int
-	pipeBackoff   time.Duration
-	pipeCloseWait time.Duration
+	// pipeBuffer, pipeBackoff, pipeMaxBackoff and pipeCloseWait replace
+	// pipeBufferBytes, pipeMinBackoff, pipeMaxBackoff and pipeCloseWait
+	// in tests.
+	pipeBuffer     int
+	pipeBackoff    time.Duration
+	pipeMaxBackoff time.Duration
+	pipeCloseWait  time.Duration
 }
 
 // Writer appends records to one accounting file. It is safe for concurrent
