@@ -193,7 +193,7 @@ func TestAcctPipe(t *testing.T) {
 // dropped with a warning; tern stops in time, killing the program.
 func TestAcctPipeNeverReads(t *testing.T) {
 	t.Parallel()
-	const total, sessions = 3000, 8
+	const total, sessions = 1000, 4
 	const loadTimeout = 120 * time.Second
 	dir := t.TempDir()
 	domains := []string{"stall1.test", "stall2.test"}
@@ -203,23 +203,25 @@ func TestAcctPipeNeverReads(t *testing.T) {
 	pids := filepath.Join(dir, "pids")
 	prog := pipeProgram(t, dir, "stuck", pids, "sleep 3600")
 	acctDir := filepath.Join(dir, "acct")
-	// Records of about 1.3 KB (a padding header in them), two a message:
-	// more than the pipe's buffer holds.
+	// Records of about 3.3 KB (three padding headers in them), two a
+	// message: more than the pipe's buffer (4 MB) holds.
 	conf := writeConf(t, dir, baseConf(dir, smtpPort, dns.Addr(), sink.Port(), "")+fmt.Sprintf(`
 http-mgmt-port 127.0.0.1:%d
 http-access 127.0.0.1 monitor
 http-api-key s3cret
 <acct-file |%s>
     records r,d
-    record-fields r *,header_X-Pad
-    record-fields d *,header_X-Pad
+    record-fields r *,header_X-Pad1,header_X-Pad2,header_X-Pad3
+    record-fields d *,header_X-Pad1,header_X-Pad2,header_X-Pad3
 </acct-file>
 <acct-file %s>
     records r,d
 </acct-file>
 `, adminPort, prog, filepath.Join(acctDir, "acct.csv")))
 	p := startTern(t, conf)
-	res := injectSessions(fmt.Sprintf("127.0.0.1:%d", smtpPort), "S", total, sessions, domains, "X-Pad: "+strings.Repeat("p", 1000))
+	pad := strings.Repeat("p", 1000)
+	res := injectSessions(fmt.Sprintf("127.0.0.1:%d", smtpPort), "S", total, sessions, domains,
+		"X-Pad1: "+pad, "X-Pad2: "+pad, "X-Pad3: "+pad)
 	select {
 	case <-res.done:
 	case <-time.After(loadTimeout):
