@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -540,9 +541,15 @@ type SMTPPatternList struct {
 // RecordTypes is a set of accounting record types.
 type RecordTypes struct {
 	Delivered, Bounced, Transient, Received bool
+	// TransientQueue, FeedbackLoop, RemoteBounce and RemoteStatus are
+	// PowerMTA's tq, f, rb and rs. They are accepted so that a PowerMTA
+	// file loads, with a warning: Tern writes no such records (a failed
+	// connection is a t record for each recipient it held back, and Tern
+	// has no bounce or feedback-loop processor).
+	TransientQueue, FeedbackLoop, RemoteBounce, RemoteStatus bool
 }
 
-// String writes the set as in the file (d,b,t,r order).
+// String writes the set as in the file (d,b,t,r,tq,f,rb,rs order).
 func (r RecordTypes) String() string {
 	s := ""
 	add := func(ok bool, c string) {
@@ -557,16 +564,69 @@ func (r RecordTypes) String() string {
 	add(r.Bounced, "b")
 	add(r.Transient, "t")
 	add(r.Received, "r")
+	add(r.TransientQueue, "tq")
+	add(r.FeedbackLoop, "f")
+	add(r.RemoteBounce, "rb")
+	add(r.RemoteStatus, "rs")
 	return s
 }
 
-// AcctFile is an <acct-file> block.
+// AcctFile is an <acct-file> block: an accounting file, or a program that
+// reads the records on its standard input (<acct-file |PROGRAM ARGS>).
 type AcctFile struct {
-	Pos          Position
-	Path         string
+	Pos Position
+	// Path is the file written, cleaned and resolved against the
+	// configuration's directory; empty for a pipe.
+	Path string
+	// Command is, for a pipe, the program (resolved as Path is when it
+	// holds a slash, looked up in PATH otherwise) and its arguments; nil
+	// for a file.
+	Command      []string
 	Records      Setting[RecordTypes]
 	MaxSize      Setting[Size]
 	MoveInterval Setting[time.Duration]
+	// DeleteAfter is how old a rotated file may grow (counted from its
+	// rotation) before it is deleted; Never keeps them all.
+	DeleteAfter Setting[time.Duration]
+	// MoveTo is the directory rotated files are moved into; empty: they
+	// stay beside the file.
+	MoveTo Setting[string]
+	// WorldReadable makes the files mode 0644 instead of 0640.
+	WorldReadable Setting[bool]
+	// RecordFields choose the columns of record types, one entry per
+	// type given (in file order); a type without one has the default
+	// columns, AcctFieldNames.
+	RecordFields []RecordFields
+}
+
+// Name is how the block is named in messages and status: its path, or
+// "|" and the command line of a pipe.
+func (a *AcctFile) Name() string {
+	if a.Command == nil {
+		return a.Path
+	}
+	parts := make([]string, len(a.Command))
+	for i, w := range a.Command {
+		parts[i] = w
+		if w == "" || strings.ContainsAny(w, " \t\"") {
+			parts[i] = strconv.Quote(w)
+		}
+	}
+	return "|" + strings.Join(parts, " ")
+}
+
+// RecordFields is a `record-fields TYPE FIELD,FIELD,...` line of an
+// <acct-file>: the columns records of one type fill.
+type RecordFields struct {
+	Pos Position
+	// Type is the record type, as its short name: d, b, t or r. (Lines
+	// for tq, f, rb and rs are accepted with a warning and not kept.)
+	Type string
+	// Fields are the field names in their canonical spelling
+	// (timeLogged, dsnStatus), with `*` expanded to AcctFieldNames and
+	// header fields as header_NAME, NAME as written. The type column is
+	// always first and is not listed.
+	Fields []string
 }
 
 // MXRollup is one `mx HOST-PATTERN ROLLUP-NAME` entry of an

@@ -200,6 +200,20 @@ var acctTable = newTable(
 	list("records", func(a *AcctFile) *Setting[RecordTypes] { return &a.Records }, parseRecords, RecordTypes{Delivered: true, Bounced: true}),
 	one("max-size", func(a *AcctFile) *Setting[Size] { return &a.MaxSize }, parseSize, Size(250<<20)),
 	one("move-interval", func(a *AcctFile) *Setting[time.Duration] { return &a.MoveInterval }, durationOrNever, 24*time.Hour),
+	one("delete-after", func(a *AcctFile) *Setting[time.Duration] { return &a.DeleteAfter }, durationOrNever, Never).
+		differs("the default is never (PowerMTA: 8d)"),
+	custom("move-to", "", func(b *builder, a *AcctFile, n *node) { setOne(b, &a.MoveTo, n, dirIn(n.Pos)) }).
+		of(func(a *AcctFile) any { return &a.MoveTo }),
+	one("world-readable", func(a *AcctFile) *Setting[bool] { return &a.WorldReadable }, parseBool, false),
+	custom("record-fields", "", func(b *builder, a *AcctFile, n *node) { b.recordFields(a, n) }),
+	ignored[AcctFile]("map-header-to-field", "write the header in a column of its own with header_NAME in record-fields"),
+	ignored[AcctFile]("acct-log-header", "write the header in a column of its own with header_NAME in record-fields"),
+	ignored[AcctFile]("queue-filter", "an accounting file gets the records of every queue; filter them in the program reading it (a pipe can)"),
+	ignored[AcctFile]("iso-times", "times are always written in ISO 8601 form (RFC 3339), as with iso-times yes"),
+	ignored[AcctFile]("count-moved-records", "the log says when a file is rotated; count its lines with wc"),
+	ignored[AcctFile]("sync", "files are fed from the spool's journal and synced at rotation; after a crash the journal writes again what the file lacks"),
+	ignored[AcctFile]("retry-interval", "a pipe program that exits is started again after 1s, the wait doubling up to 1m"),
+	ignored[AcctFile]("write-timeout", "a pipe never holds up delivery: records wait in a 4 MB buffer and are dropped, counted, when it is full"),
 )
 
 // listenerTable holds the directives of PowerMTA 5's <smtp-listener>

@@ -222,7 +222,7 @@ func (s *Scheduler) deliver(reg *vmta.Registry, v *vmta.VMTA, w *worker, lease *
 			if vd.closeSession && w.sess != nil {
 				w.sess.markBroken()
 			}
-			ev := s.record(lease.Key, entry, res.rcpt, st, &out, len(body), pol)
+			ev := s.record(lease.Key, entry, res.rcpt, st, &out, body, pol)
 			outs = append(outs, out)
 			switch {
 			case out.Kind == queue.Bounced:
@@ -363,7 +363,7 @@ func (s *Scheduler) reportAll(w *worker, lease *queue.Lease, entry queue.Entry, 
 		if kind == queue.Deferred {
 			out.Until = s.nextAttempt(entry, rc, pol)
 		}
-		ev := s.record(lease.Key, entry, rc, nil, &out, 0, pol)
+		ev := s.record(lease.Key, entry, rc, nil, &out, nil, pol)
 		outs = append(outs, out)
 		switch {
 		case kind == queue.Bounced:

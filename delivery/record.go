@@ -27,6 +27,7 @@ func (ev Event) AcctRecord() acct.Record {
 		EnvID:      ev.Envelope.EnvID,
 		Queue:      rc.Key().String(),
 		VMTAPool:   rc.Pool,
+		Message:    ev.Message,
 	}
 	if ev.Envelope.SourceIP.IsValid() {
 		r.SrcMta = ev.Envelope.SourceIP.String()
@@ -123,7 +124,8 @@ func RemovalRecord(r queue.Removal, now time.Time) acct.Record {
 func ReceivedRecord(id queue.ID, m *queue.Message, rc queue.Recipient) acct.Record {
 	r := acct.Record{Type: acct.TypeReceived, TimeQueued: id.Time(), Orig: m.Sender, Rcpt: rc.Address,
 		ORcpt: rc.ORcpt, SrcType: "smtp", DlvSize: int64(len(m.Body)),
-		VMTA: rc.VMTA, JobID: m.JobID, EnvID: m.EnvID, Queue: rc.Key().String(), VMTAPool: rc.Pool}
+		VMTA: rc.VMTA, JobID: m.JobID, EnvID: m.EnvID, Queue: rc.Key().String(), VMTAPool: rc.Pool,
+		Message: m.Body}
 	if m.SourceIP.IsValid() {
 		r.SrcMta = m.SourceIP.String()
 	}

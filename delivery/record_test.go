@@ -2,6 +2,7 @@ package delivery_test
 
 import (
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ func TestAcctRecordOfBounce(t *testing.T) {
 		DSNMta: "dns;mx.example.com (198.51.100.7)"}
 	got := acct.Record{Type: r.Type, DSNAction: r.DSNAction, DSNStatus: r.DSNStatus, BounceCat: r.BounceCat, Queue: r.Queue,
 		VMTAPool: r.VMTAPool, JobID: r.JobID, DlvSourceIP: r.DlvSourceIP, DlvDestinationIP: r.DlvDestinationIP, DSNMta: r.DSNMta}
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Errorf("AcctRecord =\n%+v\nwant\n%+v", got, want)
 	}
 }

@@ -92,6 +92,10 @@ type Event struct {
 	TLSVersion uint16
 	// Size is the message size as sent.
 	Size int
+	// Message is the message as sent when a transaction was attempted
+	// (nil otherwise): the accounting record's header_ fields read its
+	// header section.
+	Message []byte
 	// Duration is how long the transaction took, from MAIL FROM to the
 	// final reply, when one was attempted.
 	Duration time.Duration
@@ -337,9 +341,9 @@ func (s *Scheduler) after(d time.Duration, f func()) {
 // record writes the one line per recipient attempt operators grep for,
 // attaches the outcome's journal entry to out and hands the outcome to
 // OnOutcome.
-func (s *Scheduler) record(key queue.Key, entry queue.Entry, rc queue.RecipientState, st *sessionState, out *queue.Outcome, size int, pol *config.DomainSettings) Event {
+func (s *Scheduler) record(key queue.Key, entry queue.Entry, rc queue.RecipientState, st *sessionState, out *queue.Outcome, body []byte, pol *config.DomainSettings) Event {
 	ev := Event{Time: s.clock.Now(), ID: entry.ID, Envelope: entry.Envelope, Recipient: rc,
-		Kind: out.Kind, Reply: out.Reply, NextAttempt: out.Until, Size: size}
+		Kind: out.Kind, Reply: out.Reply, NextAttempt: out.Until, Size: len(body), Message: body}
 	if out.Kind == queue.Deferred && pol != nil {
 		ev.RetryUntil = entry.Envelope.Received.Add(pol.BounceAfter.Value)
 	}

@@ -191,7 +191,7 @@ func printSummary(w io.Writer, cfg *config.Config, reg *vmta.Registry) {
 
 	items = items[:0]
 	for _, a := range cfg.AcctFiles {
-		items = append(items, fmt.Sprintf("%s (records %s)", a.Path, a.Records.Value))
+		items = append(items, fmt.Sprintf("%s (records %s)", a.Name(), a.Records.Value))
 	}
 	row("acct files", len(cfg.AcctFiles), list(items))
 	row("admin API", -1, fmt.Sprintf("%s (%s)", cfg.HTTPMgmtAddr.Value, plural(len(cfg.HTTPAccess), "access rule")))

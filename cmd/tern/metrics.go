@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ternmta/tern/delivery"
+	"github.com/ternmta/tern/delivery/acct"
 	"github.com/ternmta/tern/queue"
 )
 
@@ -74,6 +75,28 @@ func (m *metrics) connections(inbound, outbound func() int) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tern_smtp_connections_outbound", Help: "Outbound SMTP connections open or being opened."},
 			func() float64 { return float64(outbound()) }),
 	)
+}
+
+// pipes adds the count of accounting records dropped by each pipe
+// (<acct-file |PROGRAM>) of the Set, which a reload may change: the
+// series are read from its pipes of the moment.
+func (m *metrics) pipes(s *acct.Set) {
+	m.reg.MustRegister(pipeDrops{s})
+}
+
+// pipeDrops collects tern_acct_pipe_dropped_total.
+type pipeDrops struct{ s *acct.Set }
+
+var pipeDropsDesc = prometheus.NewDesc("tern_acct_pipe_dropped_total",
+	"Accounting records dropped because the program of an <acct-file |PROGRAM> did not read them fast enough, by pipe.",
+	[]string{"acct_file"}, nil)
+
+func (p pipeDrops) Describe(ch chan<- *prometheus.Desc) { ch <- pipeDropsDesc }
+
+func (p pipeDrops) Collect(ch chan<- prometheus.Metric) {
+	for _, pp := range p.s.Pipes() {
+		ch <- prometheus.MustNewConstMetric(pipeDropsDesc, prometheus.CounterValue, float64(pp.Dropped()), pp.Name())
+	}
 }
 
 func (m *metrics) accepted(msg *queue.Message) {

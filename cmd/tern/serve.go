@@ -134,6 +134,7 @@ func runServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	defer jr.Close()
 	journal.Store(jr)
 	mets := newMetrics(q)
+	mets.pipes(accounts)
 	var current atomic.Pointer[vmta.Registry]
 	current.Store(reg)
 	sch := delivery.New(delivery.Options{

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
+	"encoding/csv"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -58,8 +60,13 @@ import (
 const DefaultJournalInterval = 100 * time.Millisecond
 
 const (
-	// journalV1 starts every entry: the CSV line follows.
+	// journalV1 starts an entry of a record without header values: its
+	// CSV line (the default columns) follows.
 	journalV1 = 1
+	// journalV2 starts an entry with the values of the headers that
+	// header_ fields read: the length of the CSV line (uvarint), the
+	// line, then one CSV line of header names and values, alternating.
+	journalV2 = 2
 	// maxBatch bounds the entries one write-out reads and writes.
 	maxBatch = 4096
 	// maxTail bounds the unacknowledged bytes a file may hold after a
@@ -121,6 +128,10 @@ type Journal struct {
 	lines []byte              // scratch: their lines, one after the other
 	acked []uint64            // scratch: the numbers acknowledged
 	next  map[*Writer]filePos // scratch: positions to acknowledge
+	// proj holds, during a write-out, the batch's lines in the columns
+	// of each layout, and projBuf the bytes of those made for it.
+	proj    map[*layout][][]byte
+	projBuf []byte
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -128,11 +139,13 @@ type Journal struct {
 	closeErr  error
 }
 
-// jline is an entry read back: its number and its CSV line (the line's
-// first byte is the record type), which aliases Journal.lines.
+// jline is an entry read back: its number, its CSV line in the default
+// columns (the line's first byte is the record type) and its header
+// values (a CSV line, nil when it has none), both aliasing Journal.lines.
 type jline struct {
 	seq  uint64
 	line []byte
+	hdrs []byte
 }
 
 // jfile is what the Journal knows of one file.
@@ -167,7 +180,7 @@ func StartJournal(q *queue.Queue, set *Set, opts JournalOptions) (*Journal, erro
 	j := &Journal{
 		q: q, set: set, log: opts.Logger, now: set.opts.Now, interval: opts.Interval, hook: opts.hook,
 		files: map[*Writer]*jfile{}, known: map[string]bool{}, found: map[string]filePos{},
-		next: map[*Writer]filePos{},
+		next: map[*Writer]filePos{}, proj: map[*layout][][]byte{},
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	if j.now == nil {
@@ -200,9 +213,12 @@ func StartJournal(q *queue.Queue, set *Set, opts JournalOptions) (*Journal, erro
 }
 
 // Entry returns the journal entry of r, to be committed with the spool
-// change that decides it; nil when no file records r's type (or j is nil).
-// A zero TimeLogged is set to now: the line is fixed here, so that it is
-// the same however often it is written out.
+// change that decides it; nil when no file or pipe records r's type (or j
+// is nil). A zero TimeLogged is set to now: the line is fixed here, so
+// that it is the same however often it is written out. The entry holds
+// the default columns, and the values of the headers that the header_
+// fields of the files and pipes read now (from r.Message), so that each
+// file can make its own columns of it.
 func (j *Journal) Entry(r Record) []byte {
 	if j == nil || !validType(r.Type) || !j.set.Accepts(r.Type) {
 		return nil
@@ -217,7 +233,37 @@ func (j *Journal) Entry(r Record) []byte {
 		j.log.Error("encoding an accounting record failed", "err", err)
 		return nil
 	}
-	return append(append(make([]byte, 0, 1+len(line)), journalV1), line...)
+	hs := j.set.entryHeaders()
+	if len(hs) == 0 || r.Message == nil {
+		return append(append(make([]byte, 0, 1+len(line)), journalV1), line...)
+	}
+	out := binary.AppendUvarint([]byte{journalV2}, uint64(len(line)))
+	out = append(out, line...)
+	pairs := e.vals[:0]
+	for _, h := range hs {
+		pairs = append(pairs, h, HeaderValue(r.Message, h))
+	}
+	e.vals = pairs
+	hl, err := e.write(pairs)
+	if err != nil {
+		j.log.Error("encoding an accounting record failed", "err", err)
+		return nil
+	}
+	return append(out, hl...)
+}
+
+// decodeEntry splits a journal entry into its line and header values.
+func decodeEntry(e []byte) (line, hdrs []byte, err error) {
+	switch {
+	case len(e) >= 2 && e[0] == journalV1:
+		return e[1:], nil, nil
+	case len(e) >= 2 && e[0] == journalV2:
+		n, k := binary.Uvarint(e[1:])
+		if k > 0 && n > 0 && n <= uint64(len(e)-1-k) {
+			return e[1+k : 1+k+int(n)], e[1+k+int(n):], nil
+		}
+	}
+	return nil, nil, errors.New("not an accounting record this version of Tern can read")
 }
 
 // Accepts reports whether any file records type t (see Set.Accepts).
@@ -341,21 +387,29 @@ func (j *Journal) step() (n int, more bool, err error) {
 	// one, and sliced once all are read, since the buffer moves as it
 	// grows.
 	batch, lines := j.batch[:0], j.lines[:0]
-	var ends []int
+	var ends []int // per entry: the end of its line, then of its header values
 	through, err := j.q.ReadJournal(j.after, maxBatch, func(seq uint64, e []byte) error {
-		if len(e) < 2 || e[0] != journalV1 {
-			return fmt.Errorf("journal entry %d is not an accounting record this version of Tern can read", seq)
+		line, hdrs, err := decodeEntry(e)
+		if err != nil {
+			return fmt.Errorf("journal entry %d: %w", seq, err)
 		}
-		lines = append(lines, e[1:]...)
-		batch = append(batch, jline{seq: seq})
+		lines = append(lines, line...)
 		ends = append(ends, len(lines))
+		lines = append(lines, hdrs...)
+		ends = append(ends, len(lines))
+		batch = append(batch, jline{seq: seq})
 		return nil
 	})
 	if err != nil {
 		return 0, false, err
 	}
 	for i, start := 0, 0; i < len(batch); i++ {
-		batch[i].line, start = lines[start:ends[i]:ends[i]], ends[i]
+		le, he := ends[2*i], ends[2*i+1]
+		batch[i].line = lines[start:le:le]
+		if he > le {
+			batch[i].hdrs = lines[le:he:he]
+		}
+		start = he
 	}
 	j.batch, j.lines = batch[:0], lines[:0]
 	more = len(batch) == maxBatch
@@ -375,11 +429,14 @@ func (j *Journal) step() (n int, more bool, err error) {
 			if err := j.cutTail(w); err != nil {
 				return 0, false, err
 			}
+			w.sweep() // delete-after, at most once a minute
 		}
 		j.after = through // past numbers without an entry (a failed commit's)
 		return 0, false, nil
 	}
 
+	clear(j.proj)
+	j.projBuf = j.projBuf[:0]
 	cut, due := j.plan(ws, batch)
 	if len(due) > 0 {
 		if err := j.rotate(due); err != nil {
@@ -395,20 +452,22 @@ func (j *Journal) step() (n int, more bool, err error) {
 	for _, w := range ws {
 		f := j.files[w]
 		wrote := false
-		for _, e := range batch {
+		wl := j.linesFor(w.lay.Load(), batch)
+		for i, e := range batch {
 			if !w.Accepts(e.line[0]) {
 				continue
 			}
+			line := wl[i]
 			if f.tail != nil {
-				if bytes.HasPrefix(f.tail[f.matched:], e.line) {
-					f.matched += len(e.line) // written before the crash
+				if bytes.HasPrefix(f.tail[f.matched:], line) {
+					f.matched += len(line) // written before the crash
 					continue
 				}
 				if err := j.cutTail(w); err != nil {
 					return 0, false, err
 				}
 			}
-			if err := w.jAppend(e.line); err != nil {
+			if err := w.jAppend(line); err != nil {
 				return 0, false, err
 			}
 			wrote = true
@@ -440,7 +499,111 @@ func (j *Journal) step() (n int, more bool, err error) {
 		return 0, false, err
 	}
 	j.after = through
+	// The pipes get the records once they are acknowledged: a crash
+	// before that writes them out again at the next start, and a pipe
+	// should not see them twice.
+	for _, p := range s.pipes {
+		pl := j.linesFor(p.lay.Load(), batch)
+		lay := p.lay.Load()
+		for i, e := range batch {
+			if p.Accepts(e.line[0]) {
+				_ = p.enqueue(lay, pl[i]) // only a closed pipe refuses, and Close waits for mu
+			}
+		}
+	}
+	for _, w := range ws {
+		w.sweep() // after a rotation, delete-after looks at once
+	}
 	return len(batch), more, nil
+}
+
+// linesFor returns the lines of batch in the columns of l: the entries'
+// own lines for the default columns, else lines made from them, once per
+// layout and write-out (in j.proj). A line is nil for a type l does not
+// record.
+func (j *Journal) linesFor(l *layout, batch []jline) [][]byte {
+	if out, ok := j.proj[l]; ok {
+		return out
+	}
+	out := make([][]byte, len(batch))
+	if l.std {
+		for i, e := range batch {
+			out[i] = e.line
+		}
+		j.proj[l] = out
+		return out
+	}
+	e := encoders.Get().(*encoder)
+	defer encoders.Put(e)
+	vals := make([]string, valHeaders+len(l.headers))
+	starts := make([]int, len(batch))
+	for i, en := range batch {
+		starts[i] = -1
+		if l.cols[typeIndex(en.line[0])] == nil {
+			continue
+		}
+		j.entryValues(l, en, vals)
+		e.cols = l.project(en.line[0], vals, e.cols)
+		line, err := e.write(e.cols)
+		if err != nil {
+			line = append(e.buf.Bytes()[:0], en.line[0], '\n') // cannot happen: CSV writes any string
+		}
+		starts[i] = len(j.projBuf)
+		j.projBuf = append(j.projBuf, line...)
+	}
+	// Sliced once all are in, as the buffer moves while it grows.
+	for i := range batch {
+		if starts[i] < 0 {
+			continue
+		}
+		end := len(j.projBuf)
+		for k := i + 1; k < len(batch); k++ {
+			if starts[k] >= 0 {
+				end = starts[k]
+				break
+			}
+		}
+		out[i] = j.projBuf[starts[i]:end:end]
+	}
+	j.proj[l] = out
+	return out
+}
+
+// entryValues fills vals with the values of the entry for layout l (see
+// layout.values): its default columns read back from its line, the time
+// it was queued, and its header values.
+func (j *Journal) entryValues(l *layout, en jline, vals []string) {
+	clear(vals)
+	rec, err := csv.NewReader(bytes.NewReader(en.line)).Read()
+	if err != nil || len(rec) != numColumns {
+		// Cannot happen for a line Entry wrote; the type at least.
+		j.log.Error("an accounting journal entry does not read back; its record is written with the type alone", "err", err)
+		vals[0] = string(en.line[:1])
+		return
+	}
+	copy(vals, rec)
+	if l.ageCol {
+		q, err1 := time.Parse(TimeFormat, rec[2])
+		lg, err2 := time.Parse(TimeFormat, rec[1])
+		if err1 == nil && err2 == nil {
+			vals[valTotalSecondsQueued] = secondsQueued(q, lg)
+		}
+	}
+	if len(l.headers) == 0 || en.hdrs == nil {
+		return
+	}
+	pairs, err := csv.NewReader(bytes.NewReader(en.hdrs)).Read()
+	if err != nil {
+		return
+	}
+	for i, h := range l.headers {
+		for k := 0; k+1 < len(pairs); k += 2 {
+			if strings.EqualFold(pairs[k], h) {
+				vals[valHeaders+i] = pairs[k+1]
+				break
+			}
+		}
+	}
 }
 
 // check finds where the file of w stands before a batch, and reports
@@ -548,9 +711,10 @@ func (j *Journal) plan(ws []*Writer, batch []jline) (cut int, due []*Writer) {
 			continue
 		}
 		lens, at = lens[:0], at[:0]
+		wl := j.linesFor(w.lay.Load(), batch)
 		for i, e := range batch {
 			if w.Accepts(e.line[0]) {
-				lens = append(lens, len(e.line))
+				lens = append(lens, len(wl[i]))
 				at = append(at, i)
 			}
 		}

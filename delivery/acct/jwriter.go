@@ -184,6 +184,9 @@ func (w *Writer) jFit(lens []int) int {
 	if !w.lastErr.IsZero() && now.Sub(w.lastErr) < retryRotateAfter {
 		return len(lens)
 	}
+	if w.reformat {
+		return 0 // new columns: a new file, with their header
+	}
 	expired := w.interval > 0 && now.Sub(w.opened) >= w.interval
 	if w.records == 0 && expired {
 		w.opened = now // an idle file is not moved: its interval starts again
@@ -227,6 +230,12 @@ func (w *Writer) jRotate() error {
 	}
 	if err := w.f.Sync(); err != nil {
 		return w.writeFailed(err)
+	}
+	if w.moveTo != "" {
+		// The moved file's new name is durable too.
+		if err := syncDir(w.moveTo); err != nil {
+			return err
+		}
 	}
 	return syncDir(filepath.Dir(w.path))
 }

@@ -1,6 +1,8 @@
 // Package acct writes Tern's accounting files: the CSV records of what
 // happened to every recipient (delivered, bounced, transiently failed,
-// received), one file per <acct-file> block of the configuration.
+// received), one file per <acct-file> block of the configuration, or one
+// program's standard input per <acct-file |PROGRAM> block (a Pipe, see
+// pipe.go). record-fields choose a file's columns (layout.go).
 //
 // A Writer owns one file. It filters records by the block's `records` list,
 // buffers lines and flushes them at least once a second (and on Flush and
@@ -10,11 +12,13 @@
 // acct-20261125T171500.123Z.csv) and a new one is started with a header line.
 // A rotation never splits a line between two files, loses one or writes one
 // twice; if the rename fails, lines keep going to the current file and the
-// rotation is retried a minute later. A Set fans records out to every file of
-// a configuration; a reload applies a new configuration's files to it in two
-// phases, Set.Prepare (open the new files, which may fail) and Change.Commit
-// (switch, then close the files no longer configured), so a record is never
-// lost or split between configurations.
+// rotation is retried a minute later. Rotated files go to move-to when set,
+// and delete-after deletes them once old enough. A Set fans records out to
+// every file and pipe of a configuration; a reload applies a new
+// configuration's files to it in two phases, Set.Prepare (open the new
+// files and start the new pipes, which may fail) and Change.Commit (switch,
+// then close what is no longer configured), so a record is never lost or
+// split between configurations.
 //
 // A Writer that finds a file already at its path appends to it when it is a
 // complete accounting file (the header first, a whole line last), counting
@@ -24,9 +28,10 @@
 // tern serve does not write records directly: it opens its files with
 // Options.Journaled and hands each record to the spool, committed with the
 // event it records, and a Journal writes them out (journal.go). Records
-// then survive any crash exactly once.
+// then survive any crash exactly once in the files; pipes get them from
+// the Journal too, but buffered in memory, without that guarantee.
 //
-// Writers and Sets are safe for concurrent use.
+// Writers, Pipes and Sets are safe for concurrent use.
 package acct
 
 import (
@@ -102,6 +107,11 @@ type Record struct {
 	EnvID    string
 	Queue    string
 	VMTAPool string
+	// Message is the message the record is about, or its header section,
+	// when it is at hand (nil otherwise): record-fields' header_NAME
+	// fields read it. Only the header section is looked at, and only by
+	// files that have such fields; the record keeps no copy.
+	Message []byte
 }
 
 // fields fills dst (len(Columns) long) with the record's columns.

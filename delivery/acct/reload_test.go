@@ -115,7 +115,7 @@ func TestReloadRecordTypes(t *testing.T) {
 	if !s.Accepts(TypeBounced) {
 		t.Error("Accepts(b) false after Commit")
 	}
-	if got, want := w.current(), (settings{types: typeBits(config.RecordTypes{Delivered: true, Bounced: true}), maxSize: 1 << 10, interval: time.Hour}); got != want {
+	if got, want := w.current(), (settings{types: typeBits(config.RecordTypes{Delivered: true, Bounced: true}), maxSize: 1 << 10, interval: time.Hour, perm: filePerm, lay: stdLayout}); got != want {
 		t.Errorf("settings after Commit %+v, want %+v", got, want)
 	}
 	writeOrFail(t, s, TypeBounced, "b3")

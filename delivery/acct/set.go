@@ -6,15 +6,17 @@ import (
 	"log/slog"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/ternmta/tern/config"
 )
 
-// Set fans records out to every accounting file of a configuration. A nil or
-// empty Set accepts and drops everything. It is safe for concurrent use, and
-// a configuration reload changes its files with Prepare and Commit.
+// Set fans records out to every accounting file and pipe of a
+// configuration. A nil or empty Set accepts and drops everything. It is
+// safe for concurrent use, and a configuration reload changes its files and
+// pipes with Prepare and Commit.
 type Set struct {
 	// opts are kept for the Writers a reload opens, so they share the
 	// clock, logger and flush interval of the first ones.
@@ -22,6 +24,8 @@ type Set struct {
 	// open is Open when nil; tests set it to see the Writers a Prepare
 	// opens.
 	open func(*config.AcctFile, Options) (*Writer, error)
+	// openPipe is OpenPipe when nil, for tests likewise.
+	openPipe func(*config.AcctFile, Options) (*Pipe, error)
 
 	// mu is read-locked for the whole of Write, Accepts and Flush and
 	// write-locked by Commit and Close. A Write thus sees one list from
@@ -35,6 +39,13 @@ type Set struct {
 	// hand the slice out.
 	writers []*Writer
 	keys    []string
+	// pipes and pipeKeys (the command line, the identity of a pipe
+	// across reloads) are replaced whole likewise.
+	pipes    []*Pipe
+	pipeKeys []string
+	// headers are the header names any file or pipe reads (header_
+	// fields), which a journal entry carries the values of.
+	headers []string
 	closed  bool
 
 	// reload serializes Prepare, Commit and Abort, and guards pending.
@@ -45,10 +56,11 @@ type Set struct {
 	pending *Change
 }
 
-// OpenAll opens a Writer for each <acct-file> of cfg. On error the files
-// already opened are closed again. Two blocks naming the same file (after
-// cleaning the path) are an error, as two Writers on one file would rotate
-// it from under each other.
+// OpenAll opens a Writer for each <acct-file> of cfg that names a file and
+// starts a Pipe for each that names a program. On error the files and
+// pipes already opened are closed again. Two blocks naming the same file
+// (after cleaning the path) are an error, as two Writers on one file would
+// rotate it from under each other.
 func OpenAll(cfg *config.Config, opts Options) (*Set, error) {
 	s := &Set{opts: opts}
 	c, err := s.Prepare(cfg)
@@ -59,8 +71,8 @@ func OpenAll(cfg *config.Config, opts Options) (*Set, error) {
 	return s, nil
 }
 
-// Writers returns the Set's writers, in configuration order. The slice is
-// not modified afterwards; a reload replaces it.
+// Writers returns the Set's file writers, in configuration order. The
+// slice is not modified afterwards; a reload replaces it.
 func (s *Set) Writers() []*Writer {
 	if s == nil {
 		return nil
@@ -70,8 +82,19 @@ func (s *Set) Writers() []*Writer {
 	return s.writers
 }
 
-// Accepts reports whether any file records type t, so callers can skip
-// building records nobody wants.
+// Pipes returns the Set's pipes, in configuration order. The slice is not
+// modified afterwards; a reload replaces it.
+func (s *Set) Pipes() []*Pipe {
+	if s == nil {
+		return nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.pipes
+}
+
+// Accepts reports whether any file or pipe records type t, so callers can
+// skip building records nobody wants.
 func (s *Set) Accepts(t byte) bool {
 	if s == nil {
 		return false
@@ -83,21 +106,34 @@ func (s *Set) Accepts(t byte) bool {
 			return true
 		}
 	}
+	for _, p := range s.pipes {
+		if p.Accepts(t) {
+			return true
+		}
+	}
 	return false
 }
 
-// Write writes r to every file that records its type; it returns the errors
-// of the files that failed, the others still get the record. A zero
-// TimeLogged is set once, so every file logs the same time. A Write
+// entryHeaders returns the header names some file or pipe reads.
+func (s *Set) entryHeaders() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.headers
+}
+
+// Write writes r to every file and pipe that records its type; it returns
+// the errors of the files that failed, the others still get the record. A
+// zero TimeLogged is set once, so every file logs the same time. A Write
 // concurrent with a reload's Commit goes wholly to the files and settings of
-// the old configuration or wholly to those of the new one.
+// the old configuration or wholly to those of the new one. A pipe never
+// makes Write wait (see Pipe.Write).
 func (s *Set) Write(r Record) error {
 	if s == nil {
 		return nil
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if len(s.writers) == 0 {
+	if len(s.writers) == 0 && len(s.pipes) == 0 {
 		return nil
 	}
 	if r.TimeLogged.IsZero() {
@@ -110,6 +146,11 @@ func (s *Set) Write(r Record) error {
 	var errs []error
 	for _, w := range s.writers {
 		if err := w.Write(r); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range s.pipes {
+		if err := p.Write(r); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -130,21 +171,37 @@ func (s *Set) Flush() error {
 	return errors.Join(errs...)
 }
 
-// Close closes every file. Later Writes return ErrClosed for each file, and
-// later Prepares fail; a Change prepared before Close and committed after it
-// closes its new files instead of installing them.
+// Close closes every file and pipe (the pipes all at once, each within
+// pipeCloseWait). Later Writes return ErrClosed for each, and later
+// Prepares fail; a Change prepared before Close and committed after it
+// closes its new files and pipes instead of installing them.
 func (s *Set) Close() error {
 	if s == nil {
 		return nil
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.closed = true
 	var errs []error
 	for _, w := range s.writers {
 		errs = append(errs, w.Close())
 	}
+	pipes := s.pipes
+	s.mu.Unlock()
+	// Outside mu: a pipe may take its seconds, and a Write meanwhile
+	// must not wait for them (it finds the pipe closed, or its record is
+	// among the last the program gets).
+	closePipes(pipes)
 	return errors.Join(errs...)
+}
+
+// closePipes closes pipes side by side, so that each has its time to
+// finish, not a share of one.
+func closePipes(pipes []*Pipe) {
+	var wg sync.WaitGroup
+	for _, p := range pipes {
+		wg.Go(func() { p.Close() })
+	}
+	wg.Wait()
 }
 
 // Change is a reload of a Set's accounting files prepared by Set.Prepare:
@@ -154,16 +211,24 @@ func (s *Set) Close() error {
 // right after Prepare and Commit once the rest of its reload has succeeded.
 type Change struct {
 	s *Set
-	// writers and keys are the Set's lists once committed.
-	writers []*Writer
-	keys    []string
-	// kept are the Writers carried over, with their new blocks.
-	kept []keptWriter
+	// writers and keys, pipes and pipeKeys are the Set's lists once
+	// committed.
+	writers  []*Writer
+	keys     []string
+	pipes    []*Pipe
+	pipeKeys []string
+	// kept are the Writers carried over, with their new blocks, and
+	// keptPipes the pipes.
+	kept      []keptWriter
+	keptPipes []keptPipe
 	// opened are the Writers Prepare opened, closed by Abort; removed the
-	// ones no longer configured, closed by Commit.
-	opened  []*Writer
-	removed []*Writer
-	// updated are the paths of the kept files whose settings change.
+	// ones no longer configured, closed by Commit. Likewise for pipes.
+	opened       []*Writer
+	removed      []*Writer
+	openedPipes  []*Pipe
+	removedPipes []*Pipe
+	// updated are the names of the kept files and pipes whose settings
+	// change.
 	updated []string
 	done    bool
 }
@@ -172,6 +237,14 @@ type keptWriter struct {
 	w   *Writer
 	cfg *config.AcctFile
 }
+
+type keptPipe struct {
+	p   *Pipe
+	cfg *config.AcctFile
+}
+
+// pipeKey is the identity of a pipe across reloads: its command line.
+func pipeKey(af *config.AcctFile) string { return strings.Join(af.Command, "\x00") }
 
 // pathKey is the identity of an accounting file across reloads: the same
 // file spelled differently (relative, with ./ or //) must be kept, not
@@ -209,6 +282,7 @@ func (s *Set) Prepare(cfg *config.Config) (*Change, error) {
 	}
 	s.mu.RLock()
 	closed, curWriters, curKeys := s.closed, s.writers, s.keys
+	curPipes, curPipeKeys := s.pipes, s.pipeKeys
 	s.mu.RUnlock()
 	if closed {
 		return nil, errors.New("acct: Prepare on a closed Set")
@@ -221,10 +295,41 @@ func (s *Set) Prepare(cfg *config.Config) (*Change, error) {
 				err = errors.Join(err, cerr)
 			}
 		}
+		closePipes(c.openedPipes)
 		return nil, err
 	}
 	seen := make(map[string]bool, len(cfg.AcctFiles))
+	seenPipes := map[string]bool{}
 	for _, af := range cfg.AcctFiles {
+		if af.Command != nil {
+			key := pipeKey(af)
+			if seenPipes[key] {
+				return fail(fmt.Errorf("acct: %s is configured twice", af.Name()))
+			}
+			seenPipes[key] = true
+			if i := slices.Index(curPipeKeys, key); i >= 0 {
+				p := curPipes[i]
+				c.keptPipes = append(c.keptPipes, keptPipe{p, af})
+				if !p.current().same(settingsOf(af)) {
+					c.updated = append(c.updated, p.Name())
+				}
+				c.pipes = append(c.pipes, p)
+				c.pipeKeys = append(c.pipeKeys, key)
+				continue
+			}
+			open := s.openPipe
+			if open == nil {
+				open = OpenPipe
+			}
+			p, err := open(af, s.opts)
+			if err != nil {
+				return fail(err)
+			}
+			c.openedPipes = append(c.openedPipes, p)
+			c.pipes = append(c.pipes, p)
+			c.pipeKeys = append(c.pipeKeys, key)
+			continue
+		}
 		key, err := pathKey(af.Path)
 		if err != nil {
 			return fail(err)
@@ -236,7 +341,7 @@ func (s *Set) Prepare(cfg *config.Config) (*Change, error) {
 		if i := slices.Index(curKeys, key); i >= 0 {
 			w := curWriters[i]
 			c.kept = append(c.kept, keptWriter{w, af})
-			if w.current() != settingsOf(af) {
+			if !w.current().same(settingsOf(af)) {
 				c.updated = append(c.updated, w.Path())
 			}
 			c.writers = append(c.writers, w)
@@ -258,6 +363,11 @@ func (s *Set) Prepare(cfg *config.Config) (*Change, error) {
 	for i, key := range curKeys {
 		if !seen[key] {
 			c.removed = append(c.removed, curWriters[i])
+		}
+	}
+	for i, key := range curPipeKeys {
+		if !seenPipes[key] {
+			c.removedPipes = append(c.removedPipes, curPipes[i])
 		}
 	}
 	s.pending = c
@@ -289,7 +399,12 @@ func (c *Change) commit() {
 	for _, k := range c.kept {
 		k.w.Reconfigure(k.cfg)
 	}
+	for _, k := range c.keptPipes {
+		k.p.Reconfigure(k.cfg)
+	}
 	s.writers, s.keys = c.writers, c.keys
+	s.pipes, s.pipeKeys = c.pipes, c.pipeKeys
+	s.headers = headersOf(c.writers, c.pipes)
 	s.mu.Unlock()
 
 	// Outside mu, so Writes to the other files go on while these are
@@ -300,6 +415,27 @@ func (c *Change) commit() {
 			s.logger().Error("closing a removed accounting file failed", "acct-file", w.Path(), "err", err)
 		}
 	}
+	closePipes(c.removedPipes)
+}
+
+// headersOf returns the header names the layouts of ws and ps read, each
+// once (compared without case).
+func headersOf(ws []*Writer, ps []*Pipe) []string {
+	var out []string
+	add := func(l *layout) {
+		for _, h := range l.headers {
+			if !slices.ContainsFunc(out, func(o string) bool { return strings.EqualFold(o, h) }) {
+				out = append(out, h)
+			}
+		}
+	}
+	for _, w := range ws {
+		add(w.lay.Load())
+	}
+	for _, p := range ps {
+		add(p.lay.Load())
+	}
+	return out
 }
 
 // Abort discards the Change: the files Prepare opened are closed (a new,
@@ -329,12 +465,14 @@ func (c *Change) closeOpened() {
 			c.s.logger().Error("closing an accounting file of an abandoned reload failed", "acct-file", w.Path(), "err", err)
 		}
 	}
+	closePipes(c.openedPipes)
 }
 
 // Summary describes the Change for a log line: the paths of the files
-// opened, of those closed (or to be closed), and of the kept files whose
-// records, max-size or move-interval change. All are empty when the reload
-// changes nothing but maybe the order of the files.
+// opened (and the names, "|program …", of the pipes started), of those
+// closed (or to be closed), and of the kept ones whose settings change.
+// All are empty when the reload changes nothing but maybe the order of the
+// files.
 func (c *Change) Summary() (opened, closed, updated []string) {
 	if c == nil {
 		return nil, nil, nil
@@ -342,8 +480,14 @@ func (c *Change) Summary() (opened, closed, updated []string) {
 	for _, w := range c.opened {
 		opened = append(opened, w.Path())
 	}
+	for _, p := range c.openedPipes {
+		opened = append(opened, p.Name())
+	}
 	for _, w := range c.removed {
 		closed = append(closed, w.Path())
+	}
+	for _, p := range c.removedPipes {
+		closed = append(closed, p.Name())
 	}
 	return opened, closed, slices.Clone(c.updated)
 }

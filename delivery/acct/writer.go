@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,7 +38,13 @@ const (
 	// tried again (the lines keep going to the current file meanwhile).
 	retryRotateAfter = time.Minute
 	filePerm         = 0o640
-	dirPerm          = 0o755
+	// worldPerm is the mode of the files of world-readable yes.
+	worldPerm = 0o644
+	dirPerm   = 0o755
+	// sweepEvery is how often delete-after looks for old rotated files
+	// when nothing was rotated meanwhile: they age by the hour or the
+	// day, so a minute late is on time.
+	sweepEvery = time.Minute
 )
 
 // Options are the run-time dependencies of a Writer.
@@ -60,6 +67,13 @@ type Options struct {
 
 	// tick replaces the flusher's ticker in tests.
 	tick <-chan time.Time
+	// pipeBuffer, pipeBackoff, pipeMaxBackoff and pipeCloseWait replace
+	// pipeBufferBytes, pipeMinBackoff, pipeMaxBackoff and pipeCloseWait
+	// in tests.
+	pipeBuffer     int
+	pipeBackoff    time.Duration
+	pipeMaxBackoff time.Duration
+	pipeCloseWait  time.Duration
 }
 
 // Writer appends records to one accounting file. It is safe for concurrent
@@ -76,15 +90,33 @@ type Writer struct {
 	// journaled is Options.Journaled: a Journal writes this file.
 	journaled bool
 
+	// lay is how records are written. It changes only under mu (a
+	// reload's Reconfigure), but Write reads it before taking mu, to
+	// encode outside the lock.
+	lay atomic.Pointer[layout]
+
 	mu       sync.Mutex
 	maxSize  int64         // 0: no size rotation
 	interval time.Duration // 0: no time rotation
-	f        *os.File
-	bw       *bufio.Writer
-	size     int64     // bytes in the current file, buffered ones included
-	records  int64     // records in the current file
-	opened   time.Time // when the current file was started
-	lastErr  time.Time // when a rotation last failed
+	perm     os.FileMode   // the file's mode: filePerm or worldPerm
+	// moveTo is the directory rotated files go to ("" beside the file),
+	// deleteAfter how old they may grow (0: forever).
+	moveTo      string
+	deleteAfter time.Duration
+	// reformat is set when a reload changed the columns: the file is
+	// rotated before its next line, so that every file holds lines of
+	// its header's columns only.
+	reformat bool
+	// sweepNow asks for a look for old rotated files at once (a file was
+	// just rotated); lastSweep is when the last look was.
+	sweepNow  bool
+	lastSweep time.Time
+	f         *os.File
+	bw        *bufio.Writer
+	size      int64     // bytes in the current file, buffered ones included
+	records   int64     // records in the current file
+	opened    time.Time // when the current file was started
+	lastErr   time.Time // when a rotation last failed
 	// lastStamp is just after the last rotation suffix used, so suffixes
 	// keep increasing even if the clock steps back.
 	lastStamp time.Time
@@ -118,7 +150,9 @@ func Open(cfg *config.AcctFile, opts Options) (*Writer, error) {
 	}
 	st := settingsOf(cfg)
 	w.types.Store(st.types)
-	w.maxSize, w.interval = st.maxSize, st.interval
+	w.lay.Store(st.lay)
+	w.maxSize, w.interval, w.perm = st.maxSize, st.interval, st.perm
+	w.moveTo, w.deleteAfter = st.moveTo, st.deleteAfter
 	if w.now == nil {
 		w.now = time.Now
 	}
@@ -128,6 +162,11 @@ func Open(cfg *config.AcctFile, opts Options) (*Writer, error) {
 	w.log = w.log.With("acct-file", w.path)
 	if err := os.MkdirAll(filepath.Dir(w.path), dirPerm); err != nil {
 		return nil, fmt.Errorf("acct: %w", err)
+	}
+	if w.moveTo != "" {
+		if err := os.MkdirAll(w.moveTo, dirPerm); err != nil {
+			return nil, fmt.Errorf("acct: move-to: %w", err)
+		}
 	}
 	if err := w.adoptExisting(); err != nil {
 		return nil, err
@@ -196,49 +235,95 @@ func typeBits(types config.RecordTypes) uint32 {
 }
 
 // settings are the parts of an <acct-file> block a Writer can change while
-// it runs, normalized so two blocks meaning the same compare equal.
+// it runs, normalized so two blocks meaning the same compare equal (the
+// layout by its sig).
 type settings struct {
-	types    uint32        // typeBits
-	maxSize  int64         // 0: no size rotation
-	interval time.Duration // 0: no time rotation
+	types       uint32        // typeBits
+	maxSize     int64         // 0: no size rotation
+	interval    time.Duration // 0: no time rotation
+	perm        os.FileMode
+	moveTo      string
+	deleteAfter time.Duration // 0: rotated files are kept
+	lay         *layout
 }
 
 func settingsOf(cfg *config.AcctFile) settings {
-	st := settings{types: typeBits(cfg.Records.Value)}
+	st := settings{types: typeBits(cfg.Records.Value), perm: filePerm, moveTo: cfg.MoveTo.Value, lay: layoutOf(cfg)}
 	if ms := int64(cfg.MaxSize.Value); ms > 0 && config.Size(ms) != config.Unlimited {
 		st.maxSize = ms
 	}
 	if iv := cfg.MoveInterval.Value; iv > 0 && iv != config.Never {
 		st.interval = iv
 	}
+	if da := cfg.DeleteAfter.Value; da > 0 && da != config.Never {
+		st.deleteAfter = da
+	}
+	if cfg.WorldReadable.Value {
+		st.perm = worldPerm
+	}
+	if st.moveTo != "" {
+		st.moveTo = filepath.Clean(st.moveTo)
+	}
 	return st
+}
+
+// same reports whether two settings write the same way.
+func (st settings) same(o settings) bool {
+	a, b := st, o
+	a.lay, b.lay = nil, nil
+	return a == b && st.lay.sig == o.lay.sig
 }
 
 // current returns the settings in effect, for comparing with a new block.
 func (w *Writer) current() settings {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return settings{types: w.types.Load(), maxSize: w.maxSize, interval: w.interval}
+	return settings{types: w.types.Load(), maxSize: w.maxSize, interval: w.interval, perm: w.perm,
+		moveTo: w.moveTo, deleteAfter: w.deleteAfter, lay: w.lay.Load()}
 }
 
-// Reconfigure applies the records, max-size and move-interval of cfg to the
-// open file, so a configuration reload changes them without closing the file
-// under the writes in progress or losing its buffer and rotation state.
-// cfg.Path is ignored: another path is another file, with a Writer of its
-// own.
+// Reconfigure applies the settings of cfg to the open file, so a
+// configuration reload changes them without closing the file under the
+// writes in progress or losing its buffer and rotation state. cfg.Path is
+// ignored: another path is another file, with a Writer of its own.
 //
 // The record types apply from the next Write. Max-size and move-interval
 // apply to the current file as if they had been set when it was opened: a
 // file already past the new max-size is rotated before the next line, one
 // older than the new move-interval at the next line or flusher tick (the
 // flusher reads the interval on every tick, so it follows the change without
-// a restart). It is safe to call concurrently with Write.
+// a restart). New columns (record-fields, or records with record-fields)
+// rotate the file before its next line, so that no file mixes lines of
+// two headers. world-readable changes the current file's mode at once;
+// move-to and delete-after apply to the next rotation and the next look
+// for old files. It is safe to call concurrently with Write.
 func (w *Writer) Reconfigure(cfg *config.AcctFile) {
 	st := settingsOf(cfg)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.types.Store(st.types)
+	if old := w.lay.Load(); old.sig != st.lay.sig {
+		w.lay.Store(st.lay)
+		// Only other columns need another file: lines that fill the
+		// same columns otherwise (another type recorded) fit this one.
+		w.reformat = w.reformat || !bytes.Equal(old.header, st.lay.header)
+	}
 	w.maxSize, w.interval = st.maxSize, st.interval
+	w.moveTo, w.deleteAfter = st.moveTo, st.deleteAfter
+	if w.moveTo != "" {
+		if err := os.MkdirAll(w.moveTo, dirPerm); err != nil {
+			w.log.Error("accounting move-to directory cannot be made; rotated files stay beside the file", "err", err)
+		}
+	}
+	if st.perm != w.perm {
+		w.perm = st.perm
+		if w.f != nil {
+			if err := w.f.Chmod(w.perm); err != nil {
+				w.log.Warn("accounting file: cannot change its mode", "err", err)
+			}
+		}
+	}
+	w.sweepNow = true // delete-after may have shortened
 }
 
 func validType(t byte) bool { return typeBit(t) != 0 }
@@ -248,13 +333,36 @@ type encoder struct {
 	buf    bytes.Buffer
 	csv    *csv.Writer
 	fields []string
+	// vals and cols are scratch for layouts other than the default.
+	vals, cols []string
 }
 
-// line returns r's CSV line, in e's buffer.
+// line returns r's CSV line with the default columns, in e's buffer.
 func (e *encoder) line(r *Record) ([]byte, error) {
 	e.buf.Reset()
 	r.fields(e.fields)
 	if err := e.csv.Write(e.fields); err != nil {
+		return nil, fmt.Errorf("acct: %w", err)
+	}
+	e.csv.Flush()
+	return e.buf.Bytes(), nil
+}
+
+// lineFor returns r's CSV line in the columns of l, in e's buffer.
+func (e *encoder) lineFor(r *Record, l *layout) ([]byte, error) {
+	if l.std {
+		return e.line(r)
+	}
+	e.vals = slices.Grow(e.vals[:0], valHeaders+len(l.headers))[:valHeaders+len(l.headers)]
+	l.values(r, e.vals)
+	e.cols = l.project(r.Type, e.vals, e.cols)
+	return e.write(e.cols)
+}
+
+// write returns the CSV line of fields, in e's buffer.
+func (e *encoder) write(fields []string) ([]byte, error) {
+	e.buf.Reset()
+	if err := e.csv.Write(fields); err != nil {
 		return nil, fmt.Errorf("acct: %w", err)
 	}
 	e.csv.Flush()
@@ -285,7 +393,8 @@ func (w *Writer) Write(r Record) error {
 	}
 	e := encoders.Get().(*encoder)
 	defer encoders.Put(e)
-	line, err := e.line(&r)
+	lay := w.lay.Load()
+	line, err := e.lineFor(&r, lay)
 	if err != nil {
 		return err
 	}
@@ -294,6 +403,13 @@ func (w *Writer) Write(r Record) error {
 	defer w.mu.Unlock()
 	if w.closed {
 		return ErrClosed
+	}
+	if now := w.lay.Load(); now != lay {
+		// A reload changed the columns meanwhile: the line goes into
+		// a file of the new ones.
+		if line, err = e.lineFor(&r, now); err != nil {
+			return err
+		}
 	}
 	if w.f != nil && w.due(int64(len(line))) {
 		w.rotate()
@@ -336,6 +452,9 @@ func (w *Writer) due(n int64) bool {
 	now := w.now()
 	if !w.lastErr.IsZero() && now.Sub(w.lastErr) < retryRotateAfter {
 		return false
+	}
+	if w.reformat {
+		return true
 	}
 	expired := w.interval > 0 && now.Sub(w.opened) >= w.interval
 	if w.records == 0 {
@@ -420,6 +539,7 @@ func (w *Writer) flusher(tick <-chan time.Time, ticker *time.Ticker) {
 			}
 		}
 		w.mu.Unlock()
+		w.sweep()
 	}
 }
 
@@ -443,7 +563,7 @@ func (w *Writer) rotate() {
 		w.log.Warn("accounting rotation: close failed", "err", err)
 	}
 	w.f, w.bw = nil, nil
-	dst, err := w.moveAside(now)
+	dst, err := w.moveAside(now, true)
 	if err != nil {
 		w.log.Error("accounting rotation: rename failed", "err", err)
 		w.lastErr = now
@@ -457,6 +577,8 @@ func (w *Writer) rotate() {
 		return
 	}
 	w.lastErr = time.Time{}
+	w.reformat = false
+	w.sweepNow = true
 	w.log.Info("accounting file rotated", "moved-to", dst)
 	if err := w.openFile(); err != nil {
 		// Write retries the open.
@@ -465,12 +587,30 @@ func (w *Writer) rotate() {
 }
 
 // moveAside renames the file at w.path to a name carrying the UTC time
-// stamp of now. When that name is taken (two rotations in the same
-// millisecond) the stamp is advanced a millisecond at a time until it is
-// free, so names stay unique, in one format, and sort in rotation order.
-func (w *Writer) moveAside(now time.Time) (string, error) {
+// stamp of now, in the move-to directory when rotated is set and there is
+// one (a file moved aside because it is not Tern's stays beside it). When
+// that name is taken (two rotations in the same millisecond) the stamp is
+// advanced a millisecond at a time until it is free, so names stay unique,
+// in one format, and sort in rotation order. A move-to directory that
+// cannot take the file (removed, on another file system) is logged and
+// the file is renamed beside the current one instead, so the rotation
+// still happens.
+func (w *Writer) moveAside(now time.Time, rotated bool) (string, error) {
+	if rotated && w.moveTo != "" {
+		dst, err := w.renameStamped(now, w.moveTo)
+		if err == nil {
+			return dst, nil
+		}
+		w.log.Error("accounting rotation: cannot move the file to the move-to directory; it stays beside the file", "move-to", w.moveTo, "err", err)
+	}
+	return w.renameStamped(now, filepath.Dir(w.path))
+}
+
+// renameStamped renames the file at w.path into dir, under its name with
+// the time stamp (see moveAside).
+func (w *Writer) renameStamped(now time.Time, dir string) (string, error) {
 	ext := filepath.Ext(w.path)
-	base := strings.TrimSuffix(w.path, ext)
+	base := filepath.Join(dir, strings.TrimSuffix(filepath.Base(w.path), ext))
 	t := now.UTC().Truncate(time.Millisecond)
 	if t.Before(w.lastStamp) {
 		t = w.lastStamp
@@ -491,6 +631,57 @@ func (w *Writer) moveAside(now time.Time) (string, error) {
 	}
 }
 
+// sweep deletes the rotated files older than delete-after (by the time
+// stamp in their names, the time they were rotated), beside the file and
+// in the move-to directory; only names of the form the rotation makes
+// are considered. It looks at most every sweepEvery, or at once after a
+// rotation, and does its reading of directories outside w.mu, so writes
+// go on meanwhile.
+func (w *Writer) sweep() {
+	w.mu.Lock()
+	now := w.now()
+	if w.deleteAfter <= 0 || w.closed || !w.sweepNow && now.Sub(w.lastSweep) < sweepEvery {
+		w.mu.Unlock()
+		return
+	}
+	w.sweepNow, w.lastSweep = false, now
+	maxAge, dirs := w.deleteAfter, []string{filepath.Dir(w.path)}
+	if w.moveTo != "" && w.moveTo != dirs[0] {
+		dirs = append(dirs, w.moveTo)
+	}
+	w.mu.Unlock()
+
+	ext := filepath.Ext(w.path)
+	prefix := strings.TrimSuffix(filepath.Base(w.path), ext) + "-"
+	for _, dir := range dirs {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			w.log.Warn("delete-after: cannot read the directory of rotated files", "dir", dir, "err", err)
+			continue
+		}
+		for _, e := range entries {
+			name := e.Name()
+			stamp, ok := strings.CutPrefix(name, prefix)
+			if !ok || !e.Type().IsRegular() {
+				continue
+			}
+			if stamp, ok = strings.CutSuffix(stamp, ext); !ok || len(stamp) != len(stampFormat) {
+				continue
+			}
+			t, err := time.Parse(stampFormat, stamp)
+			if err != nil || now.Sub(t) < maxAge {
+				continue
+			}
+			p := filepath.Join(dir, name)
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				w.log.Warn("delete-after: cannot delete a rotated accounting file", "file", p, "err", err)
+				continue
+			}
+			w.log.Info("rotated accounting file deleted (delete-after)", "file", p)
+		}
+	}
+}
+
 // openFile opens w.path for appending, writing the header when the file is
 // new or empty. Called with mu held (or before the Writer is shared).
 func (w *Writer) openFile() error {
@@ -498,7 +689,7 @@ func (w *Writer) openFile() error {
 	if w.journaled {
 		mode = os.O_RDWR // the Journal reads back and cuts what a crash left
 	}
-	f, err := os.OpenFile(w.path, mode|os.O_CREATE|os.O_APPEND, filePerm)
+	f, err := os.OpenFile(w.path, mode|os.O_CREATE|os.O_APPEND, w.perm)
 	if err != nil {
 		return fmt.Errorf("acct: %w", err)
 	}
@@ -507,14 +698,22 @@ func (w *Writer) openFile() error {
 		f.Close()
 		return fmt.Errorf("acct: %w", err)
 	}
+	// The mode asked for, whatever the umask or the file's earlier
+	// mode: world-readable yes is for a reader the umask would keep out.
+	if st.Mode().Perm() != w.perm {
+		if err := f.Chmod(w.perm); err != nil {
+			w.log.Warn("accounting file: cannot change its mode", "err", err)
+		}
+	}
 	w.f = f
 	w.bw = bufio.NewWriterSize(f, bufferSize)
 	w.size = st.Size()
 	w.records = 0
 	w.opened = w.now()
 	if w.size == 0 {
-		w.bw.Write(header)
-		w.size = int64(len(header))
+		h := w.lay.Load().header
+		w.bw.Write(h)
+		w.size = int64(len(h))
 	} else {
 		// An adopted file: its lines count for max-size, so rotation
 		// may happen on the next Write.
@@ -542,11 +741,12 @@ func (w *Writer) adoptExisting() error {
 	if st.Size() == 0 {
 		return nil
 	}
-	ok := st.Size() >= int64(len(header))
+	want := w.lay.Load().header
+	ok := st.Size() >= int64(len(want))
 	if ok {
-		head := make([]byte, len(header))
+		head := make([]byte, len(want))
 		_, err := io.ReadFull(f, head)
-		ok = err == nil && bytes.Equal(head, header)
+		ok = err == nil && bytes.Equal(head, want)
 	}
 	if ok && !w.journaled {
 		last := make([]byte, 1)
@@ -556,7 +756,7 @@ func (w *Writer) adoptExisting() error {
 	if ok {
 		return nil
 	}
-	dst, err := w.moveAside(w.now())
+	dst, err := w.moveAside(w.now(), false)
 	if err != nil {
 		return fmt.Errorf("acct: moving aside %s: %w", w.path, err)
 	}
