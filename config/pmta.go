@@ -90,7 +90,8 @@ var ignoredDirectives = indexGroups([]ignoredGroup{
 	{"Tern does not add or remove headers besides its Received: line and remove-header in <source>; X-Job and X-Virtual-MTA are removed when processed", []string{
 		"add-message-id-header", "add-date-header", "date-header-time", "remove-received-headers", "add-x-virtual-mta-header",
 		"include-headers-from", "retain-x-job", "retain-x-virtual-mta", "retain-x-dkim-key", "retain-x-dkim-options",
-		"retain-x-schedule", "host-id"}},
+		"retain-x-schedule"}},
+	{"Tern does not write Message-IDs: the application's are kept as they are", []string{"host-id"}},
 	{"Tern reads only X-Virtual-MTA and X-Job from a message (process-x-virtual-mta, process-x-job); the other X- headers are left as they are", []string{
 		"process-x-envid", "process-x-dkim-key", "process-x-dkim-options", "process-x-schedule", "jobid-header", "jobid-prefix"}},
 	{"an X-Virtual-MTA naming no VMTA or pool is refused at DATA (`550 5.7.1`), and an empty one too; there is no fallback", []string{

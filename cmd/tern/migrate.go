@@ -94,6 +94,20 @@ func writeMigrationReport(w io.Writer, path string, items []config.MigrationItem
 			fmt.Fprintf(w, "      %s\n", wrap(e.note, 72, "      "))
 		}
 	}
+	// The warnings the sections above do not already carry: plaintext
+	// passwords, options read and ignored, values replaced.
+	var other []config.Diagnostic
+	for _, d := range warnings {
+		if !strings.Contains(d.Message, " is a PowerMTA directive Tern ignores: ") && !strings.Contains(d.Message, " is a PowerMTA block Tern ignores ") {
+			other = append(other, d)
+		}
+	}
+	if len(other) > 0 {
+		fmt.Fprintf(w, "\nOther warnings (%d):\n", len(other))
+		for _, d := range other {
+			fmt.Fprintf(w, "  %s: %s\n", d.Pos, d.Message)
+		}
+	}
 	if len(errs) > 0 {
 		fmt.Fprintf(w, "\nTo fix before the file loads (each error says how):\n")
 		for _, d := range errs {

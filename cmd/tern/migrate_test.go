@@ -30,6 +30,9 @@ run-as-root yes
 <bounce-category-patterns>
   /spam/ spam-related
 </bounce-category-patterns>
+<smtp-user api>
+  password secret
+</smtp-user>
 `
 	if err := os.WriteFile(good, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
@@ -39,12 +42,13 @@ run-as-root yes
 		t.Fatalf("exit %d, want 0; stderr:\n%s\nstdout:\n%s", code, errs, out)
 	}
 	for _, want := range []string{
-		"The file loads: 4 warnings",
+		"The file loads: 5 warnings",
 		"  run-as-root, at " + good + ":2:1\n      Tern runs as the user that starts it",
 		"  queue-to ×2, at " + good + ":12:3, " + good + ":13:3\n",
 		"  <bounce-category-patterns>, at " + good + ":15:1\n",
 		"  backoff-to-normal-after, at " + good + ":10:3\n      the default is 1h (PowerMTA: never)",
 		"smtp-listener, smtp-source-host ×2, max-smtp-out",
+		"Other warnings (1):\n  " + good + ":19:3: smtp-user api: the password is stored in plaintext",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
@@ -64,7 +68,7 @@ run-as-root yes
 	}
 	for _, want := range []string{
 		"The file does not load yet: 1 error to fix (listed last)",
-		"To fix before the file loads (each error says how):\n  " + bad + `:18:1: unknown directive "max-smtp-outt" (did you mean "max-smtp-out"?)`,
+		"To fix before the file loads (each error says how):\n  " + bad + `:21:1: unknown directive "max-smtp-outt" (did you mean "max-smtp-out"?)`,
 		"  run-as-root, at " + bad + ":2:1",
 	} {
 		if !strings.Contains(out, want) {
