@@ -253,7 +253,14 @@ const AuthSource = "{auth}"
 
 // DefaultSourceSettings returns the built-in source defaults, none of them
 // marked as set.
-func DefaultSourceSettings() SourceSettings { return sourceTable.defaults() }
+func DefaultSourceSettings() SourceSettings { return sourceDefaults }
+
+// sourceDefaults and domainDefaults are computed once from the tables and
+// never modified: the functions above hand out copies.
+var (
+	sourceDefaults = sourceTable.defaults()
+	domainDefaults = domainTable.defaults()
+)
 
 // Inherit returns s with every directive s leaves unset taken from parent.
 func (s SourceSettings) Inherit(parent SourceSettings) SourceSettings {
@@ -408,7 +415,7 @@ type DomainSettings struct {
 
 // DefaultDomainSettings returns the built-in delivery defaults, none of them
 // marked as set.
-func DefaultDomainSettings() DomainSettings { return domainTable.defaults() }
+func DefaultDomainSettings() DomainSettings { return domainDefaults }
 
 // Inherit returns s with every directive s leaves unset taken from parent:
 // each directive is resolved on its own, so an override of one inherits all
