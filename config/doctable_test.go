@@ -101,12 +101,15 @@ func directiveIndexMarkdown() string {
 	}
 	sort.Strings(names)
 	var sb strings.Builder
-	sb.WriteString("| directive | allowed in | default | reload | PowerMTA |\n|---|---|---|---|---|\n")
+	sb.WriteString("| directive | allowed in | default | takes effect | PowerMTA |\n|---|---|---|---|---|\n")
 	for _, n := range names {
 		e := entries[n]
-		reload := "applied"
-		if e.restart {
+		reload := "at reload"
+		switch {
+		case e.restart:
 			reload = "at restart"
+		case e.pmta == PMTAIgnored:
+			reload = "-"
 		}
 		pm := e.pmta.String()
 		switch {
