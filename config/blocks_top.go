@@ -252,3 +252,24 @@ func (b *builder) listenerBlock(n *node) {
 	}
 	b.listener(line)
 }
+
+// httpAPIKey reads http-api-key: repeatable, as in PowerMTA, each line
+// adding a key the admin API accepts (to give each tool its own, or to
+// change a key without a moment where no key works).
+func httpAPIKey(b *builder, c *Config, n *node) {
+	var k Setting[string]
+	setOne(b, &k, n, text)
+	if !k.Set {
+		return
+	}
+	for _, have := range c.HTTPAPIKeys {
+		if have == k.Value {
+			b.errorf(n.Args[0].Pos, "http-api-key: this key is already given")
+			return
+		}
+	}
+	if !c.HTTPAPIKey.Set {
+		c.HTTPAPIKey = k
+	}
+	c.HTTPAPIKeys = append(c.HTTPAPIKeys, k.Value)
+}

@@ -56,7 +56,11 @@ type Config struct {
 	TotalMaxSMTPIn     Setting[int]
 	HTTPMgmtAddr       Setting[string]
 	HTTPAccess         []*HTTPAccess
-	HTTPAPIKey         Setting[string]
+	// HTTPAPIKey is the first http-api-key (the one the tern CLI sends);
+	// HTTPAPIKeys holds every key given, each of which the admin API
+	// accepts.
+	HTTPAPIKey  Setting[string]
+	HTTPAPIKeys []string
 	LogFile            Setting[string]
 	// LogLevel is the least severe level the daemon logs. Per-message
 	// lines (receptions and deliveries) are debug; refusals, deferrals,
@@ -117,6 +121,15 @@ type Config struct {
 	// Migration lists every directive and block read, in file order, with
 	// how it stands to PowerMTA's (`tern check --migrate`).
 	Migration []MigrationItem
+}
+
+// APIKeys returns the keys the admin API accepts: every http-api-key, or
+// HTTPAPIKey alone in a Config built without Load.
+func (c *Config) APIKeys() []string {
+	if len(c.HTTPAPIKeys) == 0 && c.HTTPAPIKey.Value != "" {
+		return []string{c.HTTPAPIKey.Value}
+	}
+	return c.HTTPAPIKeys
 }
 
 // The defaults of the inbound limits.

@@ -37,8 +37,8 @@ var topTable = newTable(
 		needsRestart().differs("a bare port listens on every interface, as in PowerMTA, but http-access grants nothing until a rule does"),
 	custom("http-access", "nobody", func(b *builder, _ *Config, n *node) { b.httpAccess(n) }).
 		differs("the levels are none, monitor, operator and admin; PowerMTA's `admin` and `monitor` mean the same"),
-	one("http-api-key", func(c *Config) *Setting[string] { return &c.HTTPAPIKey }, text, "").
-		differs("one key, sent as `Authorization: Bearer KEY` (PowerMTA: X-API-Key, several keys)"),
+	custom("http-api-key", "", httpAPIKey).of(func(c *Config) any { return &c.HTTPAPIKey }).
+		differs("a request may send the key as `X-API-Key: KEY`, as to PowerMTA, or as `Authorization: Bearer KEY`; with a key set, the address must also be allowed by http-access"),
 	custom("log-file", "standard error", func(b *builder, c *Config, n *node) { setOne(b, &c.LogFile, n, pathAt(n)) }).
 		differs("Tern's log is one line per event in key=value form, not PowerMTA's format"),
 	one("log-level", func(c *Config) *Setting[slog.Level] { return &c.LogLevel }, logLevel, slog.LevelInfo).tern(),

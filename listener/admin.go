@@ -162,15 +162,32 @@ func (a *Admin) guard(level config.AccessLevel, h http.HandlerFunc) http.Handler
 	return func(w http.ResponseWriter, r *http.Request) {
 		cfg := a.cfg.Load()
 		ip, granted := clientAccess(cfg, r)
-		key := cfg.HTTPAPIKey.Value
-		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if granted < level || (key != "" && subtle.ConstantTimeCompare([]byte(token), []byte(key)) != 1) {
+		if granted < level || !keyAccepted(cfg.APIKeys(), r) {
 			a.opts.Logger.Warn("admin API refused", "client", ip.String(), "path", r.URL.Path, "level", granted.String())
 			writeError(w, http.StatusForbidden, "access denied")
 			return
 		}
 		a.admit(w, r, h)
 	}
+}
+
+// keyAccepted reports whether r sends one of keys, as `Authorization:
+// Bearer KEY` or as PowerMTA's `X-API-Key: KEY`; with no key configured,
+// every request does. Every key is compared in constant time, so the
+// answer's timing says nothing about which key came close.
+func keyAccepted(keys []string, r *http.Request) bool {
+	if len(keys) == 0 {
+		return true
+	}
+	token, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !bearer {
+		token = r.Header.Get("X-API-Key")
+	}
+	ok := 0
+	for _, k := range keys {
+		ok |= subtle.ConstantTimeCompare([]byte(token), []byte(k))
+	}
+	return ok == 1
 }
 
 // writeError answers with a JSON {"error": msg}. A 401 or 403 also closes

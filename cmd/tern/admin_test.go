@@ -157,6 +157,7 @@ func TestPipelineAdminOperations(t *testing.T) {
 http-mgmt-port 127.0.0.1:%d
 http-access 127.0.0.1 operator
 http-api-key k3y
+http-api-key second-k3y
 `, acctPath, adminPort)
 	p := startTern(t, writeConf(t, dir, conf))
 	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
@@ -182,6 +183,19 @@ http-api-key k3y
 		return r != nil && r["deferred"] == float64(1)
 	})
 	checkViews(t, base)
+	// PowerMTA's header, with the second key; and a key that is neither.
+	for key, want := range map[string]int{"second-k3y": 200, "k3y": 200, "k3": http.StatusForbidden} {
+		req, _ := http.NewRequest("GET", base+"queues", nil)
+		req.Header.Set("X-API-Key", key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("X-API-Key %s: %d, want %d", key, resp.StatusCode, want)
+		}
+	}
 
 	var op struct {
 		Count   int      `json:"count"`
