@@ -61,7 +61,7 @@ type Config struct {
 	// accepts.
 	HTTPAPIKey  Setting[string]
 	HTTPAPIKeys []string
-	LogFile            Setting[string]
+	LogFile     Setting[string]
 	// LogLevel is the least severe level the daemon logs. Per-message
 	// lines (receptions and deliveries) are debug; refusals, deferrals,
 	// bounces and events are info and above.
