@@ -498,7 +498,7 @@ func directiveTable(dir string) []dirRow {
 		{name: "max-rcpt-per-message", scope: scopeSource, good: "500",
 			get:  func(x target) any { return x.src.MaxRcptPerMessage },
 			want: 500, def: 1000,
-			bad: "0", badErr: "out of range", wrong: scopeVMTA},
+			bad: "1000001", badErr: "out of range", wrong: scopeVMTA},
 		{name: "add-received-header", scope: scopeSource, good: "no",
 			get:  func(x target) any { return x.src.AddReceivedHeader },
 			want: false, def: true,

@@ -450,3 +450,14 @@ func TestStringers(t *testing.T) {
 		t.Errorf("levels = %v", levels)
 	}
 }
+
+// TestSourceRcptLimitUnlimited: PowerMTA's max-rcpt-per-message 0 and
+// unlimited in <source> are read as the largest limit Tern keeps.
+func TestSourceRcptLimitUnlimited(t *testing.T) {
+	for _, v := range []string{"0", "unlimited", "Unlimited"} {
+		cfg := parseOK(t, "rcpt.conf", listener+"<source 0/0>\n    max-rcpt-per-message "+v+"\n</source>\n", noFiles())
+		if got := cfg.Sources[0].Settings.MaxRcptPerMessage.Value; got != maxRcptLimit {
+			t.Errorf("max-rcpt-per-message %s: %d, want %d", v, got, maxRcptLimit)
+		}
+	}
+}

@@ -180,3 +180,17 @@ func limitOrUnlimited(hi int) func(string) (int, error) {
 		return n, nil
 	}
 }
+
+// maxRcptLimit is the largest max-rcpt-per-message in <source>; PowerMTA's
+// 0 and unlimited are read as it, since a session holds its recipients in
+// memory and needs some bound.
+const maxRcptLimit = 1000000
+
+// rcptLimit reads max-rcpt-per-message in <source>: 1 to maxRcptLimit, or 0
+// or unlimited for maxRcptLimit.
+func rcptLimit(s string) (int, error) {
+	if strings.EqualFold(s, "unlimited") || s == "0" {
+		return maxRcptLimit, nil
+	}
+	return intRange(1, maxRcptLimit)(s)
+}

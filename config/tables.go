@@ -65,8 +65,8 @@ var sourceTable = newTable(
 	one("default-virtual-mta", func(s *SourceSettings) *Setting[string] { return &s.DefaultVirtualMTA }, vmtaRef, DefaultVMTA),
 	one("process-x-job", func(s *SourceSettings) *Setting[bool] { return &s.ProcessXJob }, parseBool, false),
 	one("max-message-size", func(s *SourceSettings) *Setting[Size] { return &s.MaxMessageSize }, parseSize, Size(50<<20)),
-	one("max-rcpt-per-message", func(s *SourceSettings) *Setting[int] { return &s.MaxRcptPerMessage }, intRange(1, 1000000), 1000).
-		differs("the default is 1000 (PowerMTA: no limit), and a limit is required"),
+	one("max-rcpt-per-message", func(s *SourceSettings) *Setting[int] { return &s.MaxRcptPerMessage }, rcptLimit, 1000).
+		differs("the default is 1000 (PowerMTA: no limit); 0 and unlimited mean the largest limit, 1000000"),
 	one("add-received-header", func(s *SourceSettings) *Setting[bool] { return &s.AddReceivedHeader }, parseBool, true),
 	one("hide-message-source", func(s *SourceSettings) *Setting[bool] { return &s.HideMessageSource }, parseBool, false),
 	custom("remove-header", "", removeHeader),
