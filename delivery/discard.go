@@ -95,6 +95,9 @@ func (s *Scheduler) discardAll(reg *vmta.Registry, key queue.Key) bool {
 	return all
 }
 
+// maxDiscarding bounds the discarders working at once.
+const maxDiscarding = 8
+
 // discard starts (or wakes) key's discarder when all its mail is to be
 // discarded under reg, and reports whether it did. The key leaves its
 // provider, if it had one.
@@ -126,6 +129,17 @@ func (s *Scheduler) discard(reg *vmta.Registry, key queue.Key) bool {
 // back to Notify, which routes it.
 func (s *Scheduler) runDiscarder(key queue.Key, d *discarder) {
 	defer s.wg.Done()
+	// At most maxDiscarding discarders lease and write at once, however
+	// many discard queues there are: the others wait their turn here.
+	select {
+	case s.discardSlots <- struct{}{}:
+		defer func() { <-s.discardSlots }()
+	case <-s.ctx.Done():
+		s.mu.Lock()
+		delete(s.discarding, key)
+		s.mu.Unlock()
+		return
+	}
 	done := func() {
 		s.mu.Lock()
 		delete(s.discarding, key)

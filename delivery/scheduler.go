@@ -145,8 +145,10 @@ type Scheduler struct {
 	shapes      map[shapeKey]*Shaping
 	thresh      map[threshKey][]time.Time
 	rerouteTurn uint64 // round robin over a reroute pool's members
-	// discarding are the keys a discarder is emptying (type discard).
-	discarding map[queue.Key]*discarder
+	// discarding are the keys a discarder is emptying (type discard);
+	// discardSlots bounds how many work at once (maxDiscarding).
+	discarding   map[queue.Key]*discarder
+	discardSlots chan struct{}
 }
 
 // keyInfo is what the scheduler keeps per queue key.
@@ -194,7 +196,7 @@ func New(opts Options) *Scheduler {
 		vmtaRate: map[string]*limiter{}, poolRate: map[string]*limiter{}, sources: map[string]*atomic.Uint64{},
 		hosts: map[hostKey]*hostState{}, sites: map[siteKey]*window{},
 		shapes: map[shapeKey]*Shaping{}, thresh: map[threshKey][]time.Time{},
-		discarding:  map[queue.Key]*discarder{},
+		discarding: map[queue.Key]*discarder{}, discardSlots: make(chan struct{}, maxDiscarding),
 		tlsSessions: map[netip.Addr]tls.ClientSessionCache{},
 	}
 }
