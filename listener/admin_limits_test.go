@@ -45,12 +45,16 @@ func patient(maxConns, perClient int) AdminLimits {
 // waitUntil polls cond until it holds, failing the test after timeout.
 func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for delay := time.Millisecond; !cond(); delay = min(2*delay, 50*time.Millisecond) {
-		if time.Now().After(deadline) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline.C:
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		case <-tick.C:
 		}
-		time.Sleep(delay)
 	}
 }
 

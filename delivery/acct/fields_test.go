@@ -158,7 +158,7 @@ func TestJournalRecordFields(t *testing.T) {
 	if recs := readCSV(t, sPath); len(recs) != 2 || recs[0][8] != fullRecord().DSNDiag {
 		t.Errorf("file with the default columns: %v", recs)
 	}
-	eventually(t, "the pipe's record", func() bool { return records(t, out) == 1 })
+	waitFor(t, "the pipe's record", func() bool { return records(t, out) == 1 })
 	if got, want := readFile(t, out), "type,rcpt,header_X-Job\nd,user0@example.com,spring-42\n"; got != want {
 		t.Errorf("pipe output %q, want %q", got, want)
 	}

@@ -62,19 +62,6 @@ func pipeFile(argv []string, types config.RecordTypes) *config.AcctFile {
 	return &config.AcctFile{Command: argv, Records: config.Setting[config.RecordTypes]{Value: types}}
 }
 
-// eventually waits until cond holds, looking every few milliseconds,
-// and fails the test after a deadline generous for a loaded machine.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // outLines returns the lines of the program's output, split as CSV (a
 // missing file has none).
 func outLines(t *testing.T, path string) [][]string {
@@ -164,7 +151,7 @@ func TestPipeHeaderAndRecords(t *testing.T) {
 		}
 	}
 	want := 34 // the d and b records of 50
-	eventually(t, "the records in the program's output", func() bool { return records(t, out) == want })
+	waitFor(t, "the records in the program's output", func() bool { return records(t, out) == want })
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +173,7 @@ func TestPipeHeaderAndRecords(t *testing.T) {
 	if p := pidsOf(t, pids); len(p) != 1 {
 		t.Errorf("program started %d times", len(p))
 	} else {
-		eventually(t, "the program to exit after Close", func() bool { return reaped(p[0]) })
+		waitFor(t, "the program to exit after Close", func() bool { return reaped(p[0]) })
 	}
 	if err := s.Write(pipeRecord(TypeDelivered, 99)); !errors.Is(err, ErrClosed) {
 		t.Errorf("Write after Close = %v, want ErrClosed", err)
@@ -212,7 +199,7 @@ func TestPipeRestartsAfterKill(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the first records", func() bool { return records(t, out) == n })
+	waitFor(t, "the first records", func() bool { return records(t, out) == n })
 	first := pidsOf(t, pids)
 	if len(first) != 1 {
 		t.Fatalf("pids %v", first)
@@ -222,13 +209,13 @@ func TestPipeRestartsAfterKill(t *testing.T) {
 	}
 	// Once the program is gone, its input is closed: what is written
 	// now waits in the Pipe's buffer for the next program.
-	eventually(t, "the killed program to be reaped", func() bool { return reaped(first[0]) })
+	waitFor(t, "the killed program to be reaped", func() bool { return reaped(first[0]) })
 	for i := n; i < n+m; i++ {
 		if err := s.Write(pipeRecord(TypeDelivered, i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the records written after the kill", func() bool { return records(t, out) == n+m })
+	waitFor(t, "the records written after the kill", func() bool { return records(t, out) == n+m })
 	if p := pidsOf(t, pids); len(p) != 2 {
 		t.Errorf("program started %d times, want twice", len(p))
 	}
@@ -340,7 +327,7 @@ func TestPipeReload(t *testing.T) {
 		t.Fatalf("pipes after a reload with the same command: %v, want the same Pipe", ps)
 	}
 	writeOrFail(t, s, TypeBounced, "b2")
-	eventually(t, "d1 and b2", func() bool { return records(t, out) == 2 })
+	waitFor(t, "d1 and b2", func() bool { return records(t, out) == 2 })
 	if err := s.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -365,7 +352,7 @@ func TestPipeReload(t *testing.T) {
 	checkSummary(t, c, nil, []string{filePath}, []string{"|" + prog})
 	c.Commit()
 	writeOrFail(t, s, TypeDelivered, "d2")
-	eventually(t, "d2", func() bool { return records(t, out) == 3 })
+	waitFor(t, "d2", func() bool { return records(t, out) == 3 })
 	if lines := outLines(t, out); len(lines) != 5 || strings.Join(lines[3], ",") != "type,rcpt,vmta" || strings.Join(lines[4], ",") != "d,d2," {
 		t.Errorf("output after new columns: %v", lines)
 	}
@@ -380,9 +367,9 @@ func TestPipeReload(t *testing.T) {
 	if ps := s.Pipes(); len(ps) != 1 || ps[0] == p {
 		t.Fatalf("pipes after a change of command: %v", ps)
 	}
-	eventually(t, "the old program to end", func() bool { return reaped(first[0]) })
+	waitFor(t, "the old program to end", func() bool { return reaped(first[0]) })
 	writeOrFail(t, s, TypeDelivered, "d3")
-	eventually(t, "d3 from the new program", func() bool { return records(t, out) == 4 })
+	waitFor(t, "d3 from the new program", func() bool { return records(t, out) == 4 })
 	if p := pidsOf(t, pids); len(p) != 2 {
 		t.Errorf("pids %v, want two programs", p)
 	}
@@ -430,7 +417,7 @@ func TestJournalFeedsPipe(t *testing.T) {
 	e.put(5)
 	e.drain()
 	wantEach(t, filepath.Join(dir, "files"), 15, "d")
-	eventually(t, "the records in the program's output", func() bool { return records(t, out) == 30 })
+	waitFor(t, "the records in the program's output", func() bool { return records(t, out) == 30 })
 	got := map[string]string{}
 	for _, l := range outLines(t, out)[1:] {
 		got[l[4]] += l[0]
@@ -461,7 +448,7 @@ func TestPipeBackoff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	eventually(t, "four runs of the program", func() bool { return logs.count("accounting program ended") >= 4 })
+	waitFor(t, "four runs of the program", func() bool { return logs.count("accounting program ended") >= 4 })
 	l := logs.String()
 	for _, want := range []string{`why="exit status 3"`, `stderr="no database"`} {
 		if !strings.Contains(l, want) {

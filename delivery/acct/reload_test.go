@@ -4,7 +4,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -494,15 +493,21 @@ func raceConfig(dirA, dirB string, k int) (cfg *config.Config, a, b config.Recor
 	return cfg, a, b
 }
 
-// waitFor waits until cond holds, failing the test after a deadline.
+// waitFor waits until cond holds, looking again every few milliseconds
+// (a pipe's program needs the CPU a spin would take), and fails the test
+// after a deadline generous for a loaded machine.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
 	for !cond() {
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline.C:
 			t.Fatalf("timed out waiting for %s", what)
+		case <-tick.C:
 		}
-		runtime.Gosched()
 	}
 }
 
