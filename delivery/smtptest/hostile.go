@@ -2,6 +2,7 @@ package smtptest
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -120,6 +121,9 @@ func (h *Hostile) stream(c net.Conn, line string) {
 	}
 }
 
+// maxHostileRead is the most a Hostile server reads from one connection.
+const maxHostileRead = 64 << 20
+
 func (h *Hostile) serve(c net.Conn) {
 	defer h.wg.Done()
 	defer c.Close()
@@ -127,7 +131,9 @@ func (h *Hostile) serve(c net.Conn) {
 		<-h.done
 		c.Close()
 	}()
-	r := bufio.NewReader(c)
+	// What one connection may send is capped, so a client gone wrong
+	// cannot grow a line without end in a test's memory.
+	r := bufio.NewReader(io.LimitReader(c, maxHostileRead))
 	// readLine reads one command line; the client is a real MTA whose
 	// lines are short, and the deadline keeps a silent one from holding
 	// the receiver's goroutine.
