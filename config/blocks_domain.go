@@ -65,8 +65,9 @@ func (b *builder) domainBlock(n *node, owner string, list []*Domain) []*Domain {
 				b.mergeInto(&d.Settings, &settings, n)
 			case viaMacro:
 				// <domain aol.com> named the domain itself: it wins
-				// over a macro that also lists it.
-				b.mergeUnder(&d.Settings, &settings)
+				// over a macro that also lists it, which only fills in
+				// what it leaves unset.
+				inherit(&d.Settings, &settings)
 			case !b.explicit[k]:
 				b.explicit[k] = true
 				b.mergeOver(&d.Settings, &settings, n)

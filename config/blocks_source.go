@@ -102,13 +102,6 @@ func (b *builder) mergeInto(dst, src any, n *node) {
 	}
 }
 
-// mergeUnder fills the settings dst leaves unset from src: src is a
-// macro's block for a domain that also has a block of its own (dst), which
-// takes precedence.
-func (b *builder) mergeUnder(dst, src *DomainSettings) {
-	inherit(dst, src)
-}
-
 // mergeOver folds the block of its own for a domain (src) into the
 // settings macro blocks gave it (dst): src's directives win, and each one
 // that replaces a different value is a warning naming both lines.
