@@ -136,7 +136,7 @@ func ignoredMarkdown() string {
 	group := func(m map[string]string, format string) {
 		byNote := map[string][]string{}
 		var notes []string
-		for _, n := range sortedNames(m) {
+		for _, n := range keys(m) {
 			if byNote[m[n]] == nil {
 				notes = append(notes, m[n])
 			}

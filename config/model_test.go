@@ -270,7 +270,7 @@ HTTP-API-KEY "Key With # and Spaces"
 // instead, and the migration report lists it as ignored.
 func TestIgnoredWarn(t *testing.T) {
 	index := directiveIndex()
-	for _, n := range sortedNames(ignoredDirectives) {
+	for _, n := range keys(ignoredDirectives) {
 		for _, where := range []struct {
 			sc          scope
 			open, close string
@@ -289,7 +289,7 @@ func TestIgnoredWarn(t *testing.T) {
 			}
 		}
 	}
-	for _, n := range sortedNames(ignoredBlocks) {
+	for _, n := range keys(ignoredBlocks) {
 		src := listener + "<" + n + " arg>\n  anything goes here 1 2 3\n  <nested x>\n  </nested>\n</" + n + ">\n"
 		cfg := parseOK(t, "ni.conf", src, noFiles())
 		want := "<" + n + "> is a PowerMTA block Tern ignores with its contents: " + ignoredBlocks[n]

@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"sort"
 )
 
 // MigrationItem is one directive or block of a loaded file as a migrating
@@ -210,14 +209,4 @@ func indexGroups(groups []ignoredGroup) map[string]string {
 		}
 	}
 	return m
-}
-
-// sortedNames returns the keys of m in order.
-func sortedNames(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -150,12 +150,12 @@ func TestEveryPowerMTADirective(t *testing.T) {
 			}
 		}
 	}
-	for _, n := range sortedNames(ignoredDirectives) {
+	for _, n := range keys(ignoredDirectives) {
 		if !pmta[n] {
 			t.Errorf("ignored directive %s is not in PowerMTA's list", n)
 		}
 	}
-	for _, n := range sortedNames(ignoredBlocks) {
+	for _, n := range keys(ignoredBlocks) {
 		if !pmta[n] {
 			t.Errorf("ignored block <%s> is not in PowerMTA's list", n)
 		}
